@@ -1,0 +1,57 @@
+"""Platform-specific defaults: the XLA:CPU gradient workaround and the attack-loop unroll policy.
+
+jaxlib 0.10.2's XLA:CPU fuses reductions through YNNPACK and then computes ``jit(vmap(vjp))``
+per-task gradients wrongly for normalise-then-reduce losses such as the surface-normal loss
+(../shared/notes/prototype-findings.md §1). Disabling that fusion kind fixes it at no measured cost.
+The flag must be in ``XLA_FLAGS`` before JAX creates its CPU backend, so :mod:`mtajax` applies it at
+import time when that is still possible and warns otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+CPU_WORKAROUND_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-reduce"
+# jaxlib versions known to need the flag (and to accept it: XLA aborts on unknown flags).
+_AFFECTED_JAXLIB = ("0.10.2",)
+
+
+def _backends_initialised() -> bool:
+  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+  return bool(getattr(xla_bridge, "_backends", {}))
+
+
+def apply_cpu_workaround() -> bool:
+  """Adds :data:`CPU_WORKAROUND_FLAG` to ``XLA_FLAGS`` if this jaxlib needs it.
+
+  Returns True when the flag is (now) in effect. ``MTAJAX_CPU_WORKAROUND=0`` disables it,
+  ``=1`` forces it on any jaxlib.
+  """
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  setting = os.environ.get("MTAJAX_CPU_WORKAROUND", "auto")
+  flags = os.environ.get("XLA_FLAGS", "")
+  if CPU_WORKAROUND_FLAG in flags:
+    return True
+  wanted = setting == "1" or (setting == "auto" and jaxlib.__version__ in _AFFECTED_JAXLIB)
+  if not wanted:
+    return False
+  if _backends_initialised():
+    warnings.warn(
+        f"JAX was initialised before mtajax was imported; XLA:CPU per-task gradients may be wrong "
+        f"on jaxlib {jaxlib.__version__}. Fix: import mtajax first, or set "
+        f"XLA_FLAGS={CPU_WORKAROUND_FLAG} before starting Python.", RuntimeWarning, stacklevel=3)
+    return False
+  os.environ["XLA_FLAGS"] = f"{flags} {CPU_WORKAROUND_FLAG}".strip()
+  return True
+
+
+def default_unroll() -> bool | int:
+  """The ``lax.scan`` unroll used by the attacks when the caller passes ``unroll=None``.
+
+  On XLA:CPU a rolled scan of conv-net steps runs ~3x slower than a Python loop of jitted steps
+  while a fully unrolled scan is the fastest (benchmarks/attack_loop.py); on GPU/TPU a rolled loop
+  compiles faster and runs as fast.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  return True if jax.default_backend() == "cpu" else 1
