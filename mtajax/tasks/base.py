@@ -1,0 +1,176 @@
+"""The task interface: one frozen object per task owns its loss, validity rule and metrics.
+
+A task sees predictions ``pred`` (B, h, w, C) at feature resolution and its labels
+``batch[task.name]`` (plus an optional ``batch[task.name + '_mask']``) at label resolution.
+
+Losses bring labels down to (h, w) with the reference nearest rule and reduce per image:
+
+* ``reduction='image'``: the reference's ``'none'`` criterion, one masked mean per image.
+* ``reduction='pooled'``: per-sample contributions ``B * s_b / sum_b' n_b'`` whose batch mean is the
+  reference's batch-pooled ``'mean'`` criterion (same value, same gradient: the denominators come
+  from labels only).
+
+An image without a valid pixel gets loss 0 instead of the reference's NaN (spec Q25); see it with
+:meth:`Task.valid_count`.
+
+Metrics bring predictions up to label resolution and accumulate into a dict of arrays whose
+leaves add up across batches and devices (:func:`mtajax.tasks.metrics.merge`, ``lax.psum``).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Literal, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtajax.tasks.resize import resize_nearest
+
+Batch = Mapping[str, jax.Array]
+MetricState = dict[str, jax.Array]
+Reduction = Literal["image", "pooled"]
+Definition = Literal["reference", "standard"]
+
+REDUCTIONS = ("image", "pooled")
+DEFINITIONS = ("reference", "standard")
+
+
+def check_choice(field: str, value: Any, choices: tuple[Any, ...]) -> None:
+  """Raises a one-line ValueError unless ``value`` is one of ``choices``."""
+  if value not in choices:
+    raise ValueError(f"{field}={value!r} is not supported; use one of {choices}.")
+
+
+def safe_divide(num: jax.Array, den: jax.Array) -> jax.Array:
+  """``num / den`` where ``den > 0`` and 0 elsewhere, with finite gradients everywhere."""
+  ok = den > 0
+  return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+  """``x / max(||x||, 1e-12)`` along the last axis (PyTorch ``F.normalize``), NaN-free gradients."""
+  return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+
+
+def mean_state(name: str, sums: jax.Array, counts: jax.Array) -> MetricState:
+  """Accumulator terms of a masked mean from per-image ``sums`` and valid ``counts`` (B,).
+
+  Keeps both the reference's batch-size-weighted mean of per-batch pooled values (spec Q19; a
+  batch without valid pixels is skipped instead of giving NaN) and the pixel-weighted sums.
+  """
+  total, n = jnp.sum(sums), jnp.sum(counts)
+  weight = jnp.where(n > 0, jnp.float32(counts.shape[0]), 0.0)
+  return {
+      f"{name}/batch_sum": weight * safe_divide(total, n.astype(jnp.float32)),
+      f"{name}/batch_weight": weight,
+      f"{name}/pixel_sum": total.astype(jnp.float32),
+      f"{name}/pixel_count": n.astype(count_dtype(counts)),
+  }
+
+
+def count_dtype(counts: jax.Array) -> jnp.dtype:
+  """int32 for pixel counts, float32 for weight sums."""
+  return jnp.int32 if jnp.issubdtype(counts.dtype, jnp.integer) else jnp.float32
+
+
+def zero_mean_state(name: str, weighted: bool = False) -> MetricState:
+  """Zero :func:`mean_state` terms; ``weighted`` for float (weight-sum) denominators."""
+  return mean_state(name, jnp.zeros(1, jnp.float32),
+                    jnp.zeros(1, jnp.float32 if weighted else jnp.int32))
+
+
+def mean_value(state: Mapping[str, np.ndarray], name: str, definition: Definition,
+               task: str) -> float:
+  """Dataset value of a :func:`mean_state` metric: batch-weighted (reference) or pixel-weighted."""
+  if definition == "reference":
+    num, den = state[f"{name}/batch_sum"], state[f"{name}/batch_weight"]
+  else:
+    num, den = state[f"{name}/pixel_sum"], state[f"{name}/pixel_count"]
+  return float(num) / float(require_positive(den, task, name))
+
+
+def require_positive(count: Any, task: str, metric: str) -> float:
+  """Returns ``count`` as a float, or raises if no valid pixel was accumulated."""
+  count = float(count)
+  if not count > 0:
+    raise ValueError(f"Task {task!r} accumulated no valid pixel for {metric!r}; feed batches with "
+                     f"valid labels before computing metrics.")
+  return count
+
+
+def label_mask(batch: Batch, name: str, hw: tuple[int, int] | None = None) -> jax.Array | None:
+  """``batch[name + '_mask'] == 1`` at resolution ``hw`` (None when the batch has no mask)."""
+  mask = batch.get(f"{name}_mask")
+  if mask is None:
+    return None
+  if hw is not None:
+    mask = resize_nearest(mask, hw)
+  return mask == 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Task(abc.ABC):
+  """One dense-prediction task.
+
+  Attributes:
+    name: batch key of the labels and model output key.
+    channels: prediction channels.
+    definition: ``'reference'`` metric definitions (spec §6.2 incl. Q18–Q20) or ``'standard'``
+      textbook ones (global confusion-matrix mIoU over present classes, pixel-weighted means).
+  """
+  name: str
+  channels: int
+  definition: Definition = "reference"
+
+  def __post_init__(self):
+    check_choice("definition", self.definition, DEFINITIONS)
+    if self.channels < 1:
+      raise ValueError(f"Task {self.name!r}: channels must be positive, got {self.channels}.")
+
+  @property
+  @abc.abstractmethod
+  def metrics(self) -> dict[str, bool]:
+    """Metric name -> True when higher is better, in report order."""
+
+  @abc.abstractmethod
+  def valid(self, batch: Batch, hw: tuple[int, int]) -> jax.Array:
+    """(B, h, w) bool: pixels the loss uses, with labels brought to ``hw`` by the nearest rule."""
+
+  @abc.abstractmethod
+  def pixel_loss(self, pred: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """Per-pixel loss numerator and denominator weight (B, h, w), both zero on invalid pixels."""
+
+  @abc.abstractmethod
+  def metric_init(self) -> MetricState:
+    """Zero metric state."""
+
+  @abc.abstractmethod
+  def metric_update(self, state: MetricState, pred: jax.Array, batch: Batch) -> MetricState:
+    """Adds one batch (predictions at feature resolution) to ``state``; jit-compatible."""
+
+  @abc.abstractmethod
+  def metric_compute(self, state: MetricState) -> dict[str, float]:
+    """Dataset metrics from an accumulated state (host side)."""
+
+  def check_pred(self, pred: jax.Array) -> None:
+    if pred.ndim != 4 or pred.shape[-1] != self.channels:
+      raise ValueError(f"Task {self.name!r} expects predictions (B, h, w, {self.channels}), got "
+                       f"shape {pred.shape}.")
+
+  def loss(self, pred: jax.Array, batch: Batch, reduction: Reduction = "image") -> jax.Array:
+    """Per-sample loss (B,): ``'image'`` masked means or ``'pooled'`` batch-mean contributions."""
+    check_choice("reduction", reduction, REDUCTIONS)
+    self.check_pred(pred)
+    num, den = self.pixel_loss(pred, batch)
+    num, den = jnp.sum(num, axis=(1, 2)), jnp.sum(den, axis=(1, 2))
+    if reduction == "image":
+      return safe_divide(num, den)
+    return safe_divide(num.shape[0] * num, jnp.sum(den))
+
+  def valid_count(self, pred_shape: tuple[int, ...], batch: Batch) -> jax.Array:
+    """(B,) float32 number of valid loss pixels at the prediction resolution; 0 flags an empty image."""
+    return jnp.sum(self.valid(batch, (pred_shape[1], pred_shape[2])), axis=(1, 2),
+                   dtype=jnp.float32)

@@ -1,0 +1,124 @@
+"""Semantic segmentation: (weighted) cross-entropy with an ignore label, mIoU / Pixel Acc or err."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtajax.tasks import base
+from mtajax.tasks.resize import resize_nearest
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Segmentation(base.Task):
+  """Per-pixel classification; labels (B, H, W) int, ``ignore_label`` = ignore.
+
+  Attributes:
+    ignore_label: label value excluded from loss and metrics.
+    class_weights: optional per-class weights of the cross-entropy (Taskonomy's semseg prior).
+    metric_set: ``'nyuv2'`` -> mIoU and Pixel Acc (fractions); ``'taskonomy'`` -> ``err``, the
+      class-weighted cross-entropy at label resolution.
+    use_mask: also require ``batch[name + '_mask'] == 1``; the reference ignores that mask (Q23).
+  """
+  name: str = "segment_semantic"
+  channels: int = 40
+  ignore_label: int = 255
+  class_weights: tuple[float, ...] | None = None
+  metric_set: Literal["nyuv2", "taskonomy"] = "nyuv2"
+  use_mask: bool = False
+
+  def __post_init__(self):
+    super().__post_init__()
+    base.check_choice("metric_set", self.metric_set, ("nyuv2", "taskonomy"))
+    if self.class_weights is not None:
+      w = np.asarray(self.class_weights, np.float64)
+      if w.shape != (self.channels,) or not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"class_weights must be {self.channels} finite non-negative floats, got "
+                         f"{self.class_weights!r}.")
+      object.__setattr__(self, "class_weights", tuple(float(v) for v in w))
+
+  @property
+  def metrics(self) -> dict[str, bool]:
+    if self.metric_set == "nyuv2":
+      return {"mIoU": True, "Pixel Acc": True}
+    return {"err": False}
+
+  def _labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
+    """Labels and validity (label in [0, channels), not ignored, mask if used) at ``hw``."""
+    y = batch[self.name].astype(jnp.int32)
+    if hw is not None:
+      y = resize_nearest(y, hw)
+    valid = (y != self.ignore_label) & (y >= 0) & (y < self.channels)
+    if self.use_mask:
+      mask = base.label_mask(batch, self.name, hw)
+      if mask is None:
+        raise ValueError(f"use_mask=True needs batch['{self.name}_mask']; add it or set "
+                         f"use_mask=False.")
+      valid &= mask
+    return jnp.where(valid, y, 0), valid
+
+  def _weighted_nll(self, logits: jax.Array, y: jax.Array,
+                    valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-pixel ``w[y] * nll`` and ``w[y]``, zero where invalid."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
+    w = valid.astype(jnp.float32)
+    if self.class_weights is not None:
+      w = w * jnp.asarray(self.class_weights, jnp.float32)[y]
+    return w * nll, w
+
+  def valid(self, batch: base.Batch, hw: tuple[int, int]) -> jax.Array:
+    return self._labels(batch, hw)[1]
+
+  def pixel_loss(self, pred: jax.Array, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
+    y, valid = self._labels(batch, pred.shape[1:3])
+    return self._weighted_nll(pred, y, valid)
+
+  def metric_init(self) -> base.MetricState:
+    if self.metric_set == "nyuv2":
+      return {"confusion": jnp.zeros((self.channels, self.channels), jnp.int32),
+              **base.zero_mean_state("Pixel Acc")}
+    return base.zero_mean_state("err", weighted=True)
+
+  def metric_update(self, state: base.MetricState, pred: jax.Array,
+                    batch: base.Batch) -> base.MetricState:
+    self.check_pred(pred)
+    y, valid = self._labels(batch, None)
+    hw = y.shape[1:3]
+    if self.metric_set == "nyuv2":
+      # argmax then nearest upsampling == argmax of the nearest-upsampled logits.
+      p = resize_nearest(jnp.argmax(pred, axis=-1), hw)
+      c = self.channels
+      confusion = jnp.bincount((y * c + p).ravel(), weights=valid.ravel().astype(jnp.int32),
+                               length=c * c).reshape(c, c)
+      correct = jnp.sum((p == y) & valid, axis=(1, 2))
+      update = {"confusion": confusion.astype(jnp.int32),
+                **base.mean_state("Pixel Acc", correct, jnp.sum(valid, axis=(1, 2)))}
+    else:
+      # The reference upsamples logits before the CE; the per-pixel CE commutes with the gather.
+      logits = resize_nearest(pred, hw)
+      num, den = self._weighted_nll(logits, y, valid)
+      update = base.mean_state("err", jnp.sum(num, axis=(1, 2)), jnp.sum(den, axis=(1, 2)))
+    return jax.tree.map(jnp.add, state, update)
+
+  def metric_compute(self, state: base.MetricState) -> dict[str, float]:
+    state = jax.device_get(state)
+    if self.metric_set == "taskonomy":
+      return {"err": base.mean_value(state, "err", self.definition, self.name)}
+    conf = np.asarray(state["confusion"], np.float64)
+    tp = np.diag(conf)
+    union = conf.sum(0) + conf.sum(1) - tp
+    base.require_positive(union.sum(), self.name, "mIoU")
+    # Reference (Q18): mean over classes with TP > 0 (0 when there is none, where it gives NaN);
+    # standard: mean over classes present in labels or predictions.
+    used = tp > 0 if self.definition == "reference" else union > 0
+    miou = float(np.mean(tp[used] / union[used])) if used.any() else 0.0
+    if self.definition == "reference":
+      acc = base.mean_value(state, "Pixel Acc", "reference", self.name)
+    else:
+      acc = float(tp.sum() / conf.sum())
+    return {"mIoU": miou, "Pixel Acc": acc}
