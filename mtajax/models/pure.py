@@ -1,0 +1,56 @@
+"""Pure-function views of an NNX model for ``jax.jit`` / ``grad`` / ``vmap`` / ``lax.scan``.
+
+The graph definition is captured once (``nnx.split``) and the module is rebuilt inside the traced
+function (``nnx.merge``), so callers only handle pytrees of arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+from flax import nnx
+
+Predictions = dict[str, jax.Array]
+
+
+def _view(model: nnx.Module, *, train: bool) -> nnx.Module:
+  return nnx.view(model, deterministic=not train, use_running_average=not train,
+                  raise_if_not_found=False)
+
+
+def pure_predict(model: nnx.Module) -> tuple[Callable[[nnx.State, jax.Array], Predictions], nnx.State]:
+  """Returns ``(predict, state)``: ``predict(state, x)`` is the eval-mode forward pass.
+
+  Eval mode = BatchNorm running statistics and no dropout, as the attacks require. ``state`` holds the
+  parameters and BatchNorm statistics (arrays shared with ``model``).
+  """
+  graphdef, state = nnx.split(_view(model, train=False))
+
+  def predict(state: nnx.State, x: jax.Array) -> Predictions:
+    return nnx.merge(graphdef, state)(x)
+
+  return predict, state
+
+
+def pure_apply(model: nnx.Module) -> tuple[Callable[..., tuple[Predictions, nnx.State]], nnx.State,
+                                           nnx.State]:
+  """Returns ``(apply, params, batch_stats)`` for training loops.
+
+  ``apply(params, batch_stats, x, *, train, rng=None) -> (predictions, new_batch_stats)``. With
+  ``train=True`` BatchNorm normalises with batch statistics and returns updated running statistics,
+  and dropout draws its masks from ``rng`` (required); with ``train=False`` it is the eval forward pass
+  and ``new_batch_stats`` equals ``batch_stats``. ``train`` must be a Python bool (static under jit).
+  """
+  train_def, params, batch_stats = nnx.split(_view(model, train=True), nnx.Param, nnx.BatchStat)
+  eval_def = nnx.graphdef(_view(model, train=False))
+
+  def apply(params: nnx.State, batch_stats: nnx.State, x: jax.Array, *, train: bool,
+            rng: jax.Array | None = None) -> tuple[Predictions, nnx.State]:
+    if train and rng is None:
+      raise ValueError("apply(train=True) needs rng (a jax.random key) for dropout; pass rng=key.")
+    module = nnx.merge(train_def if train else eval_def, params, batch_stats, copy=True)
+    predictions = module(x, rng=rng) if train else module(x)
+    return predictions, nnx.state(module, nnx.BatchStat)
+
+  return apply, params, batch_stats
