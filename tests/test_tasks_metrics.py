@@ -154,7 +154,7 @@ def assert_metrics(got, want, median_tol=0.005 + 1e-4):
 
 @pytest.mark.parametrize("definition", ["reference", "standard"])
 def test_metrics_match_numpy_over_uneven_batches(definition):
-  batches = split(make_data(0, 16), [3, 5, 8])
+  batches = split(make_data(0, 16), [4, 4, 8])
   batches[1][1]["depth_zbuffer"][:] = 0  # a batch with no valid depth pixel is skipped
   weights = np.random.default_rng(1).uniform(0.5, 2.0, C)
   want = reference_np(batches, standard=definition == "standard", class_weights=weights)
@@ -229,7 +229,22 @@ def test_reference_miou_drops_classes_without_true_positives():
     assert task.metric_compute(state)["mIoU"] == pytest.approx(want)
 
 
-def test_empty_state_raises_instead_of_nan():
-  for task in mt.synthetic_tasks(num_classes=C) + mt.taskonomy_tasks():
+def test_empty_state_and_nan_predictions_raise():
+  pred, batch = make_data(7, 4)
+  for task in mt.synthetic_tasks(num_classes=C) + taskonomy_style("reference"):
     with pytest.raises(ValueError, match="no valid pixel"):
       task.metric_compute(task.metric_init())
+    if task.name != "segment_semantic" or task.metric_set == "taskonomy":  # argmax hides NaN
+      bad = np.full_like(pred[task.name], np.nan)
+      with pytest.raises(ValueError, match="not finite"):
+        task.metric_compute(task.metric_update(task.metric_init(), bad, batch))
+
+
+def test_update_keeps_state_structure_and_dtypes():
+  tasks = mt.synthetic_tasks(num_classes=C) + taskonomy_style("reference")
+  pred, batch = make_data(8, 4)
+  for task in tasks:
+    zero = task.metric_init()
+    out = jax.eval_shape(task.metric_update, zero, pred[task.name], batch)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), out) == jax.tree.map(
+        lambda a: (a.shape, a.dtype), zero), task

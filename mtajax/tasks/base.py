@@ -101,6 +101,15 @@ def require_positive(count: Any, task: str, metric: str) -> float:
   return count
 
 
+def check_finite(task: str, values: dict[str, float]) -> dict[str, float]:
+  """Returns ``values``, or raises if a metric is NaN or infinite (e.g. from NaN predictions)."""
+  bad = {k: v for k, v in values.items() if not np.isfinite(v)}
+  if bad:
+    raise ValueError(f"Task {task!r} metrics {bad} are not finite; check the predictions for "
+                     f"NaN/inf.")
+  return values
+
+
 def label_mask(batch: Batch, name: str, hw: tuple[int, int] | None = None) -> jax.Array | None:
   """``batch[name + '_mask'] == 1`` at resolution ``hw`` (None when the batch has no mask)."""
   mask = batch.get(f"{name}_mask")

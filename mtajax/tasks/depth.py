@@ -95,4 +95,4 @@ class Depth(base.Task):
       out["rel_err"] = base.mean_value(state, "rel_err", self.definition, self.name)
       n = float(state["rel_err/pixel_count"])
       out |= {name: 100 * float(c) / n for name, c in zip(SIGMA_NAMES, state["within"])}
-    return out
+    return base.check_finite(self.name, out)

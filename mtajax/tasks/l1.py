@@ -57,5 +57,5 @@ class MaskedL1(base.Task):
     return jax.tree.map(jnp.add, state, update)
 
   def metric_compute(self, state: base.MetricState) -> dict[str, float]:
-    return {self.metric_name: base.mean_value(jax.device_get(state), self.metric_name,
-                                              self.definition, self.name)}
+    return base.check_finite(self.name, {self.metric_name: base.mean_value(
+        jax.device_get(state), self.metric_name, self.definition, self.name)})

@@ -109,11 +109,12 @@ class Normal(base.Task):
     state = jax.device_get(state)
     n = base.require_positive(state["count"], self.name, next(iter(self.metrics)))
     if self.metric_set == "taskonomy":
-      return {"cosine_similarity": float(state["cos_sum"]) / n}
+      return base.check_finite(self.name, {"cosine_similarity": float(state["cos_sum"]) / n})
     cumulative = np.cumsum(state["histogram"], dtype=np.int64)
     middle = np.searchsorted(cumulative, [(int(n) - 1) // 2, int(n) // 2], side="right")
     width = 180 / self.histogram_bins
-    return {"Angle Mean": float(state["angle_sum"]) / n,
+    return base.check_finite(self.name, {
+        "Angle Mean": float(state["angle_sum"]) / n,
             "Angle Median": float(np.mean((middle + 0.5) * width)),
             **{f"Angle {t:g}": 100 * float(c) / n
-               for t, c in zip(ANGLE_THRESHOLDS, state["within"])}}
+               for t, c in zip(ANGLE_THRESHOLDS, state["within"])}})

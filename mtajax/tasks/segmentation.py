@@ -108,7 +108,8 @@ class Segmentation(base.Task):
   def metric_compute(self, state: base.MetricState) -> dict[str, float]:
     state = jax.device_get(state)
     if self.metric_set == "taskonomy":
-      return {"err": base.mean_value(state, "err", self.definition, self.name)}
+      return base.check_finite(self.name, {
+          "err": base.mean_value(state, "err", self.definition, self.name)})
     conf = np.asarray(state["confusion"], np.float64)
     tp = np.diag(conf)
     union = conf.sum(0) + conf.sum(1) - tp
@@ -121,4 +122,4 @@ class Segmentation(base.Task):
       acc = base.mean_value(state, "Pixel Acc", "reference", self.name)
     else:
       acc = float(tp.sum() / conf.sum())
-    return {"mIoU": miou, "Pixel Acc": acc}
+    return base.check_finite(self.name, {"mIoU": miou, "Pixel Acc": acc})
