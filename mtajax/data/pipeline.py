@@ -1,0 +1,241 @@
+"""Input pipeline shared by the embedded benchmark, NYUv2 and Tiny-Taskonomy.
+
+`dataset(name, data_dir, split, batch_size=...)` prepares the TFDS dataset when needed (the
+embedded benchmark is generated locally; the real ones need `manual_dir`), reads it with
+`as_data_source()` (no TensorFlow) and yields batches in the CONVENTIONS.md format. The batch at
+step k is a pure function of (seed, k): shuffling permutes the examples with a per-epoch seed, and
+augmentation draws from a generator seeded by (seed, epoch, example index), so resuming at step k
+(`loader.iterate(k)`) continues exactly. Each process reads only its slice of every global batch.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from mtajax.data import nyuv2
+from mtajax.data import preprocess
+from mtajax.data import synthetic
+from mtajax.data import synthetic_builder
+from mtajax.data import taskonomy
+
+DATASETS = ('synthetic', 'nyuv2', 'taskonomy')
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """Preprocessing options; the defaults reproduce the reference loaders (spec §7).
+
+  Attributes:
+    crop_size: (H, W) of batches; default 321x321 (NYUv2), 224x224 (Taskonomy), native (synthetic).
+    nyu_normal_encoding: 'reference' gives the raw uint8 BGR values of the reference loader as
+      float32 (Q26, 255 = invalid, no mask); 'unit' gives unit (x, y, z) normals plus 'normal_mask'.
+    flip_negates_normal_x: negate the normals' x component on horizontal flips. The reference
+      Taskonomy loader does; its NYUv2 loader does not (Q26) — set False to reproduce that.
+    taskonomy_ignore_unlabeled: label Taskonomy's unlabeled pixels 255 (ignored) instead of merging
+      them into class 0 as the reference does (Q23).
+    scale_range: range of the train-time random scale factor.
+  """
+  crop_size: tuple[int, int] | None = None
+  nyu_normal_encoding: str = 'reference'
+  flip_negates_normal_x: bool = True
+  taskonomy_ignore_unlabeled: bool = False
+  scale_range: tuple[float, float] = (0.5, 1.5)
+
+  def __post_init__(self):
+    if self.nyu_normal_encoding not in ('reference', 'unit'):
+      raise ValueError(f"nyu_normal_encoding must be 'reference' or 'unit', got "
+                       f'{self.nyu_normal_encoding!r}.')
+    if self.crop_size is not None and (len(self.crop_size) != 2 or min(self.crop_size) < 1):
+      raise ValueError(f'crop_size must be (H, W) with positive sizes, got {self.crop_size}.')
+
+
+def _builder(name: str, data_dir: str | Path, config: Any) -> tfds.core.DatasetBuilder:
+  kwargs = dict(data_dir=str(data_dir), file_format='array_record')
+  if name == 'synthetic':
+    if config is None:
+      config = synthetic_builder.make_config()
+    elif isinstance(config, Mapping):
+      config = synthetic_builder.make_config(**config)
+    return synthetic_builder.MtajaxSynthetic(config=config, **kwargs)
+  cls = {'nyuv2': nyuv2.MtajaxNyuv2, 'taskonomy': taskonomy.MtajaxTaskonomy}[name]
+  return cls(**kwargs)
+
+
+def prepare(name: str, data_dir: str | Path, manual_dir: str | Path | None = None,
+            config: Any = None) -> tfds.core.DatasetBuilder:
+  """Returns the builder of `name`, preparing the dataset first if it is not there yet."""
+  if name not in DATASETS:
+    raise ValueError(f'Unknown dataset {name!r}; use one of {DATASETS}.')
+  builder = _builder(name, data_dir, config)
+  if not builder.is_prepared():
+    if name != 'synthetic':
+      if manual_dir is None:
+        raise ValueError(f'{name} is not prepared in {data_dir}; pass manual_dir=<folder with the '
+                         'downloaded files> (see its MANUAL_DOWNLOAD_INSTRUCTIONS).')
+      (nyuv2.detect_layout if name == 'nyuv2' else taskonomy.find_root)(Path(manual_dir))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=None if manual_dir is None else str(manual_dir)))
+  return builder
+
+
+def default_tasks(name: str) -> tuple[str, ...]:
+  return nyuv2.TASKS if name == 'nyuv2' else synthetic.TASKS
+
+
+def num_classes(name: str) -> int:
+  return {'synthetic': synthetic.NUM_CLASSES, 'nyuv2': nyuv2.NUM_CLASSES,
+          'taskonomy': taskonomy.NUM_CLASSES}[name]
+
+
+class Loader:
+  """Deterministic, resumable, per-process batches of one split."""
+
+  def __init__(self, name: str, source: Sequence[Mapping[str, np.ndarray]], *,
+               batch_size: int, tasks: Sequence[str], train: bool, seed: int,
+               options: Options, shuffle: bool, drop_remainder: bool,
+               process_index: int, process_count: int, class_weights: np.ndarray | None):
+    if batch_size < 1 or batch_size % process_count:
+      raise ValueError(f'batch_size {batch_size} must be a positive multiple of the process '
+                       f'count {process_count}.')
+    if not 0 <= process_index < process_count:
+      raise ValueError(f'process_index {process_index} outside [0, {process_count}).')
+    unknown = set(tasks) - set(default_tasks(name))
+    if unknown or not tasks:
+      raise ValueError(f'Tasks {sorted(unknown) or "()"} are not available for {name}; choose '
+                       f'from {default_tasks(name)}.')
+    self.name, self.source, self.tasks = name, source, tuple(tasks)
+    self.batch_size, self.train, self.seed, self.options = batch_size, train, seed, options
+    self.shuffle, self.drop_remainder = shuffle, drop_remainder
+    self.process_index, self.process_count = process_index, process_count
+    self.local_batch_size = batch_size // process_count
+    self.num_classes = num_classes(name)
+    self.class_weights = class_weights
+    self.num_examples = len(source)
+    count = self.num_examples / batch_size
+    self.steps_per_epoch = math.floor(count) if drop_remainder else math.ceil(count)
+    if self.steps_per_epoch == 0:
+      raise ValueError(f'{self.num_examples} examples give no full batch of {batch_size}; lower '
+                       'batch_size or set drop_remainder=False.')
+
+  @property
+  def crop_size(self) -> tuple[int, int] | None:
+    if self.options.crop_size is not None:
+      return tuple(self.options.crop_size)
+    return {'nyuv2': (321, 321), 'taskonomy': (224, 224)}.get(self.name)
+
+  def indices(self, step: int) -> np.ndarray:
+    """Source indices of this process's share of the global batch at `step`."""
+    epoch, pos = divmod(step, self.steps_per_epoch)
+    order = np.arange(self.num_examples)
+    if self.shuffle:
+      order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+    batch = order[pos * self.batch_size:(pos + 1) * self.batch_size]
+    share = math.ceil(len(batch) / self.process_count)
+    return batch[self.process_index * share:(self.process_index + 1) * share]
+
+  def example(self, index: int, epoch: int = 0) -> dict[str, np.ndarray]:
+    """One preprocessed example (deterministic in (seed, epoch, index))."""
+    raw = self.source[int(index)]
+    keys = {'image'} | set(self.tasks) | {f'{t}_mask' for t in self.tasks}
+    ex = {k: np.asarray(v) for k, v in raw.items() if k in keys}
+    normal_x, negate, pad_depth_zero = 0, 'unit', False
+    if self.name == 'nyuv2':
+      pad_depth_zero = True
+      ex.pop('depth_zbuffer_mask', None)
+      if self.options.nyu_normal_encoding == 'reference' and 'normal' in ex:
+        ex['normal'] = preprocess.normal_to_reference_nyu(ex['normal'])
+        ex.pop('normal_mask')
+        normal_x, negate = 2, 'uint8'
+    if self.name == 'taskonomy':
+      ex['image'] = ex['image'].astype(np.float32)  # the reference resizes a float image.
+      mask = ex.pop('segment_semantic_mask', None)
+      if self.options.taskonomy_ignore_unlabeled and mask is not None:
+        ex['segment_semantic'] = np.where(mask > 0, ex['segment_semantic'], 255).astype(np.uint8)
+    crop = self.crop_size or ex['image'].shape[:2]
+    if self.train:
+      rng = np.random.default_rng([self.seed, epoch, int(index)])
+      ex = preprocess.train_transform(
+          ex, crop, rng, normal_x_channel=normal_x if self.options.flip_negates_normal_x else None,
+          normal_negate=negate, pad_depth_with_zero=pad_depth_zero,
+          scale_range=self.options.scale_range)
+    else:
+      ex = preprocess.test_transform(ex, crop)
+    out = {'image': preprocess.encode_image(ex.pop('image'))}
+    for key, value in ex.items():
+      if key == 'segment_semantic':
+        out[key] = value.astype(np.int32)
+      elif key.endswith('_mask'):
+        out[key] = (value == 1).astype(np.float32)
+      else:
+        out[key] = value.astype(np.float32)
+    return out
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """The local batch at global step `step`."""
+    if not self.train and step >= self.steps_per_epoch:
+      raise ValueError(f'Step {step} is past the single pass of {self.steps_per_epoch} steps of an '
+                       'evaluation loader; use train=True to repeat.')
+    epoch = step // self.steps_per_epoch
+    examples = [self.example(i, epoch) for i in self.indices(step)]
+    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+  def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """Batches from `start_step` on: forever when training, to the end of the pass otherwise."""
+    step = start_step
+    while self.train or step < self.steps_per_epoch:
+      yield self.batch(step)
+      step += 1
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return self.iterate(0)
+
+  def __len__(self) -> int:
+    return self.steps_per_epoch
+
+
+def dataset(name: str, data_dir: str | Path, split: str = 'test', *, batch_size: int,
+            tasks: Sequence[str] | None = None, train: bool = False, seed: int = 0,
+            shuffle: bool | None = None, drop_remainder: bool | None = None,
+            manual_dir: str | Path | None = None, config: Any = None,
+            options: Options | None = None, process_index: int | None = None,
+            process_count: int | None = None) -> Loader:
+  """Loader of `split` of dataset `name` ('synthetic', 'nyuv2' or 'taskonomy').
+
+  Args:
+    name: which dataset; switching datasets is this one argument (plus `manual_dir` once).
+    data_dir: TFDS data directory (prepared datasets are reused).
+    split: 'train', 'test' (and 'val' / 'test_small' where the manual data define them).
+    batch_size: global batch size (divisible by the process count).
+    tasks: task subset in CONVENTIONS.md order; default all tasks of the dataset (synthetic:
+      `synthetic.NYU_LIKE_TASKS` gives the 3-task NYUv2-like view).
+    train: apply the train-time augmentation and repeat forever; else one pass, test transform.
+    seed: seed of the shuffling and of the augmentation.
+    shuffle: default `train`.
+    drop_remainder: default `train`.
+    manual_dir: folder with the downloaded files (NYUv2, Taskonomy), needed to prepare once.
+    config: synthetic only: a `SyntheticConfig` or kwargs of `synthetic_builder.make_config`.
+    options: preprocessing options (`Options`).
+    process_index: default `jax.process_index()`.
+    process_count: default `jax.process_count()`.
+  """
+  builder = prepare(name, data_dir, manual_dir, config)
+  if split not in builder.info.splits:
+    raise ValueError(f'Split {split!r} not in {name}; available: {sorted(builder.info.splits)}.')
+  weights = None
+  if name == 'taskonomy':
+    weights = np.asarray(builder.info.metadata['semseg_prior_factor'], dtype=np.float32)
+  return Loader(
+      name, builder.as_data_source(split=split), batch_size=batch_size,
+      tasks=default_tasks(name) if tasks is None else tasks, train=train, seed=seed,
+      options=options or Options(), shuffle=train if shuffle is None else shuffle,
+      drop_remainder=train if drop_remainder is None else drop_remainder,
+      process_index=jax.process_index() if process_index is None else process_index,
+      process_count=jax.process_count() if process_count is None else process_count,
+      class_weights=weights)

@@ -1,0 +1,28 @@
+"""What the mtajax TFDS builders share."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from etils import epath
+import tensorflow_datasets as tfds
+
+
+class LocalCodePath:
+  """Mixin pointing TFDS at the builder's own source file.
+
+  TFDS 4.9.10 locates a packaged builder's source through `importlib_resources`, which it does not
+  install; giving the path directly avoids that import (and there is no checksums file to find).
+  """
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls) -> epath.Path:
+    return epath.Path(__import__(cls.__module__, fromlist=['_']).__file__)
+
+
+def manual_dir_of(dl_manager: tfds.download.DownloadManager) -> Path:
+  """The manual directory, with a one-line error when it is missing or empty."""
+  try:
+    return Path(dl_manager.manual_dir)
+  except AssertionError as e:
+    raise ValueError(f'Manual directory missing or empty: {str(e).splitlines()[0]}') from None
