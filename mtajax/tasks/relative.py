@@ -72,7 +72,8 @@ def arp(clean: Metrics, attacked: Metrics, tasks: Sequence[base.Task], *,
   """
   task_acc, avg = relative_performance(clean, attacked, tasks,
                                        reference_rounding=reference_rounding)
-  return Arp(total=-100 * avg, per_task={name: -100 * acc for name, acc in task_acc.items()})
+  return Arp(total=0.0 - 100 * avg,
+             per_task={name: 0.0 - 100 * acc for name, acc in task_acc.items()})
 
 
 def relative_loss(clean: Mapping[str, float], attacked: Mapping[str, float], *,
