@@ -143,7 +143,9 @@ class MtajaxNyuv2(tfds_support.LocalCodePath, tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
   def _info(self) -> tfds.core.DatasetInfo:
-    tensor = tfds.features.Tensor
+    def tensor(shape, dtype):  # variable image sizes need an encoded tensor
+      return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.ZLIB)
+
     hw = (None, None)
     return tfds.core.DatasetInfo(
         builder=self,

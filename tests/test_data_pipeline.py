@@ -1,0 +1,173 @@
+"""Input pipeline: reference encoding, transforms, determinism, resumption and sharding."""
+import json
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from mtajax.data import pipeline
+from mtajax.data import preprocess
+from mtajax.data import resize
+
+CONFIG = dict(resolution=32, num_train=20, num_test=6, seed=1)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp('tfds')
+  pipeline.prepare('synthetic', path, config=CONFIG)
+  return path
+
+
+def _loader(data_dir, **kw):
+  kw.setdefault('batch_size', 4)
+  return pipeline.dataset('synthetic', data_dir, kw.pop('split', 'train'), config=CONFIG, **kw)
+
+
+def test_reference_constants():
+  np.testing.assert_allclose(preprocess.BGR_MEAN, [104.00698793, 116.66876762, 122.67891434])
+  low, high = preprocess.input_bounds()
+  assert low.shape == high.shape == (3,)
+  np.testing.assert_allclose(low, [-104.00698793, -116.66876762, -122.67891434], rtol=1e-6)
+  np.testing.assert_allclose(high, [150.99301207, 138.33123238, 132.32108566], rtol=1e-6)
+  rgb = np.array([[[10, 20, 30]]], np.uint8)
+  np.testing.assert_allclose(preprocess.encode_image(rgb)[0, 0],
+                             [30 - 104.00698793, 20 - 116.66876762, 10 - 122.67891434], rtol=1e-6)
+  np.testing.assert_allclose(preprocess.decode_image(preprocess.encode_image(rgb)), rgb, atol=1e-4)
+
+
+def test_deterministic_and_resumable(data_dir):
+  a = _loader(data_dir, train=True, seed=3)
+  b = _loader(data_dir, train=True, seed=3)
+  steps = [batch for _, batch in zip(range(7), a.iterate(0))]  # crosses an epoch (5 steps)
+  resumed = next(b.iterate(6))
+  for key in resumed:
+    np.testing.assert_array_equal(resumed[key], steps[6][key])
+  other = _loader(data_dir, train=True, seed=4).batch(6)
+  assert not np.array_equal(other['image'], steps[6]['image'])
+  assert not np.array_equal(steps[0]['image'], steps[5]['image'])  # reshuffled next epoch
+
+
+def test_process_sharding_partitions_the_global_batch(data_dir):
+  whole = _loader(data_dir, train=True, seed=0, process_index=0, process_count=1)
+  parts = [_loader(data_dir, train=True, seed=0, process_index=p, process_count=2)
+           for p in range(2)]
+  for step in (0, 3):
+    local = [p.batch(step) for p in parts]
+    assert local[0]['image'].shape[0] == 2
+    glob = whole.batch(step)
+    for key in glob:
+      np.testing.assert_array_equal(np.concatenate([l[key] for l in local]), glob[key])
+  with pytest.raises(ValueError, match='multiple of the process count'):
+    _loader(data_dir, batch_size=3, process_index=0, process_count=2)
+
+
+def test_eval_is_one_ordered_pass(data_dir):
+  loader = _loader(data_dir, split='test', batch_size=4)
+  batches = list(loader)
+  assert [b['image'].shape[0] for b in batches] == [4, 2]
+  np.testing.assert_array_equal(loader.indices(0), np.arange(4))
+  with pytest.raises(ValueError, match='past the single pass'):
+    loader.batch(2)
+
+
+def test_train_crop_pads_labels_with_ignore(data_dir):
+  options = pipeline.Options(crop_size=(80, 80), scale_range=(1.0, 1.0 + 1e-9))
+  batch = _loader(data_dir, train=True, options=options).batch(0)
+  corner = (slice(None), slice(0, 2), slice(0, 2))  # 32x32 centred in 80x80: corners are padding
+  assert (batch['segment_semantic'][corner] == 255).all()
+  assert (batch['depth_zbuffer'][corner] == 255).all() and (batch['normal'][corner] == 255).all()
+  assert (batch['depth_zbuffer_mask'][corner] == 0).all()
+  np.testing.assert_allclose(batch['image'][corner], np.broadcast_to(-preprocess.BGR_MEAN,
+                                                                      (4, 2, 2, 3)))
+
+
+def test_train_batch_equals_transform_with_the_example_seed(data_dir):
+  loader = _loader(data_dir, train=True, seed=5)
+  step = 7
+  batch = loader.batch(step)
+  epoch = step // loader.steps_per_epoch
+  i = int(loader.indices(step)[1])
+  raw = {k: np.asarray(v) for k, v in loader.source[i].items()
+         if k in ('image', 'segment_semantic', 'normal', 'normal_mask')}
+  ex = preprocess.train_transform(raw, (32, 32), np.random.default_rng([5, epoch, i]),
+                                  normal_x_channel=0)
+  np.testing.assert_array_equal(batch['segment_semantic'][1], ex['segment_semantic'])
+  np.testing.assert_allclose(batch['normal'][1], ex['normal'])
+  np.testing.assert_allclose(batch['image'][1], preprocess.encode_image(ex['image']))
+
+
+def test_flip_negates_normal_x_of_valid_pixels_only():
+  rng = np.random.default_rng(0)
+  n = rng.normal(size=(4, 5, 3))
+  n /= np.linalg.norm(n, axis=-1, keepdims=True)
+  mask = np.ones((4, 5), np.uint8)
+  mask[0, 0] = 0
+  ex = {'normal': n.astype(np.float32), 'normal_mask': mask}
+  out = preprocess.flip_example(ex, 0, 'unit')
+  np.testing.assert_allclose(out['normal'][..., 0][mask[:, ::-1] == 1],
+                             -n[:, ::-1, 0][mask[:, ::-1] == 1])
+  np.testing.assert_allclose(out['normal'][0, -1], n[0, 0])  # invalid pixel: only moved
+  np.testing.assert_allclose(out['normal'][..., 1:], n[:, ::-1, 1:])
+  raw = preprocess.normal_to_reference_nyu(n)
+  raw[1, 1, 0] = 255.0
+  flipped = preprocess.flip_example({'normal': raw}, 2, 'uint8')['normal']
+  np.testing.assert_array_equal(flipped[..., 2][1, -2], raw[1, 1, 2])  # invalid: untouched
+  np.testing.assert_array_equal(flipped[0, :, 2], 255 - raw[0, ::-1, 2])
+  kept = preprocess.flip_example({'normal': raw}, None, 'uint8')['normal']
+  np.testing.assert_array_equal(kept, raw[:, ::-1])
+
+
+def _nyu_adashare(root, h=24, w=32):
+  nyu = root / 'NYUv2'
+  for sub in ('img', 'seg', 'normal_mask', 'depth'):
+    (nyu / sub).mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+  seg = rng.integers(0, 40, (h, w), dtype=np.uint8)
+  normal = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+  depth = rng.uniform(0.5, 5, (h, w)).astype(np.float32)
+  Image.fromarray(image).save(nyu / 'img/0.png')
+  Image.fromarray(seg).save(nyu / 'seg/0.png')
+  Image.fromarray(normal).save(nyu / 'normal_mask/0.png')
+  np.save(nyu / 'depth/0.npy', depth)
+  entry = ['img/0.png', 'seg/0.png', 'normal_mask/0.png', 'depth/0.npy']
+  (nyu / 'nyu_v2_3task.json').write_text(json.dumps({'train': [entry], 'test': [entry]}))
+  return image, seg, normal, depth
+
+
+def test_nyuv2_reference_test_transform(tmp_path):
+  image, seg, normal, depth = _nyu_adashare(tmp_path / 'manual')
+  loader = pipeline.dataset('nyuv2', tmp_path / 'data', 'test', batch_size=1,
+                            manual_dir=tmp_path / 'manual')
+  batch = loader.batch(0)
+  assert set(batch) == {'image', 'segment_semantic', 'normal', 'depth_zbuffer'}  # no masks
+  # Image: OpenCV-bilinear on the uint8 BGR image to 321x321, then minus the mean.
+  bgr = image[..., ::-1]
+  expected = resize.resize_bilinear(np.ascontiguousarray(bgr), (321, 321)).astype(np.float32)
+  np.testing.assert_allclose(batch['image'][0], expected - preprocess.BGR_MEAN, atol=1e-4)
+  rows = np.minimum(np.arange(321) * 24 // 321, 23)
+  cols = np.minimum(np.arange(321) * 32 // 321, 31)
+  np.testing.assert_array_equal(batch['segment_semantic'][0], seg[rows][:, cols])
+  np.testing.assert_array_equal(batch['depth_zbuffer'][0], depth[rows][:, cols])
+  # Normals: raw PNG bytes in OpenCV's BGR order (Q26).
+  np.testing.assert_array_equal(batch['normal'][0], normal[rows][:, cols][..., ::-1])
+  unit = pipeline.dataset('nyuv2', tmp_path / 'data', 'test', batch_size=1,
+                          options=pipeline.Options(nyu_normal_encoding='unit')).batch(0)
+  np.testing.assert_allclose(unit['normal'][0], normal[rows][:, cols] / 127.5 - 1, atol=1e-6)
+  assert 'normal_mask' in unit
+  train = pipeline.dataset('nyuv2', tmp_path / 'data', 'train', batch_size=1, train=True).batch(0)
+  assert train['image'].shape == (1, 321, 321, 3)
+  pad = train['depth_zbuffer'][0][train['segment_semantic'][0] == 255]
+  assert pad.size and (pad == 0).all()  # NYUv2 pads depth with 0 (invalid), labels with 255
+
+
+def test_bad_arguments(data_dir):
+  with pytest.raises(ValueError, match='Unknown dataset'):
+    pipeline.dataset('cityscapes', data_dir, batch_size=1)
+  with pytest.raises(ValueError, match='Split'):
+    _loader(data_dir, split='validation')
+  with pytest.raises(ValueError, match='not available'):
+    _loader(data_dir, tasks=('segment_semantic', 'depth_euclidean'))
+  with pytest.raises(ValueError, match='nyu_normal_encoding'):
+    pipeline.Options(nyu_normal_encoding='rgb')
