@@ -34,8 +34,9 @@ def _linear_taps(in_size: int, out_size: int, clamp_weights: bool, src_dtype: ty
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """OpenCV INTER_LINEAR source indices (i0, i1) and weight of i1 per destination index.
 
-  OpenCV zeroes the weight at the borders horizontally (`clamp_weights`) but only clamps the
-  row indices vertically; with uint8 fixed point the two give different roundings.
+  OpenCV zeroes the weight of out-of-range taps (`clamp_weights`) except for the rows of its
+  uint8 fixed-point path, where it only clamps the row indices; the two round differently there.
+  Source positions are computed in float32 on that path (`src_dtype`), in float64 otherwise.
   """
   scale = 1.0 / (out_size / in_size)
   src = ((np.arange(out_size, dtype=np.float64) + 0.5) * scale - 0.5).astype(src_dtype)

@@ -115,7 +115,9 @@ class MtajaxTaskonomy(tfds_support.LocalCodePath, tfds.core.GeneratorBasedBuilde
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
   def _info(self) -> tfds.core.DatasetInfo:
-    tensor = tfds.features.Tensor
+    def tensor(shape, dtype):  # raw bytes: much faster to serialise than int64/float lists
+      return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
+
     hw = (RESOLUTION, RESOLUTION)
     return tfds.core.DatasetInfo(
         builder=self,
