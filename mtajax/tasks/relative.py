@@ -3,7 +3,7 @@
 For each metric j of task t with clean value m and attacked value m' (spec §6.3):
 ``rel_j = (m' - m) / m`` if higher is better else ``(m - m') / m``; ``task_acc_t = mean_j rel_j``;
 ``avg_acc = mean_t task_acc_t``. ARP = ``-100 * avg_acc`` (per task: ``-100 * task_acc_t``), so a
-stronger attack has a higher ARP. ``reference_rounding=True`` rounds like the reference's CSV
+stronger attack has a higher ARP. ``reference_rounding=True`` (the default) rounds like the reference's CSV
 (spec Q22): metrics to 4 decimals, ``task_acc`` to 6, ``avg_acc`` to 4.
 """
 
@@ -36,7 +36,7 @@ def _value(metrics: Metrics, task: str, metric: str, which: str) -> float:
 
 
 def relative_performance(clean: Metrics, attacked: Metrics, tasks: Sequence[base.Task], *,
-                         reference_rounding: bool = False) -> tuple[dict[str, float], float]:
+                         reference_rounding: bool = True) -> tuple[dict[str, float], float]:
   """Per-task ``task_acc`` and ``avg_acc`` of ``attacked`` relative to ``clean`` (negative = worse).
 
   Metrics are looked up as ``metrics[task.name][metric]`` for every metric in ``task.metrics``
@@ -63,7 +63,7 @@ def relative_performance(clean: Metrics, attacked: Metrics, tasks: Sequence[base
 
 
 def arp(clean: Metrics, attacked: Metrics, tasks: Sequence[base.Task], *,
-        reference_rounding: bool = False) -> Arp:
+        reference_rounding: bool = True) -> Arp:
   """ARP of an attack (paper Eq. 10): ``-100 * avg_acc``, and per task ``-100 * task_acc``.
 
   With ``clean`` = the model trained without adversarial training and ``attacked`` = the clean
@@ -77,7 +77,7 @@ def arp(clean: Metrics, attacked: Metrics, tasks: Sequence[base.Task], *,
 
 
 def relative_loss(clean: Mapping[str, float], attacked: Mapping[str, float], *,
-                  reference_rounding: bool = False) -> tuple[dict[str, float], float]:
+                  reference_rounding: bool = True) -> tuple[dict[str, float], float]:
   """Per-task ``(loss - loss') / loss`` and its mean: the reference CSV's loss columns (§6.3)."""
   if not clean or set(clean) != set(attacked):
     raise ValueError(f"clean and attacked losses must name the same tasks, got {sorted(clean)} "
