@@ -1,4 +1,4 @@
-"""A tree-structured multi-task network built from backbone blocks and a (fine) layout (spec §8.7)."""
+"""A tree-structured multi-task network from backbone blocks and a fine layout (spec §8.7)."""
 
 from __future__ import annotations
 
@@ -14,18 +14,19 @@ HeadFactory = Callable[..., nnx.Module]  # called as factory(rngs=rngs); head(x,
 
 
 class BranchedModel(nnx.Module):
-  """One copy of block ``i`` per task set of ``layout.blocks[i]``, wired as a tree, plus one head per task.
+  """One copy of block ``i`` per task set of ``layout.blocks[i]``, wired as a tree, plus task heads.
 
-  Copy ``g`` of block ``i`` reads the output of the copy of block ``i - 1`` whose task set contains its
-  own; block-0 copies read the input. Each copy runs once per forward pass and feeds all its children.
+  Copy ``g`` of block ``i`` reads the output of the copy of block ``i - 1`` whose task set contains
+  its own; block-0 copies read the input. Each copy runs once per forward pass and feeds all its
+  children.
 
   Args:
     blocks: one factory per fine block, in order.
     layout: a fine layout with ``len(blocks)`` blocks.
     heads: task name -> head factory; task ``t`` of the layout is the ``t``-th name.
-    identical_copies: if True (TreeMTL clean training, the default) every copy of a block starts from
-      the same weights, and the initial weights do not depend on the layout (for a given seed); if
-      False (the reference's ``Deeplab_ASPP_Layout``) every copy is drawn independently.
+    identical_copies: if True (TreeMTL clean training, the default) every copy of a block starts
+      from the same weights, and the initial weights do not depend on the layout (for a given
+      seed); if False (the reference's ``Deeplab_ASPP_Layout``) every copy is drawn independently.
     rngs: initialisation randomness (the ``params`` stream).
   """
 
@@ -33,11 +34,11 @@ class BranchedModel(nnx.Module):
                heads: Mapping[str, HeadFactory], *, identical_copies: bool = True,
                rngs: nnx.Rngs):
     if layout.num_blocks != len(blocks):
-      raise ValueError(f"The layout has {layout.num_blocks} blocks but the backbone has {len(blocks)}; "
-                       "expand a coarse layout with coarse_to_fine first.")
+      raise ValueError(f"The layout has {layout.num_blocks} blocks but the backbone has "
+                       f"{len(blocks)}; expand a coarse layout with coarse_to_fine first.")
     if layout.num_tasks != len(heads):
-      raise ValueError(f"The layout has {layout.num_tasks} tasks but {len(heads)} heads were given; "
-                       "pass one head per task.")
+      raise ValueError(f"The layout has {layout.num_tasks} tasks but {len(heads)} heads were "
+                       "given; pass one head per task.")
     self.layout = layout
     self.task_names = tuple(heads)
     copies = []
@@ -50,8 +51,7 @@ class BranchedModel(nnx.Module):
     self.heads = nnx.List([factory(rngs=nnx.Rngs(params=rngs.params()))
                            for factory in heads.values()])
     self.parents = tuple(
-        tuple(0 if i == 0 else next(p for p, parent in enumerate(layout.blocks[i - 1]) if s <= parent)
-              for s in task_sets)
+        tuple(0 if i == 0 else layout.group_index(i - 1, min(s)) for s in task_sets)
         for i, task_sets in enumerate(layout.blocks))
 
   def _needed(self, tasks: Sequence[int]) -> list[set[int]]:
@@ -64,7 +64,7 @@ class BranchedModel(nnx.Module):
 
   def __call__(self, x: jax.Array, *, tasks: Sequence[str] | None = None,
                rng: jax.Array | None = None) -> dict[str, jax.Array]:
-    """Predictions ``{task: (B, h, w, C)}`` for ``tasks`` (default: all); ``rng`` feeds head dropout.
+    """Predictions ``{task: (B, h, w, C)}`` for ``tasks`` (default: all); ``rng`` feeds dropout.
 
     Only the copies on the selected tasks' paths are evaluated; the values are the same as in a full
     forward pass.

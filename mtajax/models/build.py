@@ -12,7 +12,8 @@ from mtajax.models.branched import BlockFactory, BranchedModel, HeadFactory
 from mtajax.models.heads import ASPPHead, ConvHead
 from mtajax.models.layouts import (NUM_COARSE_BLOCKS, CoarseToFine, Layout, coarse_to_fine,
                                    enumerate_layouts, parse_layout)
-from mtajax.models.mobilenet import MOBILENETV2_COARSE_TO_FINE, MOBILENETV2_FEATURES, mobilenetv2_blocks
+from mtajax.models.mobilenet import (MOBILENETV2_COARSE_TO_FINE, MOBILENETV2_FEATURES,
+                                     mobilenetv2_blocks)
 from mtajax.models.resnet import RESNET34_COARSE_TO_FINE, RESNET34_FEATURES, deeplab_resnet34_blocks
 from mtajax.models.small import (SMALL_COARSE_TO_FINE, SMALL_DEFAULT_WIDTH, small_features,
                                  small_resnet_blocks)
@@ -78,8 +79,8 @@ def fine_layout(backbone: str, layout: Layout | str | int, num_tasks: int) -> La
     return coarse_to_fine(layout, mapping)
   if layout.num_blocks == num_fine:
     return layout
-  raise ValueError(f"A {backbone} layout needs {NUM_COARSE_BLOCKS} coarse or {num_fine} fine blocks, "
-                   f"got {layout.num_blocks}.")
+  raise ValueError(f"A {backbone} layout needs {NUM_COARSE_BLOCKS} coarse or {num_fine} fine "
+                   f"blocks, got {layout.num_blocks}.")
 
 
 def build_model(backbone: str, tasks: Mapping[str, int], layout: Layout | str | int, *,

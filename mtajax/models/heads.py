@@ -19,7 +19,7 @@ def _dropout_key(rng: jax.Array | None, index: int) -> jax.Array | None:
 
 
 class ASPPBranch(nnx.Module):
-  """conv3×3 dilated (in→hidden) → ReLU → Dropout → conv1×1 (hidden→hidden) → ReLU → Dropout → conv1×1."""
+  """Dilated conv3×3 (in→hidden), ReLU, Dropout, conv1×1 (hidden→hidden), ReLU, Dropout, conv1×1."""
 
   def __init__(self, in_ch: int, out_ch: int, rate: int, *, hidden: int, dropout: float,
                rngs: nnx.Rngs):

@@ -1,4 +1,4 @@
-"""Layers with PyTorch semantics: BatchNorm statistics, explicit conv padding, ceil-mode pooling, inits."""
+"""Layers with PyTorch semantics: BatchNorm, explicit conv padding, ceil-mode pooling, inits."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ def torch_default_init(fan_in: int) -> tuple[nnx.Initializer, nnx.Initializer]:
 class BatchNorm(nnx.BatchNorm):
   """PyTorch ``BatchNorm2d`` (eps 1e-5, momentum 0.1, affine) over the last axis.
 
-  Differs from :class:`flax.nnx.BatchNorm` only in training mode, where the running variance is updated
-  with the unbiased batch variance ``n / (n - 1) * var`` as PyTorch does (the output still uses the
-  biased one).
+  Differs from :class:`flax.nnx.BatchNorm` only in training mode, where the running variance is
+  updated with the unbiased batch variance ``n / (n - 1) * var`` as PyTorch does (the output still
+  uses the biased one).
   """
 
   def __init__(self, num_features: int, *, rngs: nnx.Rngs):
@@ -39,8 +39,8 @@ class BatchNorm(nnx.BatchNorm):
     axes = tuple(range(x.ndim - 1))
     n = math.prod(x.shape[:-1])
     if n < 2:
-      raise ValueError(f"BatchNorm in training mode needs more than one value per channel, got input "
-                       f"shape {x.shape}; use a larger batch or eval mode.")
+      raise ValueError(f"BatchNorm in training mode needs more than one value per channel, got "
+                       f"input shape {x.shape}; use a larger batch or eval mode.")
     mean = jnp.mean(x, axes)
     var = jnp.mean(jnp.square(x - mean), axes)
     m = self.momentum

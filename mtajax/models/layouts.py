@@ -2,8 +2,9 @@
 
 A layout over ``B`` blocks and ``T`` tasks is a tuple of blocks; block ``i`` is a tuple of disjoint
 task sets covering ``{0, ..., T-1}`` (the tasks in one set share one copy of block ``i``), and every
-set at block ``i + 1`` lies inside one set at block ``i`` (a tree). The order of the sets is kept for
-printing (it is the order TreeMTL builds the block copies in); equality ignores it, as in TreeMTL.
+set at block ``i + 1`` lies inside one set at block ``i`` (a tree). The order of the sets is kept
+for printing (it is the order TreeMTL builds the block copies in); equality ignores it, as in
+TreeMTL.
 """
 
 from __future__ import annotations
@@ -172,7 +173,10 @@ def enumerate_layouts(num_tasks: int, num_blocks: int = NUM_COARSE_BLOCKS) -> tu
 
 
 def coarse_to_fine(layout: Layout, mapping: Sequence[Sequence[int]]) -> Layout:
-  """Expands a coarse layout: fine block ``f`` gets coarse block ``c``'s sets for ``f in mapping[c]``."""
+  """Expands a coarse layout: fine block ``f`` gets the sets of coarse block ``c`` ∋ ``f``.
+
+  ``mapping[c]`` lists the fine blocks of coarse block ``c``.
+  """
   if len(mapping) != layout.num_blocks:
     raise ValueError(f"The mapping has {len(mapping)} coarse blocks but the layout has "
                      f"{layout.num_blocks}; use the backbone's coarse-to-fine mapping.")

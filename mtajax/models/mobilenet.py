@@ -11,8 +11,8 @@ import functools
 import jax
 from flax import nnx
 
+from mtajax.models.branched import BlockFactory
 from mtajax.models.layers import BatchNorm, conv
-from mtajax.models.resnet import BlockFactory
 
 MOBILENETV2_COARSE_TO_FINE = (tuple(range(0, 7)), tuple(range(7, 18)), tuple(range(18, 23)),
                               tuple(range(23, 31)), (31,))

@@ -19,11 +19,12 @@ def _view(model: nnx.Module, *, train: bool) -> nnx.Module:
                   raise_if_not_found=False)
 
 
-def pure_predict(model: nnx.Module) -> tuple[Callable[[nnx.State, jax.Array], Predictions], nnx.State]:
+def pure_predict(
+    model: nnx.Module) -> tuple[Callable[[nnx.State, jax.Array], Predictions], nnx.State]:
   """Returns ``(predict, state)``: ``predict(state, x)`` is the eval-mode forward pass.
 
-  Eval mode = BatchNorm running statistics and no dropout, as the attacks require. ``state`` holds the
-  parameters and BatchNorm statistics (arrays shared with ``model``).
+  Eval mode = BatchNorm running statistics and no dropout, as the attacks require. ``state`` holds
+  the parameters and BatchNorm statistics (arrays shared with ``model``).
   """
   graphdef, state = nnx.split(_view(model, train=False))
 
@@ -38,9 +39,10 @@ def pure_apply(model: nnx.Module) -> tuple[Callable[..., tuple[Predictions, nnx.
   """Returns ``(apply, params, batch_stats)`` for training loops.
 
   ``apply(params, batch_stats, x, *, train, rng=None) -> (predictions, new_batch_stats)``. With
-  ``train=True`` BatchNorm normalises with batch statistics and returns updated running statistics,
-  and dropout draws its masks from ``rng`` (required); with ``train=False`` it is the eval forward pass
-  and ``new_batch_stats`` equals ``batch_stats``. ``train`` must be a Python bool (static under jit).
+  ``train=True`` BatchNorm normalises with batch statistics and returns updated running
+  statistics, and dropout draws its masks from ``rng`` (required); with ``train=False`` it is the
+  eval forward pass and ``new_batch_stats`` equals ``batch_stats``. ``train`` must be a Python bool
+  (static under jit).
   """
   train_def, params, batch_stats = nnx.split(_view(model, train=True), nnx.Param, nnx.BatchStat)
   eval_def = nnx.graphdef(_view(model, train=False))

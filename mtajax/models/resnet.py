@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import jax
 from flax import nnx
 
+from mtajax.models.branched import BlockFactory
 from mtajax.models.layers import BatchNorm, conv, max_pool_ceil
-
-BlockFactory = Callable[[nnx.Rngs], nnx.Module]
 
 RESNET34_COARSE_TO_FINE = ((0,), (1, 2, 3), (4, 5, 6, 7), tuple(range(8, 14)), (14, 15, 16))
 RESNET34_FEATURES = 512

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 
-from mtajax.models.resnet import BlockFactory, Stem, resnet_stage_blocks
+from mtajax.models.branched import BlockFactory
+from mtajax.models.resnet import Stem, resnet_stage_blocks
 
 SMALL_COARSE_TO_FINE = ((0,), (1,), (2, 3), (4, 5), (6,))
 SMALL_DEFAULT_WIDTH = 16

@@ -16,16 +16,18 @@ from flax import nnx
 
 from mtajax.models.build import backbone_blocks, fine_layout
 from mtajax.models.layers import BatchNorm
-from mtajax.models.layouts import Layout, enumerate_layouts, is_independent, parse_layout, sharing_level
+from mtajax.models.layouts import (Layout, enumerate_layouts, is_independent, parse_layout,
+                                   sharing_level)
 
 Count = Literal["paper", "all"]
 
 # Layouts printed in paper Tables 16 (NYUv2) and 17 (Tiny-Taskonomy), in the paper's row order.
 PAPER_TABLE_INDICES = {
-    ("resnet34", 3): (2, 9, 14, 4, 23, 10, 5, 28, 38, 41, 33, 39, 42, 44, 48, 26, 17, 34, 43, 49, 0),
+    ("resnet34", 3): (2, 9, 14, 4, 23, 10, 5, 28, 38, 41, 33, 39, 42, 44, 48, 26, 17, 34, 43, 49,
+                      0),
     ("resnet34", 5): (4, 190, 348, 200, 469, 358, 481, 191, 959, 958, 1020, 1043, 1037, 0),
 }
-# Layouts the reference trained and attacked (reference-spec §8.9; MobileNetV2 from its launch script).
+# Layouts the reference trained and attacked (reference-spec §8.9; MobileNetV2: launch script).
 TRAINED_LAYOUTS = {
     ("resnet34", 3): (0, 2, 4, 5, 9, 10, 11, 14, 17, 21, 23, 26, 28, 33, 34, 35, 36, 38, 39, 41, 42,
                       43, 44, 48, 49),
@@ -35,7 +37,8 @@ TRAINED_LAYOUTS = {
 
 
 @functools.cache
-def block_params(backbone: str, count: Count = "paper", width: int | None = None) -> tuple[int, ...]:
+def block_params(backbone: str, count: Count = "paper",
+                 width: int | None = None) -> tuple[int, ...]:
   """Parameters of each fine block of ``backbone``."""
   if count not in ("paper", "all"):
     raise ValueError(f"count must be 'paper' or 'all', got {count!r}.")
@@ -74,20 +77,21 @@ class LayoutRow(NamedTuple):
 
 def layout_table(backbone: str, num_tasks: int, indices: tuple[int, ...] | list[int] | None = None,
                  *, count: Count = "paper", width: int | None = None) -> list[LayoutRow]:
-  """Rows for the coarse layouts ``indices`` (default: all) of ``num_tasks`` tasks on ``backbone``."""
+  """Rows for the coarse layouts ``indices`` (default: all) of ``num_tasks`` tasks."""
   layouts = enumerate_layouts(num_tasks)
   indices = range(len(layouts)) if indices is None else indices
   rows = []
   for i in indices:
     if not 0 <= i < len(layouts):
-      raise ValueError(f"Layout index {i} is out of range 0..{len(layouts) - 1} for {num_tasks} tasks.")
+      raise ValueError(f"Layout index {i} is out of range 0..{len(layouts) - 1} for {num_tasks} "
+                       "tasks.")
     params = layout_params(backbone, layouts[i], count=count, width=width)
     rows.append(LayoutRow(i, params / 1e6, str(layouts[i])))
   return rows
 
 
 def format_layout_table(rows: list[LayoutRow]) -> str:
-  """The rows as the paper prints them: ``Model Index #Params (M) Layout``, #Params to 2 decimals."""
+  """The rows as the paper prints them (``Model Index #Params (M) Layout``, 2 decimals)."""
   lines = ["Model Index #Params (M) Layout"]
   lines += [f"{row.label} {round(row.params_m, 2)} {row.layout}" for row in rows]
   return "\n".join(lines)

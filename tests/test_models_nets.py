@@ -1,0 +1,145 @@
+"""Backbone layers against NumPy/PyTorch semantics, and forward shapes via jax.eval_shape."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import mtajax  # noqa: F401  (XLA:CPU workaround before JAX initialises)
+from mtajax import models as M
+from mtajax.models import layers
+
+TASKS3 = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
+TASKS5 = {"segment_semantic": 17, "normal": 3, "depth_zbuffer": 1, "keypoints2d": 1,
+          "edge_texture": 1}
+
+
+def _np_maxpool_ceil(x, k=3, s=2, p=1):
+  """PyTorch MaxPool2d(ceil_mode=True) on (H, W): windows start at -p; last start < H + p."""
+  h, w = x.shape
+  out = [layers.ceil_pool_size(n, k, s, p) for n in (h, w)]
+  y = np.empty(out)
+  for i in range(out[0]):
+    for j in range(out[1]):
+      r0, c0 = i * s - p, j * s - p
+      y[i, j] = x[max(r0, 0):min(r0 + k, h), max(c0, 0):min(c0 + k, w)].max()
+  return y
+
+
+def test_ceil_pool_sizes():
+  # reference-spec §8.4/§13 and PyTorch's formula.
+  assert layers.ceil_pool_size(161, 3, 2, 1) == 81
+  assert layers.ceil_pool_size(112, 3, 2, 1) == 57
+  for n in range(2, 40):
+    out = math.ceil((n + 2 - 3) / 2) + 1
+    if (out - 1) * 2 >= n + 1:
+      out -= 1
+    assert layers.ceil_pool_size(n, 3, 2, 1) == out
+
+
+@pytest.mark.parametrize("h,w", [(7, 8), (12, 5), (9, 9)])
+def test_max_pool_ceil_matches_numpy(h, w):
+  x = np.random.default_rng(0).normal(size=(2, h, w, 3)).astype(np.float32)
+  y = np.asarray(layers.max_pool_ceil(jnp.asarray(x)))
+  for b in range(2):
+    for c in range(3):
+      np.testing.assert_array_equal(y[b, :, :, c], _np_maxpool_ceil(x[b, :, :, c]))
+
+
+def _np_conv(x, w, stride, pad, dil):
+  """Direct NHWC x HWIO convolution with symmetric zero padding (PyTorch Conv2d semantics)."""
+  x = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  k = w.shape[0]
+  span = (k - 1) * dil + 1
+  out_h = (x.shape[1] - span) // stride + 1
+  out_w = (x.shape[2] - span) // stride + 1
+  y = np.zeros((x.shape[0], out_h, out_w, w.shape[3]))
+  for i in range(out_h):
+    for j in range(out_w):
+      patch = x[:, i * stride:i * stride + span:dil, j * stride:j * stride + span:dil, :]
+      y[:, i, j] = np.einsum("bhwc,hwco->bo", patch, w)
+  return y
+
+
+@pytest.mark.parametrize("kernel,stride,pad,dil", [(3, 2, 1, 1), (3, 1, 2, 2), (7, 2, 3, 1),
+                                                   (1, 2, 0, 1)])
+def test_conv_padding_matches_numpy(kernel, stride, pad, dil):
+  conv = layers.conv(3, 4, kernel, stride=stride, padding=pad, dilation=dil, rngs=nnx.Rngs(0))
+  x = np.random.default_rng(1).normal(size=(1, 11, 10, 3)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(conv(jnp.asarray(x))),
+                             _np_conv(x, np.asarray(conv.kernel[...]), stride, pad, dil),
+                             rtol=1e-4, atol=1e-5)
+  assert conv.bias is None and float(np.std(conv.kernel[...])) == pytest.approx(0.01, rel=0.3)
+
+
+def test_batchnorm_train_and_eval_match_pytorch_semantics():
+  bn = layers.BatchNorm(3, rngs=nnx.Rngs(0))
+  x = np.random.default_rng(2).normal(2.0, 3.0, size=(2, 4, 5, 3)).astype(np.float32)
+  y = np.asarray(bn(jnp.asarray(x)))
+  flat = x.reshape(-1, 3).astype(np.float64)
+  mean, var = flat.mean(0), flat.var(0)
+  np.testing.assert_allclose(y, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-4)
+  # PyTorch: running = 0.9 running + 0.1 batch, with the unbiased variance.
+  np.testing.assert_allclose(bn.mean[...], 0.1 * mean, rtol=1e-5)
+  np.testing.assert_allclose(bn.var[...], 0.9 + 0.1 * flat.var(0, ddof=1), rtol=1e-5)
+  ev = nnx.view(bn, use_running_average=True)
+  np.testing.assert_allclose(
+      np.asarray(ev(jnp.asarray(x))),
+      (x - 0.1 * mean) / np.sqrt(0.9 + 0.1 * flat.var(0, ddof=1) + 1e-5), rtol=1e-4, atol=1e-4)
+  with pytest.raises(ValueError, match="more than one value"):
+    bn(jnp.ones((1, 1, 1, 3)))
+
+
+def test_resnet34_projection_shortcuts_and_init():
+  blocks = [nnx.eval_shape(lambda f=f: f(rngs=nnx.Rngs(0))) for f in M.backbone_blocks("resnet34")]
+  with_projection = [i for i, b in enumerate(blocks[1:], 1) if b.down_conv is not None]
+  assert with_projection == [4, 8, 14]  # first block of layer2, layer3, layer4 (spec §8.4)
+  stem = M.backbone_blocks("resnet34")[0](rngs=nnx.Rngs(0))
+  assert stem.conv.kernel.shape == (7, 7, 3, 64)
+  assert float(np.std(stem.conv.kernel[...])) == pytest.approx(0.01, rel=0.05)
+  np.testing.assert_array_equal(stem.bn.scale[...], 1.0)
+  np.testing.assert_array_equal(stem.bn.bias[...], 0.0)
+
+
+def _abstract_predict(backbone, tasks, layout, size):
+  model = nnx.eval_shape(lambda: M.build_model(backbone, tasks, layout, rngs=nnx.Rngs(0)))
+  predict, state = M.pure_predict(model)
+  x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
+  return jax.eval_shape(predict, state, x)
+
+
+@pytest.mark.parametrize("backbone,tasks,layout,size,out", [
+    ("resnet34", TASKS3, 49, 321, 41), ("resnet34", TASKS5, 0, 224, 29),
+    ("mobilenetv2", TASKS3, 0, 321, 11), ("mobilenetv2", TASKS5, 0, 224, 7),
+])
+def test_forward_shapes(backbone, tasks, layout, size, out):
+  preds = _abstract_predict(backbone, tasks, layout, size)
+  assert {k: v.shape for k, v in preds.items()} == {k: (2, out, out, c) for k, c in tasks.items()}
+  assert all(v.dtype == jnp.float32 for v in preds.values())
+
+
+def test_mobilenetv2_fine_blocks_follow_spec_table():
+  # reference-spec §8.6: output channels of the 32 fine blocks and the spatial size at 321.
+  channels = [32, 32, 16, 96, 96, 24, 24, 144, 144, 32, 32, 32, 192, 192, 64, 64, 64, 64, 384, 384,
+              96, 96, 96, 576, 576, 160, 160, 160, 960, 960, 320, 1280]
+  strided = {0, 4, 8, 13, 24}
+  x = jax.ShapeDtypeStruct((1, 321, 321, 3), jnp.float32)
+  size = 321
+  for i, factory in enumerate(M.backbone_blocks("mobilenetv2")):
+    block = nnx.eval_shape(lambda f=factory: f(rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(nnx.view(block, use_running_average=True))
+    x = jax.eval_shape(lambda s, x, g=graphdef: nnx.merge(g, s)(x), state, x)
+    size = (size + 1) // 2 if i in strided else size
+    assert x.shape == (1, size, size, channels[i]), i
+  assert size == 11
+
+
+def test_small_model_shapes_and_width():
+  model = nnx.eval_shape(lambda: M.build_model("small", TASKS3, 0, width=8, rngs=nnx.Rngs(0)))
+  predict, state = M.pure_predict(model)
+  preds = jax.eval_shape(predict, state, jax.ShapeDtypeStruct((8, 64, 64, 3), jnp.float32))
+  assert {k: v.shape for k, v in preds.items()} == {k: (8, 16, 16, c) for k, c in TASKS3.items()}
+  assert M.block_params("small", "all", 8)[-1] < M.block_params("small", "all", 16)[-1]
