@@ -1,0 +1,116 @@
+"""Cost of the attack directions and of the attack loop, as ratios measured in one run.
+
+    python benchmarks/attack_core.py [--sizes 64 128] [--tasks 3 5] [--repeats 7]
+
+On the small multi-head conv net of :mod:`mtajax.testing` (batch 8) it prints, per input size and
+number of heads:
+* the step time of each direction relative to ``total`` (one direction evaluation = forward +
+  input-gradient backward);
+* the time of a full 10-step GB-MTA PGD relative to 10x (forward + backward), for the loop forms
+  ``lax.scan`` rolled, ``lax.scan`` unrolled and a Python loop of jitted steps.
+Variants are timed interleaved (round robin) and the median of ``--repeats`` rounds is reported,
+because the machine is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+import mtajax  # noqa: F401  (applies the XLA:CPU workaround before JAX starts)
+from mtajax import attacks
+from mtajax import directions as D
+from mtajax import testing
+from mtajax.attacks import common
+
+BOUNDS = (jnp.full(3, -104.0), jnp.full(3, 151.0))
+EPS = 8.0
+
+
+def _timed(fn) -> float:
+  t = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - t
+
+
+def _interleaved(variants: dict, repeats: int) -> dict[str, float]:
+  for fn in variants.values():  # Compile and warm up.
+    jax.block_until_ready(fn())
+  times = {k: [] for k in variants}
+  for _ in range(repeats):
+    for k, fn in variants.items():
+      times[k].append(_timed(fn))
+  return {k: statistics.median(v) for k, v in times.items()}
+
+
+def direction_costs(x, labels, repeats):
+  dirs = {"total": D.total(), "single_normal": D.single("normal"), "gbmta (log)": D.gbmta(),
+          "gbmta (per-task)": D.gbmta(method="per_task"), "sign_total (loop)": D.sign_total(),
+          "sign_total (vmap)": D.sign_total("vmap")}
+  fns = {k: jax.jit(lambda x_, d=d: d(testing.loss_fn, x_, labels)[0]) for k, d in dirs.items()}
+  fns["forward only"] = jax.jit(lambda x_: testing.loss_fn(x_, labels))
+  return _interleaved({k: (lambda f=f: f(x)) for k, f in fns.items()}, repeats)
+
+
+def loop_costs(x, labels, repeats, steps=10):
+  direction = D.gbmta()
+  grad = jax.jit(lambda x_: D.total()(testing.loss_fn, x_, labels)[0])
+
+  @jax.jit
+  def one_step(x_, x0):
+    d, _ = direction(testing.loss_fn, x_, labels)
+    return common.step(x_, x0, d, EPS / steps, EPS, BOUNDS)
+
+  def python_loop():
+    x_ = x
+    for _ in range(steps):
+      x_ = one_step(x_, x)
+    return x_
+
+  def pgd(unroll):
+    return lambda: attacks.pgd(testing.loss_fn, x, labels, direction=direction, eps=EPS,
+                               bounds=BOUNDS, num_steps=steps, unroll=unroll).x_adv
+  return _interleaved({
+      f"{steps}x total direction": lambda: [grad(x) for _ in range(steps)][-1],
+      "pgd scan rolled": pgd(1),
+      "pgd scan unrolled": pgd(True),
+      "python loop of jitted steps": python_loop,
+  }, repeats)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+  parser.add_argument("--tasks", type=int, nargs="+", default=[3, 5])
+  parser.add_argument("--batch", type=int, default=8)
+  parser.add_argument("--width", type=int, default=32)
+  parser.add_argument("--repeats", type=int, default=7)
+  args = parser.parse_args()
+  print(f"backend={jax.default_backend()} devices={jax.devices()} jax={jax.__version__} "
+        f"default unroll={common.resolve_unroll(None)}")
+  for size in args.sizes:
+    for num_tasks in args.tasks:
+      key = jax.random.PRNGKey(size + num_tasks)
+      params = testing.init(key, num_tasks, args.width)
+      labels = (params, testing.random_labels(key, params, args.batch, size))
+      x = jax.random.uniform(key, (args.batch, size, size, 3), minval=-100.0, maxval=100.0)
+      print(f"\n== {size}x{size}, {num_tasks} heads, batch {args.batch}, median of "
+            f"{args.repeats} interleaved rounds ==")
+      costs = direction_costs(x, labels, args.repeats)
+      base = costs["total"]
+      print(f"{'direction step':28s} {'time (ms)':>10s} {'x total':>8s}")
+      for k, v in costs.items():
+        print(f"{k:28s} {1e3 * v:10.2f} {v / base:8.3f}")
+      loops = loop_costs(x, labels, args.repeats)
+      base = loops["10x total direction"]
+      print(f"{'10-step GB-MTA PGD':28s} {'time (ms)':>10s} {'x 10 fwd+bwd':>12s}")
+      for k, v in loops.items():
+        print(f"{k:28s} {1e3 * v:10.1f} {v / base:12.3f}")
+
+
+if __name__ == "__main__":
+  main()
