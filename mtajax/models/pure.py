@@ -24,7 +24,8 @@ def pure_predict(
   """Returns ``(predict, state)``: ``predict(state, x)`` is the eval-mode forward pass.
 
   Eval mode = BatchNorm running statistics and no dropout, as the attacks require. ``state`` holds
-  the parameters and BatchNorm statistics (arrays shared with ``model``).
+  the model's parameter and BatchNorm-statistic Variables (shared: in-place updates of ``model``,
+  e.g. ``nnx.update``, are seen by ``predict``).
   """
   graphdef, state = nnx.split(_view(model, train=False))
 
