@@ -1,0 +1,60 @@
+"""Training configuration: the reference recipe of spec §9 on the embedded benchmark by default."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Default training config (reference NYUv2 recipe: Adam(0.5, 0.999), L2 1e-4, StepLR)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Data: mtajax.data.pipeline.dataset(name, data_dir, ...); synthetic = the embedded benchmark.
+  c.dataset = "synthetic"
+  c.data_dir = "~/tensorflow_datasets"
+  c.data_config = ml_collections.config_dict.placeholder(dict)  # synthetic builder kwargs
+  c.tasks = ("segment_semantic", "normal", "depth_zbuffer")
+  c.train_split = "train"
+  c.eval_split = "test"
+  c.metric_definition = "reference"
+  # Model: mtajax.models.build_model(backbone, tasks, layout, width=...).
+  c.backbone = "small"
+  c.layout = 0  # index into enumerate_layouts(T), or a layout string
+  c.width = ml_collections.config_dict.placeholder(int)
+  # Optimisation (spec §9, NYUv2 launch values).
+  c.batch_size = 16
+  c.num_steps = 20_000
+  c.lr = 1e-3
+  c.lr_decay_every = 4000
+  c.lr_decay_rate = 0.5
+  c.b1 = 0.5
+  c.b2 = 0.999
+  c.adam_eps = 1e-8
+  c.weight_decay = 1e-4  # coupled L2, added to the gradient
+  c.task_weights = ml_collections.ConfigDict()  # task name -> loss weight (default 1)
+  # Evaluation, logging, checkpoints (spec §9: every 200 iterations).
+  c.eval_every = 200
+  c.eval_batch_size = 8
+  c.eval_max_batches = ml_collections.config_dict.placeholder(int)  # None = whole split
+  c.checkpoint_every = 200
+  c.keep_checkpoints = 3
+  c.progress_bar = True
+  # Adversarial training (spec §10): mode 'none' | 'reference' (I-FGSM) | 'fat' (early-stopped PGD).
+  c.adv = ml_collections.ConfigDict()
+  c.adv.mode = "none"
+  c.adv.direction = "gbmta"  # single_<task> | total | sign_total | gbmta
+  c.adv.eps = 8.0
+  c.adv.num_steps = 10  # reference I-FGSM steps; the paper's FAT uses K = 20
+  c.adv.step_size = ml_collections.config_dict.placeholder(float)  # None = eps / num_steps
+  c.adv.clean_step = ml_collections.config_dict.placeholder(bool)  # None = yes for 'reference'
+  c.adv.tau = 20  # FAT: steps taken after the first success
+  c.adv.margin = 0.5  # FAT: mean relative loss increase that counts as success
+  return c
+
+
+def fat_config() -> ml_collections.ConfigDict:
+  """The paper's FAT GB-MTA (K = τ = 20, adversarial examples only)."""
+  c = default_config()
+  c.adv.mode = "fat"
+  c.adv.num_steps = 20
+  return c

@@ -1,0 +1,151 @@
+"""Train loop: resumable training with periodic evaluation, JSON-lines metrics and a progress bar.
+
+``train(config, workdir)`` writes ``workdir/metrics.jsonl`` (one JSON object per logged event) and
+Orbax checkpoints to ``workdir/checkpoints``. If that folder already holds a checkpoint, training
+resumes from the latest complete one (same config required) and reaches the same parameters as an
+uninterrupted run: batches are a pure function of (seed, step) and the PRNG key is checkpointed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+
+from mtajax import models
+from mtajax.data import pipeline
+from mtajax.tasks import base
+from mtajax.tasks import metrics as metrics_lib
+from mtajax.train import assemble
+from mtajax.train import checkpoint
+from mtajax.train import optim
+from mtajax.train import step as step_lib
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """Final train state, the last evaluation ``{task: {metric: value}}`` and the layout trained."""
+  state: step_lib.State
+  eval_metrics: dict[str, dict[str, float]]
+  layout: models.Layout
+
+
+def _data_dir(config: ml_collections.ConfigDict) -> str:
+  return os.path.expanduser(config.data_dir)
+
+
+def evaluate(apply: step_lib.Apply, tasks: tuple[base.Task, ...], params: Any, batch_stats: Any,
+             loader: pipeline.Loader, max_batches: int | None = None) -> dict[str, dict[str, float]]:
+  """Eval-mode metrics of the model over ``loader`` (at most ``max_batches`` batches)."""
+  @jax.jit
+  def update(state, batch):
+    preds, _ = apply(params, batch_stats, batch["image"], train=False)
+    return metrics_lib.update(tasks, state, preds, batch)
+
+  state = metrics_lib.init(tasks)
+  for i, batch in enumerate(loader):
+    if max_batches is not None and i >= max_batches:
+      break
+    state = update(state, batch)
+  return metrics_lib.compute(tasks, state)
+
+
+class _MetricsLog:
+  """Appends JSON lines to ``workdir/metrics.jsonl``."""
+
+  def __init__(self, path: Path):
+    self.path = path
+
+  def write(self, record: dict[str, Any]) -> None:
+    with self.path.open("a") as f:
+      f.write(json.dumps(record) + "\n")
+
+
+def _check_finite(step: int, values: dict[str, float]) -> None:
+  bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+  if bad:
+    raise FloatingPointError(f"Non-finite training loss at step {step}: {bad}; lower config.lr or "
+                             "check the labels (the last checkpoint is kept).")
+
+
+def _meta(config: ml_collections.ConfigDict, layout: models.Layout, step: int,
+          class_weights: np.ndarray | None) -> dict[str, Any]:
+  return {"config": json.loads(config.to_json()), "layout": str(layout), "data_step": step,
+          "class_weights": None if class_weights is None else class_weights.tolist()}
+
+
+def _check_resume(saved: dict[str, Any], config: ml_collections.ConfigDict, directory: Path) -> None:
+  ignored = {"num_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "progress_bar",
+             "eval_max_batches", "data_dir"}
+  now = json.loads(config.to_json())
+  diff = sorted(k for k in set(now) | set(saved["config"])
+                if k not in ignored and now.get(k) != saved["config"].get(k))
+  if diff:
+    raise ValueError(f"{directory} holds checkpoints of a different config (fields {diff}); use a "
+                     "new workdir or the saved config.")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
+  """Trains (or resumes training) per ``config`` in ``workdir``; see the module docstring."""
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  ckpt_dir = workdir / "checkpoints"
+  data_dir = _data_dir(config)
+  train_loader = pipeline.dataset(config.dataset, data_dir, config.train_split,
+                                  batch_size=config.batch_size, tasks=config.tasks, train=True,
+                                  seed=config.seed, config=config.data_config)
+  eval_loader = pipeline.dataset(config.dataset, data_dir, config.eval_split,
+                                 batch_size=config.eval_batch_size, tasks=config.tasks,
+                                 config=config.data_config)
+  tasks = assemble.make_tasks(config, train_loader.class_weights)
+  model = assemble.make_model(config, tasks)
+  layout = models.resolve_layout(config.layout, len(tasks))
+  apply, params, batch_stats = models.pure_apply(model)
+  optimizer = optim.make_optimizer(config, step_lib.updates_per_step(config.adv))
+  state = step_lib.init_state(params.to_pure_dict(), batch_stats.to_pure_dict(), optimizer,
+                              config.seed)
+
+  checkpointer = checkpoint.Checkpointer(ckpt_dir, config.keep_checkpoints)
+  start = 0
+  if checkpointer.latest_step() is not None:
+    start, saved = checkpoint.restore_meta(ckpt_dir)
+    _check_resume(saved, config, ckpt_dir)
+    state = checkpoint.restore_state(ckpt_dir, start, state)
+    state["step"] = jnp.asarray(state["step"])
+
+  train_step = step_lib.make_train_step(apply, tasks, optimizer, config)
+  log = _MetricsLog(workdir / "metrics.jsonl")
+  lr = optim.learning_rate(config)
+  eval_metrics: dict[str, dict[str, float]] = {}
+  batches = train_loader.iterate(start)
+  bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not config.progress_bar,
+                  desc="train", dynamic_ncols=True)
+  try:
+    for step in range(start, config.num_steps):
+      state, values = train_step(state, next(batches))
+      values = {k: float(v) for k, v in jax.device_get(values).items()}
+      _check_finite(step, values)
+      done = step + 1
+      bar.update(1)
+      bar.set_postfix(loss=f"{values['loss']:.4f}")
+      log.write({"step": done, "split": "train", "lr": float(lr(step)), **values})
+      if done % config.eval_every == 0 or done == config.num_steps:
+        eval_metrics = evaluate(apply, tasks, state["params"], state["batch_stats"], eval_loader,
+                                config.eval_max_batches)
+        log.write({"step": done, "split": config.eval_split, **eval_metrics})
+      if done % config.checkpoint_every == 0 or done == config.num_steps:
+        checkpointer.save(done, state, _meta(config, layout, done, train_loader.class_weights))
+  finally:
+    bar.close()
+    checkpointer.wait()
+    checkpointer.close()
+  return TrainResult(state, eval_metrics, layout)
