@@ -28,7 +28,11 @@ def _set_str(task_set: Iterable[int]) -> str:
   return "{" + ", ".join(str(t) for t in sorted(task_set)) + "}"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+def _block_str(block: Iterable[Iterable[int]]) -> str:
+  return "[" + ", ".join(_set_str(s) for s in block) + "]"
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class Layout:
   """An immutable, validated layout; build it from any nested iterable of task sets."""
 
@@ -78,8 +82,10 @@ class Layout:
 
   def __str__(self) -> str:
     """The paper's notation, i.e. Python ``str`` of a list of lists of sets."""
-    return "[" + ", ".join("[" + ", ".join(_set_str(s) for s in block) + "]"
-                           for block in self.blocks) + "]"
+    return "[" + ", ".join(_block_str(block) for block in self.blocks) + "]"
+
+  def __repr__(self) -> str:
+    return f"Layout({str(self)!r})"
 
 
 def _validate(blocks: tuple[Block, ...]) -> None:
@@ -92,7 +98,7 @@ def _validate(blocks: tuple[Block, ...]) -> None:
     if any(not s for s in block):
       raise ValueError(f"Block {i} has an empty task set; remove it.")
     if sum(len(s) for s in block) != len(tasks) or frozenset().union(*block) != tasks:
-      raise ValueError(f"Block {i} {[_set_str(s) for s in block]} does not partition the tasks "
+      raise ValueError(f"Block {i} {_block_str(block)} does not partition the tasks "
                        f"{_set_str(tasks)}; every task must be in exactly one set.")
     if i and any(not any(s <= parent for parent in blocks[i - 1]) for s in block):
       raise ValueError(f"Block {i} splits tasks that are already separated at block {i - 1}; "
