@@ -100,9 +100,9 @@ def test_cpu_workaround_keeps_vmapped_per_task_gradients_correct():
   if jax.default_backend() == "cpu" and jax.lib.__version__ == "0.10.2":
     assert mtajax.CPU_WORKAROUND_ACTIVE
   key = jax.random.PRNGKey(3)
-  params = testing.init(key, 3, width=16)
-  labels = (params, testing.random_labels(key, params, 4, 32))
-  x = jax.random.uniform(key, (4, 32, 32, 3), minval=-100.0, maxval=100.0)
+  params = testing.init(key, 3, width=8)
+  labels = (params, testing.random_labels(key, params, 4, 16))
+  x = jax.random.uniform(key, (4, 16, 16, 3), minval=-100.0, maxval=100.0)
   fast, _ = jax.jit(lambda x_: D.per_task_grads(testing.loss_fn, x_, labels, "vmap"))(x)
   for t, name in enumerate(labels[1]):
     eager = jax.grad(lambda x_, n=name: jnp.mean(testing.loss_fn(x_, labels)[n]))(x)
