@@ -1,0 +1,208 @@
+"""Train loop, Orbax checkpoints (SIGKILL + resume, corrupt/incompatible dirs) and load_model."""
+
+import json
+import os
+from pathlib import Path
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import mtajax  # noqa: F401  (XLA:CPU workaround before JAX initialises)
+from mtajax import attacks
+from mtajax import directions
+from mtajax import models
+from mtajax.data import preprocess
+from mtajax.train import load_model
+from mtajax.train import loop
+from mtajax.train import step as step_lib
+from mtajax.train import assemble
+from mtajax.train import config as config_lib
+from mtajax.train import optim
+
+NUM_STEPS = 6
+
+
+def tiny_config(data_dir):
+  c = config_lib.default_config()
+  c.data_dir = str(data_dir)
+  c.data_config = dict(resolution=16, num_train=24, num_test=8)
+  c.width = 4
+  c.batch_size = 4
+  c.num_steps = NUM_STEPS
+  c.eval_every = NUM_STEPS
+  c.eval_batch_size = 8
+  c.checkpoint_every = 1
+  c.keep_checkpoints = 2
+  c.progress_bar = False
+  return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, data_dir):
+  """An uninterrupted tiny run: (config, workdir, result)."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  config = tiny_config(data_dir)
+  return config, workdir, loop.train(config, workdir)
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_metrics_jsonl_and_keep_last_k(finished):
+  config, workdir, result = finished
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  train = [r for r in records if r["split"] == "train"]
+  assert [r["step"] for r in train] == list(range(1, NUM_STEPS + 1))
+  assert all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in train)
+  for r in train:  # the logged loss is the weighted sum of the task losses (weights 1).
+    assert r["loss"] == pytest.approx(sum(r[f"loss/{t}"] for t in config.tasks), rel=1e-5)
+  evals = [r for r in records if r["split"] == "test"]
+  assert len(evals) == 1 and set(evals[0]) >= set(config.tasks)
+  assert evals[0]["segment_semantic"] == result.eval_metrics["segment_semantic"]
+  steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [NUM_STEPS - 1, NUM_STEPS]
+
+
+_CHILD = textwrap.dedent("""
+  import sys, time
+  import mtajax
+  from mtajax.data import pipeline
+  from mtajax.train import loop
+  sys.path.insert(0, {tests!r})
+  from test_train_loop import tiny_config
+  batch = pipeline.Loader.batch
+  def slow_batch(self, step):  # slows the run down so that the parent can kill it mid-way
+    if self.train and step >= 2:
+      time.sleep(1.0)
+    return batch(self, step)
+  pipeline.Loader.batch = slow_batch
+  loop.train(tiny_config({data!r}), {workdir!r})
+""")
+
+
+def test_sigkill_then_resume_gives_identical_params(finished, data_dir, tmp_path):
+  _, _, uninterrupted = finished
+  workdir = tmp_path / "killed"
+  script = _CHILD.format(tests=str(Path(__file__).parent), data=str(data_dir), workdir=str(workdir))
+  child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+  deadline = time.time() + 120
+  ckpts = workdir / "checkpoints"
+  while not (ckpts / "3").is_dir():
+    assert child.poll() is None, child.stderr.read().decode()[-2000:]
+    assert time.time() < deadline, "the child run made no checkpoint 3 in time"
+    time.sleep(0.1)
+  os.kill(child.pid, signal.SIGKILL)
+  child.wait()
+  child.stderr.close()
+  saved = sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit())
+  assert 3 in saved and max(saved) < NUM_STEPS  # killed mid-run
+  resumed = loop.train(tiny_config(data_dir), workdir)
+  assert int(resumed.state["step"]) == NUM_STEPS
+  for a, b in zip(_leaves(uninterrupted.state), _leaves(resumed.state)):
+    np.testing.assert_array_equal(a, b)  # bit-identical on CPU
+  # Only the resumed steps were logged again; every step is logged at least once.
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert {r["step"] for r in records if r["split"] == "train"} == set(range(1, NUM_STEPS + 1))
+
+
+def test_load_model_is_usable_by_the_attacks(finished):
+  config, workdir, result = finished
+  model = load_model(workdir / "checkpoints")
+  assert model.step == NUM_STEPS and [t.name for t in model.tasks] == list(config.tasks)
+  for a, b in zip(_leaves(result.state["params"]), _leaves(model.params)):
+    np.testing.assert_array_equal(a, b)
+  loader_batch = _eval_batch(config)
+  adv = attacks.pgd(model.loss_fn("image"), loader_batch["image"], loader_batch,
+                    direction=directions.gbmta(), eps=8.0, bounds=preprocess.input_bounds(),
+                    num_steps=2, unroll=1)
+  clean = model.loss_fn("image")(loader_batch["image"], loader_batch)
+  attacked = model.loss_fn("image")(adv.x_adv, loader_batch)
+  gain = sum(np.mean(np.log(attacked[t]) - np.log(clean[t])) for t in clean)
+  assert gain > 0 and np.abs(adv.x_adv - loader_batch["image"]).max() <= 8.0
+
+
+def _eval_batch(config):
+  from mtajax.data import pipeline  # pylint: disable=g-import-not-at-top
+  loader = pipeline.dataset(config.dataset, config.data_dir, "test", batch_size=4,
+                            tasks=config.tasks, config=config.data_config)
+  return loader.batch(0)
+
+
+def test_adversarial_inputs_attack_the_eval_mode_model(finished):
+  config, _, result = finished
+  tasks = assemble.make_tasks(config)
+  apply, _, _ = models.pure_apply(assemble.make_model(config, tasks))
+  batch = _eval_batch(config)
+  adv = config.adv
+  adv.mode, adv.num_steps = "reference", 2
+  params, stats = result.state["params"], result.state["batch_stats"]
+  got = step_lib.adversarial_inputs(apply, tasks, params, stats, batch, adv)
+  model = load_model(finished[1])
+  want = attacks.pgd(model.loss_fn("image"), batch["image"], batch, direction=directions.gbmta(),
+                     eps=8.0, bounds=preprocess.input_bounds(), num_steps=2).x_adv
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
+
+
+def test_missing_corrupt_and_incompatible_checkpoints_raise(finished, tmp_path):
+  config, workdir, _ = finished
+  with pytest.raises(ValueError, match="does not exist"):
+    load_model(tmp_path / "nowhere")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="No complete checkpoint"):
+    load_model(tmp_path / "empty")
+
+  corrupt = tmp_path / "corrupt"
+  shutil.copytree(workdir / "checkpoints", corrupt)
+  for f in (corrupt / str(NUM_STEPS) / "state").rglob("*"):
+    if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
+      f.write_bytes(b"garbage")
+  with pytest.raises(ValueError, match="corrupt"):
+    load_model(corrupt)
+
+  incompatible = tmp_path / "incompatible"
+  shutil.copytree(workdir / "checkpoints", incompatible)
+  meta_file = incompatible / str(NUM_STEPS) / "meta" / "metadata"
+  meta = json.loads(meta_file.read_text())
+  meta["config"]["width"] = 8
+  meta_file.write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match="does not match|incompatible"):
+    load_model(incompatible)
+  meta["format"] = "something-else"
+  meta_file.write_text(json.dumps(meta))
+  with pytest.raises(ValueError, match="not an mtajax"):
+    load_model(incompatible)
+
+
+def test_resuming_with_another_config_fails_and_keeps_checkpoints(finished, tmp_path):
+  config, workdir, _ = finished
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  before = sorted(p.name for p in (copy / "checkpoints").iterdir())
+  other = tiny_config(config.data_dir)
+  other.lr = 5e-4
+  with pytest.raises(ValueError, match="different config"):
+    loop.train(other, copy)
+  assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == before
+
+
+def test_nan_loss_stops_training(finished, tmp_path):
+  config, _, _ = finished
+  bad = tiny_config(config.data_dir)
+  bad.lr = 1e30
+  bad.num_steps = 3
+  with pytest.raises(FloatingPointError, match="Non-finite"):
+    loop.train(bad, tmp_path / "nan")
