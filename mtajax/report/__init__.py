@@ -1,0 +1,176 @@
+"""The Markdown report: paper-style tables, PNG figures and computed findings from result records.
+
+``write_report(records, out_dir)`` writes ``out_dir/report.md`` and its figures, one section per
+(dataset, backbone); a piece the records cannot support (no APGD, no adversarial training, one
+sharing level) is replaced by a one-line note.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import tempfile
+from typing import Any, Callable, Iterable, Mapping
+
+from mtajax.report import records as rec_lib
+from mtajax.report import tables
+from mtajax.report.figures import (figure_arp_vs_eps, figure_examples, figure_per_task,
+                                   figure_transfer, save_png)
+from mtajax.report.findings import findings
+from mtajax.report.records import MissingData, Record, check, load
+from mtajax.report.tables import arp_table, at_table, per_task_table, transfer_table
+
+__all__ = [
+    "MissingData", "arp_table", "at_table", "check", "figure_arp_vs_eps", "figure_examples",
+    "figure_per_task", "figure_transfer", "findings", "load", "per_task_table", "save_png",
+    "transfer_table", "write_report",
+]
+
+REPORT_NAME = "report.md"
+
+
+def _slug(*parts: str) -> str:
+  return re.sub(r"[^A-Za-z0-9]+", "-", "_".join(parts)).strip("-").lower()
+
+
+def _write_text(path: pathlib.Path, text: str) -> None:
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+      f.write(text)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def _piece(make: Callable[[], str]) -> str:
+  try:
+    return make()
+  except MissingData as e:
+    return f"_Skipped: {e}._\n"
+
+
+def _figure(out_dir: pathlib.Path, name: str, title: str, make: Callable[[], Any]) -> str:
+  try:
+    fig = make()
+  except MissingData as e:
+    return f"_{title} skipped: {e}._"
+  save_png(fig, out_dir / name)
+  return f"![{title}]({name})"
+
+
+def _at_attack(records: list[Record], eps: float) -> str:
+  """PGD (as paper Table 3) when the adversarially trained models have it, else their first."""
+  present = rec_lib.attacks_present(
+      [r for r in rec_lib.select(records, eps=eps) if r["adv_training"] != rec_lib.NO_AT])
+  if not present:
+    raise MissingData(f"no attacked adversarially trained models at ε={eps:g}")
+  return "pgd" if "pgd" in present else present[0]
+
+
+def _group_section(records: list[Record], out_dir: pathlib.Path, prefix: str,
+                   eps: float | None, attack_for_transfer: str | None) -> list[str]:
+  try:
+    eps = rec_lib.default_eps(records) if eps is None else eps
+  except MissingData:
+    return ["_No attacked records in this group._", ""]
+  out = ["### Findings", "", findings(records, eps, attack_for_transfer)]
+  out += [f"### Table 1/2 layout: ARP (%) per model, base attack and direction, ε={eps:g}", "",
+          "Rows: clean-trained models by sharing level (leading coarse blocks shared by all tasks; "
+          "AS = all-shared, IND = independent); Single-x columns are named by the task; the "
+          "strongest direction per (model, attack) is bold. For Auto-SAGE, Total is the "
+          "reference's baseline (AS_Ori).", "", _piece(lambda: arp_table(records, eps))]
+  at_records = [r for r in records if r["adv_training"] != rec_lib.NO_AT]
+  if at_records:
+    out += [f"### Table 3 layout: adversarially trained models, ε={eps:g}", ""]
+    bases = [m for m in rec_lib.models(records) if _has_variants(records, m.model)]
+    for base in bases:
+      def make(base=base):
+        attack = _at_attack(records, eps)
+        return (f"Model {base.label}, attacked by {rec_lib.attack_label(attack)}:\n\n" +
+                at_table(records, base.model, attack, eps))
+      out += [_piece(make)]
+    if not bases:
+      out += ["_Skipped: no clean-trained model with the adversarially trained models' layout._",
+              ""]
+  levels = {m.sharing_level for m in rec_lib.models(records)}
+  out += [f"### Table 12 layout: transferability (Eq. 11) of Single-x vs sharing level, "
+          f"ε={eps:g}", ""]
+  if len(levels) >= 2:
+    out += [_piece(lambda: _transfer_caption(records, eps, attack_for_transfer) +
+                   transfer_table(records, attack_for_transfer, eps))]
+  else:
+    out += [f"_Skipped: it needs clean-trained models at ≥ 2 sharing levels, found "
+            f"{len(levels)}._", ""]
+  out += [f"### Per-task ARP (numbers of Fig. 1), ε={eps:g}", "",
+          _piece(lambda: _per_task_caption(records, eps) + per_task_table(records, eps=eps))]
+  out += ["### Figures", ""]
+  out += [_figure(out_dir, f"{prefix}fig1_per_task.png", "Fig. 1: per-task ARP per direction",
+                  lambda: figure_per_task(records, eps=eps)), ""]
+  out += [_figure(out_dir, f"{prefix}fig2_arp_vs_eps.png", "Fig. 2: mean ARP vs ε",
+                  lambda: figure_arp_vs_eps(records)), ""]
+  if len(levels) >= 2:
+    out += [_figure(out_dir, f"{prefix}fig4_transfer.png",
+                    "Fig. 4: transferability vs sharing level",
+                    lambda: figure_transfer(records, attack_for_transfer, eps)), ""]
+  return out
+
+
+def _has_variants(records: list[Record], model: str) -> bool:
+  try:
+    tables.at_variants(records, model)
+  except MissingData:
+    return False
+  return True
+
+
+def _transfer_caption(records: list[Record], eps: float, attack: str | None) -> str:
+  attack = rec_lib.transfer_attack(records, eps, attack)
+  return f"Attack: {rec_lib.attack_label(attack)}.\n\n"
+
+
+def _per_task_caption(records: list[Record], eps: float) -> str:
+  model, attack, _ = tables.per_task_defaults(records, None, None, eps)
+  label = rec_lib.models(rec_lib.select(records, model=model), clean_trained=None)[0].label
+  return f"Model {label}, {rec_lib.attack_label(attack)}.\n\n"
+
+
+def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
+                 eps: float | None = None, attack_for_transfer: str | None = None,
+                 examples: Mapping[str, Any] | None = None) -> pathlib.Path:
+  """Writes ``out_dir/report.md`` and its PNG figures (each file atomically); returns the path.
+
+  Args:
+    records: result records (``records.load`` reads a results.jsonl).
+    out_dir: created if missing; figures are linked relative to it.
+    eps: ε of the tables and findings; default the largest ε ≤ 8 of each group.
+    attack_for_transfer: base attack of Table 12 / Fig. 4; default APGD, else PGD.
+    examples: keyword arguments of ``figure_examples`` for Fig. 6 (optional).
+  """
+  records = check(records)
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  example_fig = None if examples is None else figure_examples(**examples)
+  attacked = rec_lib.attacked(records)
+  lines = ["# mtajax report", "",
+           f"{len(records)} records ({len(attacked)} attacked) of "
+           f"{len({r['model'] for r in records})} models; ε grid "
+           f"{', '.join(f'{e:g}' for e in rec_lib.eps_values(records)) or '–'}; attacks "
+           f"{', '.join(rec_lib.attack_label(a) for a in rec_lib.attacks_present(records)) or '–'}."
+           " ARP (paper Eq. 10) in %, higher = stronger attack.", ""]
+  if not records:
+    lines += ["_No records yet: run an attack or a sweep first._", ""]
+  for (dataset, backbone), group in rec_lib.groups(records).items():
+    lines += [f"## {dataset} / {backbone}", ""]
+    lines += _group_section(group, out_dir, _slug(dataset, backbone) + "_", eps,
+                            attack_for_transfer)
+  if example_fig is not None:
+    save_png(example_fig, out_dir / "fig6_examples.png")
+    lines += ["## Fig. 6: an image, its adversarial versions and the predictions", "",
+              "![Fig. 6: adversarial examples](fig6_examples.png)", ""]
+  path = out_dir / REPORT_NAME
+  _write_text(path, "\n".join(lines).rstrip() + "\n")
+  return path
