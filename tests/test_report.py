@@ -242,7 +242,7 @@ def test_write_report_missing_parts(tmp_path):
   assert "_Skipped: it needs clean-trained models at ≥ 2 sharing levels, found 1._" in text
   assert "Transferability: not assessed (no Single-x records at ε=8)." in text
   assert "| 41 | 2L | 33.33 | **40.00** |" in text
-  assert _is_png(tmp_path / "synthetic-small_fig1_per_task.png")
+  assert _is_png(tmp_path / "synthetic-small-segm-norm-dept_fig1_per_task.png")
   only_clean = [r for r in recs if r["attack"] == "clean"]
   assert "No attacked records" in report.write_report(only_clean, tmp_path / "c").read_text()
   assert "No records yet" in report.write_report([], tmp_path / "e").read_text()
@@ -281,3 +281,14 @@ def test_load_and_check(tmp_path):
     report.check([dict(recs[1], attack="cw")])
   with pytest.raises(ValueError, match="direction"):
     report.check([dict(recs[1], direction="single_keypoints2d")])
+
+
+def test_write_report_one_section_per_group(tmp_path):
+  recs = make_records(at=False)
+  other = [dict(r, dataset="nyuv2", key="n" + r["key"]) for r in recs if r["model"] != "ind"]
+  text = report.write_report(recs + other, tmp_path).read_text()
+  assert "## synthetic / small / Segm, Norm, Dept" in text
+  assert "## nyuv2 / small / Segm, Norm, Dept" in text
+  assert text.count("### Table 1/2 layout") == 2
+  for prefix in ("synthetic", "nyuv2"):
+    assert _is_png(tmp_path / f"{prefix}-small-segm-norm-dept_fig4_transfer.png")

@@ -1,8 +1,8 @@
 """The Markdown report: paper-style tables, PNG figures and computed findings from result records.
 
-``write_report(records, out_dir)`` writes ``out_dir/report.md`` and its figures, one section per
-(dataset, backbone); a piece the records cannot support (no APGD, no adversarial training, one
-sharing level) is replaced by a one-line note.
+``write_report(records, out_dir)`` writes ``out_dir/report.md`` and its figures, one section
+per (dataset, backbone, tasks); a piece the records cannot support (no APGD, no adversarial
+training, one sharing level) is replaced by a one-line note.
 """
 
 from __future__ import annotations
@@ -155,17 +155,18 @@ def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
   out_dir.mkdir(parents=True, exist_ok=True)
   example_fig = None if examples is None else figure_examples(**examples)
   attacked = rec_lib.attacked(records)
+  eps_grid = ", ".join(f"{e:g}" for e in rec_lib.eps_values(records)) or "–"
+  attacks = ", ".join(rec_lib.attack_label(a) for a in rec_lib.attacks_present(records)) or "–"
   lines = ["# mtajax report", "",
            f"{len(records)} records ({len(attacked)} attacked) of "
-           f"{len({r['model'] for r in records})} models; ε grid "
-           f"{', '.join(f'{e:g}' for e in rec_lib.eps_values(records)) or '–'}; attacks "
-           f"{', '.join(rec_lib.attack_label(a) for a in rec_lib.attacks_present(records)) or '–'}."
-           " ARP (paper Eq. 10) in %, higher = stronger attack.", ""]
+           f"{len({r['model'] for r in records})} models; ε grid {eps_grid}; attacks {attacks}. "
+           "ARP (paper Eq. 10) in %, higher = stronger attack.", ""]
   if not records:
     lines += ["_No records yet: run an attack or a sweep first._", ""]
-  for (dataset, backbone), group in rec_lib.groups(records).items():
-    lines += [f"## {dataset} / {backbone}", ""]
-    lines += _group_section(group, out_dir, _slug(dataset, backbone) + "_", eps,
+  for (dataset, backbone, tasks), group in rec_lib.groups(records).items():
+    short = [rec_lib.task_label(t) for t in tasks]
+    lines += [f"## {dataset} / {backbone} / {', '.join(short)}", ""]
+    lines += _group_section(group, out_dir, _slug(dataset, backbone, *short) + "_", eps,
                             attack_for_transfer)
   if example_fig is not None:
     save_png(example_fig, out_dir / "fig6_examples.png")

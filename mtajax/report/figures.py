@@ -1,6 +1,6 @@
 """PNG figures like paper Figs. 1, 2, 4 and 6, drawn with matplotlib's object API (Agg, no pyplot).
 
-Figs. 1, 2 and 4 are pure functions of records (one (dataset, backbone) group); Fig. 6 takes
+Figs. 1, 2 and 4 are pure functions of records (one ``records.groups`` group); Fig. 6 takes
 arrays (an image, its adversarial versions and the model's predictions). Each returns a
 ``matplotlib.figure.Figure``; ``save_png`` writes one atomically.
 """
@@ -106,24 +106,12 @@ def figure_arp_vs_eps(records: Sequence[Record]) -> mpl_figure.Figure:
   return fig
 
 
-def transfer_by_level(records: Sequence[Record], attack: str, eps: float
-                      ) -> dict[str, dict[int, float]]:
-  """``{x: {sharing level: mean TR of Single-x over that level's models}}`` (None TRs skipped)."""
-  levels = {m.model: m.sharing_level for m in rec_lib.models(records)}
-  sums: dict[str, dict[int, list[float]]] = {}
-  for model, per_task in tables.transferabilities(records, attack, eps).items():
-    for task, value in per_task.items():
-      if value is not None:
-        sums.setdefault(task, {}).setdefault(levels[model], []).append(value)
-  return {t: {lvl: float(np.mean(v)) for lvl, v in sorted(by.items())} for t, by in sums.items()}
-
-
 def figure_transfer(records: Sequence[Record], attack: str | None = None,
                     eps: float | None = None) -> mpl_figure.Figure:
   """Fig. 4: transferability of Single-x (a line per attacked task x) vs the sharing level."""
   eps = rec_lib.default_eps(records) if eps is None else eps
   attack = rec_lib.transfer_attack(records, eps, attack)
-  by_task = transfer_by_level(records, attack, eps)
+  by_task = tables.transfer_by_level(records, attack, eps)
   if not by_task:
     raise rec_lib.MissingData(f"no defined transferability for {rec_lib.attack_label(attack)} at "
                               f"ε={eps:g}")
@@ -213,6 +201,8 @@ def figure_examples(image_rgb: np.ndarray, perturbed: Mapping[float, np.ndarray]
     ax.set_axis_off()
   axes[0, 0].imshow(image)
   axes[0, 0].set_title("clean image", fontsize=8)
+  axes[1, 0].text(0.5, 0.5, "perturbation δ\n(amplified)", ha="center", va="center",
+                  fontsize=9, transform=axes[1, 0].transAxes)
   for col, eps in enumerate(eps_list, 1):
     adv = _rgb(perturbed[eps], f"perturbed[{eps}]", image.shape)
     delta = adv.astype(np.float64) - image

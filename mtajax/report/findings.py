@@ -10,7 +10,6 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from scipy import stats
 
-from mtajax.report import figures
 from mtajax.report import records as rec_lib
 from mtajax.report import tables
 from mtajax.report.records import Record
@@ -145,7 +144,7 @@ def _transfer_section(records: Sequence[Record], eps: float, attack: str | None)
   lines = [f"**Transferability vs sharing level** ({rec_lib.attack_label(attack)} Single-x, "
            f"ε={eps:g}; Spearman ρ between sharing level and transferability over "
            f"{len(values)} models at {len(distinct)} sharing levels):", ""]
-  by_level = figures.transfer_by_level(records, attack, eps)
+  by_level = tables.transfer_by_level(records, attack, eps)
   for task in rec_lib.attacked(records)[0]["tasks"]:
     pairs = [(levels[m], v[task]) for m, v in values.items() if v.get(task) is not None]
     if not pairs:

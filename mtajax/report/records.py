@@ -72,6 +72,10 @@ def check(records: Iterable[Record]) -> list[dict[str, Any]]:
       raise ValueError(f"Record {rec.get('key')!r} lacks {missing}; write records with the "
                        "mtajax.results schema.")
     name = f"record {rec['key']!r}"
+    if (not isinstance(rec["tasks"], (list, tuple)) or not rec["tasks"]
+        or not all(isinstance(t, str) for t in rec["tasks"])):
+      raise ValueError(f"tasks of {name} is {rec['tasks']!r}; it must be a non-empty list of "
+                       "task names.")
     if rec["attack"] != CLEAN and rec["attack"] not in ATTACKS:
       raise ValueError(f"{name} has unknown attack {rec['attack']!r}; use one of "
                        f"{(CLEAN,) + ATTACKS}.")
@@ -217,17 +221,18 @@ def models(records: Iterable[Record], *, clean_trained: bool | None = True) -> l
   return sorted(seen.values(), key=lambda m: (-m.sharing_level, m.label, m.adv_training))
 
 
-def groups(records: Iterable[Record]) -> dict[tuple[str, str], list[Record]]:
-  """Records split by (dataset, backbone): each group has one task set, as one paper table."""
-  out: dict[tuple[str, str], list[Record]] = {}
+def groups(records: Iterable[Record]
+           ) -> dict[tuple[str, str, tuple[str, ...]], list[Record]]:
+  """Records split by (dataset, backbone, tasks): each group is one paper table."""
+  out: dict[tuple[str, str, tuple[str, ...]], list[Record]] = {}
   for rec in records:
-    out.setdefault((rec["dataset"], rec["backbone"]), []).append(rec)
+    out.setdefault((rec["dataset"], rec["backbone"], tuple(rec["tasks"])), []).append(rec)
   return out
 
 
 def transfer_attack(records: Sequence[Record], eps: float, attack: str | None = None) -> str:
-  """``attack`` if given, else APGD when it has Single-x records at ε (as paper Table 12), else PGD,
-  else the first base attack that has them."""
+  """The attack of Table 12 / Fig. 4: ``attack`` if given, else APGD when it has Single-x records
+  at ε (as the paper), else PGD, else the first base attack that has them."""
   with_single = {r["attack"] for r in select(attacked(records), eps=eps)
                  if single_task(r["direction"])}
   if attack is not None:

@@ -1,12 +1,14 @@
 """Markdown tables in the layout of paper Tables 1/2, 3 and 12, and the per-task ARPs behind Fig. 1.
 
-Each table is a pure function of a list of records of one (dataset, backbone) group
+Each table is a pure function of a list of records of one (dataset, backbone, tasks) group
 (``records.groups``); it raises ``records.MissingData`` when the records hold nothing for it.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
+
+import numpy as np
 
 from mtajax import tasks as tasks_lib
 from mtajax.models import layouts
@@ -126,6 +128,18 @@ def transferabilities(records: Sequence[Record], attack: str, eps: float
              else tasks_lib.transferability(per_task, task))
     out.setdefault(rec["model"], {})[task] = value
   return out
+
+
+def transfer_by_level(records: Sequence[Record], attack: str, eps: float
+                      ) -> dict[str, dict[int, float]]:
+  """``{x: {sharing level: mean TR of Single-x over that level's models}}`` (None TRs skipped)."""
+  levels = {m.model: m.sharing_level for m in rec_lib.models(records)}
+  sums: dict[str, dict[int, list[float]]] = {}
+  for model, per_task in transferabilities(records, attack, eps).items():
+    for task, value in per_task.items():
+      if value is not None:
+        sums.setdefault(task, {}).setdefault(levels[model], []).append(value)
+  return {t: {lvl: float(np.mean(v)) for lvl, v in sorted(by.items())} for t, by in sums.items()}
 
 
 def transfer_table(records: Sequence[Record], attack: str | None = None,
