@@ -29,10 +29,12 @@ class Evaluation:
 
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
-  """What to run on every batch: a base attack, a direction, ε and the attack's static options."""
+  """What to run on every batch: a base attack, a direction and the attack's static options.
+
+  ε is not part of it: it is traced, so one compiled step serves a whole ε sweep.
+  """
   attack: str
   direction: directions_lib.Direction
-  eps: float
   num_steps: int = 10
   options: tuple[tuple[str, Any], ...] = ()
 
@@ -61,7 +63,8 @@ def _step(state, metric_state, batch, eps, bounds, baselines, *, predict, tasks,
 
 def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state: Any,
              batches: Iterable[Mapping[str, np.ndarray]], tasks: Sequence[tasks_lib.Task], *,
-             spec: AttackSpec | None = None, bounds: tuple[Any, Any] | None = None,
+             spec: AttackSpec | None = None, eps: float = 0.0,
+             bounds: tuple[Any, Any] | None = None,
              baselines: Mapping[str, float] | None = None) -> Evaluation:
   """Evaluates ``predict(state, x)`` on ``batches``, attacked by ``spec`` if given.
 
@@ -71,6 +74,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     batches: batches in the CONVENTIONS.md format.
     tasks: the tasks to score.
     spec: the attack to run on every batch; None evaluates clean inputs.
+    eps: the attack's L∞ radius (traced).
     bounds: per-channel input box, needed with ``spec``.
     baselines: per-task clean losses for the GB-MTA APGD objective (the reference passes the
       clean evaluation's ``losses``, Q10).
@@ -79,7 +83,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   if spec is not None and bounds is None:
     raise ValueError("an attacked evaluation needs the input bounds; pass bounds=(low, high).")
   metric_state = tasks_lib.metrics.init(tasks)
-  eps = jnp.asarray(0.0 if spec is None else spec.eps, jnp.float32)
+  eps = jnp.asarray(eps, jnp.float32)
   if baselines is not None:
     baselines = {t: jnp.asarray(v, jnp.float32) for t, v in baselines.items()}
   sums, count = None, 0

@@ -61,6 +61,8 @@ def _builder(name: str, data_dir: str | Path, config: Any) -> tfds.core.DatasetB
   if name == 'synthetic':
     if config is None:
       config = synthetic_builder.make_config()
+    elif hasattr(config, 'to_dict'):  # an ml_collections ConfigDict
+      config = synthetic_builder.make_config(**config.to_dict())
     elif isinstance(config, Mapping):
       config = synthetic_builder.make_config(**config)
     return synthetic_builder.MtajaxSynthetic(config=config, **kwargs)
