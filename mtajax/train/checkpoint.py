@@ -34,9 +34,6 @@ class Checkpointer:
     self.directory = Path(directory)
     self._manager = _manager(directory, max_to_keep, create=True)
 
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
-
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Starts an asynchronous save of ``state`` and ``meta`` (JSON-serialisable) at ``step``."""
     meta = {"format": FORMAT, **meta}
@@ -48,6 +45,17 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def latest_step(directory: str | Path) -> int | None:
+  """The latest complete checkpoint step in ``directory`` (None if there is none)."""
+  if not Path(directory).is_dir():
+    return None
+  manager = _manager(directory, create=False)
+  try:
+    return manager.latest_step()
+  finally:
+    manager.close()
 
 
 def _checked_step(manager: ocp.CheckpointManager, directory: Path, step: int | None) -> int:

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
+from flax import nnx
 
 from mtajax import models
 from mtajax.tasks import base
@@ -63,8 +64,8 @@ def load_model(checkpoint_dir: str | Path, step: int | None = None) -> LoadedMod
   model = assemble.make_model(config, tasks, layout)
   apply, params, batch_stats = models.pure_apply(model)
   optimizer = optim.make_optimizer(config, step_lib.updates_per_step(config.adv))
-  target = step_lib.init_state(params.to_pure_dict(), batch_stats.to_pure_dict(), optimizer,
-                               config.seed)
+  target = step_lib.init_state(nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats),
+                               optimizer, config.seed)
   restored = checkpoint.restore_state(checkpoint_dir, step, target)
   return LoadedModel(config, tasks, layout, model, restored["params"], restored["batch_stats"],
                      step, apply)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 import numpy as np
 import tqdm
 
@@ -111,22 +111,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
   layout = models.resolve_layout(config.layout, len(tasks))
   apply, params, batch_stats = models.pure_apply(model)
   optimizer = optim.make_optimizer(config, step_lib.updates_per_step(config.adv))
-  state = step_lib.init_state(params.to_pure_dict(), batch_stats.to_pure_dict(), optimizer,
-                              config.seed)
+  state = step_lib.init_state(nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats),
+                              optimizer, config.seed)
 
-  checkpointer = checkpoint.Checkpointer(ckpt_dir, config.keep_checkpoints)
   start = 0
-  if checkpointer.latest_step() is not None:
+  if checkpoint.latest_step(ckpt_dir) is not None:
     start, saved = checkpoint.restore_meta(ckpt_dir)
     _check_resume(saved, config, ckpt_dir)
     state = checkpoint.restore_state(ckpt_dir, start, state)
-    state["step"] = jnp.asarray(state["step"])
 
   train_step = step_lib.make_train_step(apply, tasks, optimizer, config)
   log = _MetricsLog(workdir / "metrics.jsonl")
   lr = optim.learning_rate(config)
   eval_metrics: dict[str, dict[str, float]] = {}
   batches = train_loader.iterate(start)
+  checkpointer = checkpoint.Checkpointer(ckpt_dir, config.keep_checkpoints)
   bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not config.progress_bar,
                   desc="train", dynamic_ncols=True)
   try:

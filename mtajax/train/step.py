@@ -1,7 +1,7 @@
 """Jitted pure train steps: clean (spec §9) and adversarial (FAT or the reference's, spec §10).
 
 The train state is a dict of pure pytrees — ``params``, ``batch_stats`` (nested dicts of arrays, as
-``nnx.State.to_pure_dict()`` gives them), ``opt_state`` (optax), ``step`` (int32) and ``key`` (a raw
+``nnx.to_pure_dict`` gives them), ``opt_state`` (optax), ``step`` (int32) and ``key`` (a raw
 uint32 PRNG key) — so that Orbax saves it as is and a step is one ``jax.jit`` of arrays to arrays.
 """
 
@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 import optax
 
 from mtajax import attacks
@@ -83,7 +84,7 @@ def make_train_step(apply: Apply, tasks: Sequence[base.Task],
     def objective(params):
       preds, new_stats = apply(params, state["batch_stats"], x, train=True, rng=rng)
       losses = {t.name: t.loss(preds[t.name], batch, "pooled") for t in tasks}
-      return loss_fn_lib.total_loss(losses, weights), (losses, new_stats.to_pure_dict())
+      return loss_fn_lib.total_loss(losses, weights), (losses, nnx.to_pure_dict(new_stats))
 
     (loss, (losses, new_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
         state["params"])
