@@ -292,3 +292,35 @@ def test_write_report_one_section_per_group(tmp_path):
   assert text.count("### Table 1/2 layout") == 2
   for prefix in ("synthetic", "nyuv2"):
     assert _is_png(tmp_path / f"{prefix}-small-segm-norm-dept_fig4_transfer.png")
+
+
+PAPER_TABLE12 = {  # sharing level: Single-Segm, Single-Norm, Single-Dept (APGD, NYUv2)
+    5: (0.46, 0.53, 0.15), 4: (0.26, 0.45, 0.15), 3: (0.22, 0.33, 0.12),
+    2: (0.16, 0.28, 0.09), 1: (0.12, 0.31, 0.08), 0: (0.02, 0.17, 0.1)}
+
+
+def _average_ranks(v):
+  v = np.asarray(v, float)
+  return np.array([np.mean(np.flatnonzero(np.sort(v) == x)) for x in v])
+
+
+def test_paper_table12_numbers_reproduced_with_spearman_signs():
+  recs = []
+  for level, trs in PAPER_TABLE12.items():
+    layout = str([[{0, 1, 2}]] * level + [[{0}, {1}, {2}]] * (5 - level))
+    for task, tr in zip(TASKS, trs):
+      arps = {t: 100.0 if t == task else 100.0 * tr for t in TASKS}
+      recs.append(dict(record("mid", "apgd", f"single_{task}", 8), model=f"L{level}",
+                       key=f"L{level}{task}", layout=layout, sharing_level=level,
+                       layout_idx=None, arp_per_task=arps, arp=float(np.mean(list(arps.values())))))
+  table = rows(tables.transfer_table(recs))
+  for level, trs in PAPER_TABLE12.items():
+    label = "L5 (AS)" if level == 5 else "L0 (IND)" if level == 0 else f"L{level}"
+    assert table[label][1:] == [f"{level}L"] + [f"{v:.2f}" for v in trs]
+  text = report.findings(recs)
+  levels = list(PAPER_TABLE12)
+  for i, task in enumerate(TASKS):
+    values = [PAPER_TABLE12[lvl][i] for lvl in levels]
+    rho = np.corrcoef(_average_ranks(levels), _average_ranks(values))[0, 1]
+    assert f"{rec_lib.direction_label('single_' + task)}: ρ = {rho:+.2f}: grows with sharing" in text
+  assert "Caveat" not in text  # six distinct levels
