@@ -27,8 +27,8 @@ def get_config(arg: str | None = None):
   if args.get("smoke"):
     c.workdir = "runs/quickstart_smoke"
     t.data_config = dict(resolution=32, num_train=64, num_test=16, seed=0)
-    t.width, t.batch_size, t.num_steps = 4, 8, 6
-    t.eval_every = t.checkpoint_every = 3
+    t.width, t.batch_size, t.num_steps, t.lr = 4, 8, 40, 5e-3
+    t.eval_every = t.checkpoint_every = 20
     t.eval_batch_size, t.eval_max_batches = 8, 1
     c.layouts = (0, 2)
     c.attacks, c.directions, c.eps = ("pgd",), ("total", "gbmta"), (8.0,)

@@ -16,6 +16,7 @@ import pathlib
 import sys
 
 from absl import app
+from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
@@ -42,7 +43,12 @@ def report(config, store: results.Store, examples=None) -> pathlib.Path:
     _save_examples(saved, examples)
   elif saved.exists():
     examples = _load_examples(saved)
-  return report_lib.write_report(store.records(), workdir / "report", eps=config.report_eps,
+  records = [r for r in store.records() if r["attack"] == "clean" or r["arp"] is not None]
+  skipped = len(store) - len(records)
+  if skipped:
+    print(f"report: {skipped} records without an ARP are left out (a clean metric is 0: "
+          "train the models longer); see their 'note' in results.jsonl.")
+  return report_lib.write_report(records, workdir / "report", eps=config.report_eps,
                                  examples=examples)
 
 
@@ -103,10 +109,23 @@ def main(argv: list[str]) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
   try:
     run(argv[1] if len(argv) > 1 else "sweep", _CONFIG.value)
-  except (ValueError, KeyError, FileNotFoundError) as e:
+  except (ValueError, KeyError, OSError) as e:
     print(f"error: {e}".splitlines()[0], file=sys.stderr)
     sys.exit(2)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with a one-line error (e.g. an unknown ``--config.KEY``) and exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    print(f"error: unknown config key {str(e).strip(chr(34))}; see the config file for the keys.",
+          file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except  (absl raises several flag error types)
+    message = str(e).splitlines()[0] if str(e) else type(e).__name__
+    print(f"error: bad flag or config override: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

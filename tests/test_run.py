@@ -1,0 +1,130 @@
+"""The main job: bad inputs fail cleanly, and a sweep killed at random points loses nothing."""
+
+import json
+import os
+import pathlib
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from configs import quickstart
+from mtajax import results
+from mtajax import run
+from mtajax import sweep
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# One model, two directions, two ε: training, a clean record and four attacked records.
+SMALL = ["--config", f"{ROOT}/configs/quickstart.py:smoke", "--config.layouts=(0,)",
+         "--config.eps=(4.0, 8.0)"]
+
+
+def _env(cache: pathlib.Path) -> dict[str, str]:
+  return {**os.environ, "MTAJAX_JAX_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+
+
+def _run(args, cwd, env, timeout=600):
+  return subprocess.run([sys.executable, "-m", "mtajax.run", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _records(workdir: pathlib.Path) -> dict[str, dict]:
+  lines = (workdir / "results.jsonl").read_text().splitlines()
+  records = [json.loads(line) for line in lines]
+  assert len({r["key"] for r in records}) == len(records), "duplicated records"
+  return {r["key"]: r for r in records}
+
+
+def _comparable(record: dict) -> dict:
+  return {k: v for k, v in record.items() if k != "time_s"}
+
+
+def test_sweep_killed_at_random_points_ends_with_the_same_records(tmp_path):
+  env = _env(tmp_path / "jax_cache")
+  shutil.copytree(ROOT / "configs", tmp_path / "configs")
+  done = _run(SMALL + ["--config.workdir=uninterrupted"], tmp_path, env)
+  assert done.returncode == 0, done.stderr[-2000:]
+  want = _records(tmp_path / "uninterrupted")
+  assert len(want) == 5
+  assert (tmp_path / "uninterrupted" / "report" / "report.md").exists()
+
+  rng = random.Random(0)
+  args = [sys.executable, "-m", "mtajax.run", *SMALL, "--config.workdir=killed"]
+  for _ in range(3):
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(4.0, 25.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  resumed = _run(SMALL + ["--config.workdir=killed"], tmp_path, env)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  got = _records(tmp_path / "killed")
+  assert set(got) == set(want)
+  for key, record in want.items():
+    assert _comparable(got[key]) == pytest.approx(_comparable(record)) or \
+        json.dumps(_comparable(got[key]), sort_keys=True) == json.dumps(_comparable(record),
+                                                                        sort_keys=True)
+
+
+def _config():
+  return quickstart.get_config("smoke")
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: setattr(c, "eps", (-1.0,)), "eps must hold values >= 0"),
+    (lambda c: setattr(c, "attacks", ("cw",)), "unknown attack 'cw'"),
+    (lambda c: setattr(c, "directions", ("sum",)), "unknown direction 'sum'"),
+    (lambda c: setattr(c.train, "tasks", ("segment_semantic", "albedo")), "albedo"),
+    (lambda c: setattr(c, "layouts", ("[[{0, 1}], [{0}, {1, 2}]]",)), "layout"),
+    (lambda c: setattr(c, "layouts", (51,)), "51"),
+    (lambda c: (setattr(c.train, "dataset", "nyuv2"),
+                setattr(c.train, "data_dir", "/nonexistent/tfds")), "does not exist"),
+])
+def test_bad_config_values_give_one_line_errors(tmp_path, change, message):
+  config = _config()
+  config.workdir = str(tmp_path)
+  store = tmp_path / "results.jsonl"
+  store.write_text('{"key": "kept"}\n')
+  change(config)
+  with pytest.raises(ValueError, match=message) as e:
+    if config.train.tasks != _config().train.tasks:
+      from mtajax.train import assemble  # pylint: disable=g-import-not-at-top
+      assemble.make_tasks(config.train)
+    run.run("sweep", config)
+  assert "\n" not in str(e.value)
+  assert store.read_text() == '{"key": "kept"}\n'  # Existing results untouched.
+
+
+def test_unknown_mode_and_config_key_exit_non_zero_with_one_line(tmp_path):
+  out = _run(["bogus", "--config", f"{ROOT}/configs/quickstart.py:smoke"], tmp_path, os.environ)
+  assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("error: unknown mode")
+  out = _run(["layouts", "--config", f"{ROOT}/configs/quickstart.py", "--config.nope=1"],
+             tmp_path, os.environ)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      "error: unknown config key 'nope'; see the config file for the keys."]
+
+
+def test_checkpoint_of_another_layout_is_refused(tmp_path):
+  config = _config()
+  config.workdir = str(tmp_path)
+  t0 = sweep.train_config(config, 0)
+  t2 = sweep.train_config(config, 2)
+  sweep.ensure_trained(t2, tmp_path)
+  shutil.copytree(tmp_path / "models" / sweep.model_id(t2), tmp_path / "models" / sweep.model_id(t0))
+  with pytest.raises(ValueError, match="another config"):
+    sweep.ensure_trained(t0, tmp_path)
+  assert (tmp_path / "models" / sweep.model_id(t0) / "checkpoints").is_dir()  # Nothing deleted.
+
+
+def test_store_is_atomic_and_rejects_duplicates(tmp_path):
+  store = results.Store(tmp_path / "r.jsonl")
+  store.add({"key": "a", "v": 1})
+  with pytest.raises(ValueError, match="already stored"):
+    store.add({"key": "a", "v": 2})
+  assert results.Store(tmp_path / "r.jsonl").records() == [{"key": "a", "v": 1}]
+  assert not list(tmp_path.glob(".*tmp*"))
