@@ -54,7 +54,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if getattr(config, key) < 1:
       raise ValueError(f"config.{key} must be >= 1; got {getattr(config, key)}.")
   for layout in config.layouts:
-    models.resolve_layout(layout, len(config.train.tasks))
+    try:
+      models.resolve_layout(layout, len(config.train.tasks))
+    except ValueError as e:
+      raise ValueError(f"config.layouts: invalid layout {layout!r}: {e}") from None
   if config.train.dataset != "synthetic":
     data_dir = Path(os.path.expanduser(config.train.data_dir))
     if not data_dir.is_dir():

@@ -57,17 +57,16 @@ def test_sweep_killed_at_random_points_ends_with_the_same_records(tmp_path):
   for _ in range(3):
     proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(4.0, 25.0))
+    time.sleep(rng.uniform(3.0, 15.0))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
   resumed = _run(SMALL + ["--config.workdir=killed"], tmp_path, env)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   got = _records(tmp_path / "killed")
   assert set(got) == set(want)
-  for key, record in want.items():
-    assert _comparable(got[key]) == pytest.approx(_comparable(record)) or \
-        json.dumps(_comparable(got[key]), sort_keys=True) == json.dumps(_comparable(record),
-                                                                        sort_keys=True)
+  for key, record in want.items():  # Same numbers too: training and evaluation are deterministic.
+    assert json.dumps(_comparable(got[key]), sort_keys=True) == json.dumps(_comparable(record),
+                                                                           sort_keys=True)
 
 
 def _config():
