@@ -23,8 +23,8 @@ from mtajax.train import load_model
 from mtajax.train import loop
 from mtajax.train import step as step_lib
 from mtajax.train import assemble
+from mtajax.train import checkpoint
 from mtajax.train import config as config_lib
-from mtajax.train import optim
 
 NUM_STEPS = 6
 
@@ -102,7 +102,7 @@ _CHILD = textwrap.dedent("""
   batch = pipeline.Loader.batch
   def slow_batch(self, step):  # slows the run down so that the parent can kill it mid-way
     if self.train and step >= 2:
-      time.sleep(1.0)
+      time.sleep(0.5)
     return batch(self, step)
   pipeline.Loader.batch = slow_batch
   loop.train(tiny_config({data!r}), {workdir!r})
@@ -172,6 +172,20 @@ def test_adversarial_inputs_attack_the_eval_mode_model(finished):
   want = attacks.pgd(model.loss_fn("image"), batch["image"], batch, direction=directions.gbmta(),
                      eps=8.0, bounds=preprocess.input_bounds(), num_steps=2).x_adv
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
+  adv.mode, adv.tau = "fat", 2  # tau >= K: no example stops early, FAT equals PGD.
+  got = step_lib.adversarial_inputs(apply, tasks, params, stats, batch, adv)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
+
+
+def test_half_written_checkpoint_is_never_restored(finished, tmp_path):
+  _, workdir, _ = finished
+  copy = tmp_path / "checkpoints"
+  shutil.copytree(workdir / "checkpoints", copy)
+  partial = copy / f"{NUM_STEPS + 1}.orbax-checkpoint-tmp-1234567"  # what a killed save leaves
+  shutil.copytree(copy / str(NUM_STEPS), partial)
+  (partial / "state" / "_METADATA").unlink(missing_ok=True)
+  assert checkpoint.latest_step(copy) == NUM_STEPS
+  assert load_model(copy).step == NUM_STEPS
 
 
 def test_missing_corrupt_and_incompatible_checkpoints_raise(finished, tmp_path):
