@@ -49,7 +49,8 @@ def tiny_config(data_dir):
 def compilation_cache(tmp_path_factory):
   """A persistent XLA cache shared with the child process: each run compiles the same step."""
   path = str(tmp_path_factory.mktemp("xla_cache"))
-  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  old = (jax.config.jax_compilation_cache_dir,
+         jax.config.jax_persistent_cache_min_compile_time_secs)
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   yield path
@@ -113,7 +114,8 @@ def test_sigkill_then_resume_gives_identical_params(finished, data_dir, compilat
                                                     tmp_path):
   _, _, uninterrupted = finished
   workdir = tmp_path / "killed"
-  script = _CHILD.format(cache=compilation_cache, tests=str(Path(__file__).parent), data=str(data_dir), workdir=str(workdir))
+  script = _CHILD.format(cache=compilation_cache, tests=str(Path(__file__).parent),
+                         data=str(data_dir), workdir=str(workdir))
   child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
   deadline = time.time() + 120

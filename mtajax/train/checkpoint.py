@@ -104,9 +104,9 @@ def restore_state(directory: str | Path, step: int, target: Any) -> Any:
                      f"or is corrupt: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
   finally:
     manager.close()
+  pairs = zip(jax.tree_util.tree_leaves_with_path(restored), jax.tree.leaves(target))
   mismatch = [f"{jax.tree_util.keystr(p)} {a.shape}/{a.dtype} vs {b.shape}/{b.dtype}"
-              for (p, a), b in zip(jax.tree_util.tree_leaves_with_path(restored),
-                                   jax.tree.leaves(target)) if a.shape != b.shape or a.dtype != b.dtype]
+              for (p, a), b in pairs if a.shape != b.shape or a.dtype != b.dtype]
   if mismatch:
     raise ValueError(f"Checkpoint {directory}/{step} is incompatible with its config's model: "
                      f"{mismatch[0]} (+{len(mismatch) - 1} more).")

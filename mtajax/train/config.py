@@ -39,7 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 200
   c.keep_checkpoints = 3
   c.progress_bar = True
-  # Adversarial training (spec §10): mode 'none' | 'reference' (I-FGSM) | 'fat' (early-stopped PGD).
+  # Adversarial training (spec §10): 'none' | 'reference' (I-FGSM) | 'fat' (early-stopped PGD).
   c.adv = ml_collections.ConfigDict()
   c.adv.mode = "none"
   c.adv.direction = "gbmta"  # single_<task> | total | sign_total | gbmta

@@ -44,7 +44,8 @@ def _data_dir(config: ml_collections.ConfigDict) -> str:
 
 
 def evaluate(apply: step_lib.Apply, tasks: tuple[base.Task, ...], params: Any, batch_stats: Any,
-             loader: pipeline.Loader, max_batches: int | None = None) -> dict[str, dict[str, float]]:
+             loader: pipeline.Loader,
+             max_batches: int | None = None) -> dict[str, dict[str, float]]:
   """Eval-mode metrics of the model over ``loader`` (at most ``max_batches`` batches)."""
   @jax.jit
   def update(state, batch):
@@ -83,7 +84,8 @@ def _meta(config: ml_collections.ConfigDict, layout: models.Layout, step: int,
           "class_weights": None if class_weights is None else class_weights.tolist()}
 
 
-def _check_resume(saved: dict[str, Any], config: ml_collections.ConfigDict, directory: Path) -> None:
+def _check_resume(saved: dict[str, Any], config: ml_collections.ConfigDict,
+                  directory: Path) -> None:
   ignored = {"num_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "progress_bar",
              "eval_max_batches", "data_dir"}
   now = json.loads(config.to_json())

@@ -22,7 +22,7 @@ def learning_rate(config: ml_collections.ConfigDict, updates_per_step: int = 1) 
 
 def make_optimizer(config: ml_collections.ConfigDict,
                    updates_per_step: int = 1) -> optax.GradientTransformation:
-  """PyTorch ``Adam(betas, eps, weight_decay)``: ``g + wd * p`` enters the Adam moments (spec §13)."""
+  """PyTorch ``Adam(betas, eps, weight_decay)``: ``g + wd * p`` enters the moments (spec §13)."""
   return optax.chain(
       optax.add_decayed_weights(config.weight_decay),
       optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.adam_eps),

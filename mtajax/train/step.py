@@ -1,7 +1,7 @@
 """Jitted pure train steps: clean (spec §9) and adversarial (FAT or the reference's, spec §10).
 
-The train state is a dict of pure pytrees — ``params``, ``batch_stats`` (nested dicts of arrays, as
-``nnx.to_pure_dict`` gives them), ``opt_state`` (optax), ``step`` (int32) and ``key`` (a raw
+The train state is a dict of pure pytrees — ``params``, ``batch_stats`` (nested dicts of arrays as
+given by ``nnx.to_pure_dict``), ``opt_state`` (optax), ``step`` (int32) and ``key`` (a raw
 uint32 PRNG key) — so that Orbax saves it as is and a step is one ``jax.jit`` of arrays to arrays.
 """
 
