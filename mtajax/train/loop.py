@@ -48,7 +48,7 @@ def evaluate(apply: step_lib.Apply, tasks: tuple[base.Task, ...], params: Any, b
              max_batches: int | None = None) -> dict[str, dict[str, float]]:
   """Eval-mode metrics of the model over ``loader`` (at most ``max_batches`` batches)."""
   @jax.jit
-  def update(state, batch):
+  def update(state, params, batch_stats, batch):
     preds, _ = apply(params, batch_stats, batch["image"], train=False)
     return metrics_lib.update(tasks, state, preds, batch)
 
@@ -56,7 +56,7 @@ def evaluate(apply: step_lib.Apply, tasks: tuple[base.Task, ...], params: Any, b
   for i, batch in enumerate(loader):
     if max_batches is not None and i >= max_batches:
       break
-    state = update(state, batch)
+    state = update(state, params, batch_stats, batch)
   return metrics_lib.compute(tasks, state)
 
 
