@@ -166,7 +166,7 @@ def test_adversarial_inputs_attack_the_eval_mode_model(finished):
   tasks = assemble.make_tasks(config)
   apply, _, _ = models.pure_apply(assemble.make_model(config, tasks))
   batch = _eval_batch(config)
-  adv = config.adv
+  adv = config.adv.copy_and_resolve_references()
   adv.mode, adv.num_steps = "reference", 2
   params, stats = result.state["params"], result.state["batch_stats"]
   got = step_lib.adversarial_inputs(apply, tasks, params, stats, batch, adv)
