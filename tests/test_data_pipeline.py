@@ -171,3 +171,9 @@ def test_bad_arguments(data_dir):
     _loader(data_dir, tasks=('segment_semantic', 'depth_euclidean'))
   with pytest.raises(ValueError, match='nyu_normal_encoding'):
     pipeline.Options(nyu_normal_encoding='rgb')
+
+
+def test_kwargs_equal_to_a_predefined_config_select_it(tmp_path):
+  loader = pipeline.dataset('synthetic', tmp_path, 'test', batch_size=50,
+                            config=dict(resolution=64, num_train=200, num_test=100))
+  assert loader.num_examples == 100

@@ -65,6 +65,9 @@ def _builder(name: str, data_dir: str | Path, config: Any) -> tfds.core.DatasetB
       config = synthetic_builder.make_config(**config.to_dict())
     elif isinstance(config, Mapping):
       config = synthetic_builder.make_config(**config)
+    predefined = {c.name for c in synthetic_builder.MtajaxSynthetic.BUILDER_CONFIGS}
+    if config.name in predefined:  # TFDS refuses a custom config named like a predefined one.
+      config = config.name
     return synthetic_builder.MtajaxSynthetic(config=config, **kwargs)
   cls = {'nyuv2': nyuv2.MtajaxNyuv2, 'taskonomy': taskonomy.MtajaxTaskonomy}[name]
   return cls(**kwargs)
