@@ -123,9 +123,7 @@ class Target:
 
   @classmethod
   def of(cls, t, loaded):
-    apply = loaded._apply  # pylint: disable=protected-access
-    predict = lambda state, x: apply(state[0], state[1], x, train=False)[0]  # pylint: disable=unnecessary-lambda-assignment
-    return cls(t, loaded, predict, (loaded.params, loaded.batch_stats))
+    return cls(t, loaded, *loaded.pure_predict())
 
 
 def _batches(config, t) -> Iterator[dict[str, np.ndarray]]:

@@ -44,6 +44,14 @@ class LoadedModel:
     """Eval-mode predictions ``{task: (B, h, w, C)}`` (BatchNorm running statistics)."""
     return self._apply(self.params, self.batch_stats, x, train=False)[0]
 
+  def pure_predict(self) -> tuple[Callable[[Any, jax.Array], dict[str, jax.Array]], Any]:
+    """``(predict, state)``: ``predict(state, x)`` is pure, so weights stay traced under ``jit``."""
+    apply = self._apply
+
+    def predict(state: Any, x: jax.Array) -> dict[str, jax.Array]:
+      return apply(state[0], state[1], x, train=False)[0]
+    return predict, (self.params, self.batch_stats)
+
   def loss_fn(self, reduction: base.Reduction = "image") -> loss_fn_lib.LossFn:
     """``loss_fn(x, batch) -> {task: (B,)}``; use ``direction.reduction`` to match the reference."""
     return loss_fn_lib.make_loss_fn(self.predict, self.tasks, reduction)
