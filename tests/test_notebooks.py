@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 
 import nbformat
 from nbclient import NotebookClient
@@ -51,6 +52,11 @@ def test_notebook_runs_in_smoke_setting(name, tmp_path, monkeypatch):
   text = reports[0].read_text()
   if name == "quickstart.ipynb":
     assert len(images) >= 2  # the per-task ARP chart and Fig. 6, from mtajax.report
+    printed = "".join(_text(c) for c in code)
+    for direction in ("single_segment_semantic", "single_normal", "single_depth_zbuffer",
+                      "total", "sign_total", "gbmta"):
+      assert re.search(rf"^{direction} +ARP +-?\d+\.\d\d ", printed, re.M), direction
+    assert not re.search(r"\bnan\b", printed, re.I), "NaN in the printed results"
     assert "GB-MTA" in text
   else:
     assert len(images) >= 3  # Fig. 6, the per-task ARP chart and the ε curves
