@@ -36,6 +36,15 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   c.advtrain.direction = "gbmta"
   c.advtrain.eps = 8.0
   c.advtrain.num_steps = 10
+  # Scale-out (mtajax.parallel): data-parallel devices (None = all devices of all processes) and
+  # jax.distributed settings (None fields are detected on TPU pods, SLURM and Open MPI).
+  c.mesh = ml_collections.config_dict.placeholder(int)
+  c.distributed = ml_collections.ConfigDict()
+  c.distributed.enabled = False
+  c.distributed.coordinator_address = ml_collections.config_dict.placeholder(str)
+  c.distributed.num_processes = ml_collections.config_dict.placeholder(int)
+  c.distributed.process_id = ml_collections.config_dict.placeholder(int)
+  c.distributed.cpu_collectives = "gloo"  # CPU only: 'gloo' or 'mpi'; ignored on GPU/TPU
   return c
 
 
@@ -48,8 +57,8 @@ def smoke(c: ml_collections.ConfigDict, num_tasks: int = 3) -> None:
   t.train_split, c.eval_split = "train", "test"
   t.tasks = ("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")[:num_tasks]
   t.backbone, t.width = "small", 4
-  t.batch_size, t.num_steps = 4, 2
-  t.eval_every = t.checkpoint_every = 2
+  t.batch_size, t.num_steps, t.lr = 4, 40, 5e-3  # enough for non-zero clean metrics (defined ARP)
+  t.eval_every = t.checkpoint_every = 20
   t.eval_batch_size, t.eval_max_batches = 4, 1
   c.layouts = c.layouts[:2]
   c.attacks, c.directions, c.eps = ("fgsm", "pgd"), ("total", "gbmta"), (8.0,)

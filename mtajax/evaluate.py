@@ -17,6 +17,7 @@ import numpy as np
 
 from mtajax import attacks
 from mtajax import directions as directions_lib
+from mtajax import parallel
 from mtajax import tasks as tasks_lib
 
 
@@ -40,7 +41,9 @@ class AttackSpec:
 
   def run(self, loss_fn, x, batch, bounds, eps, baselines):
     kwargs = dict(self.options)
-    if self.attack != "fgsm":
+    if self.attack == "fgsm":  # One step: no loop to size or unroll.
+      kwargs.pop("unroll", None)
+    else:
       kwargs["num_steps"] = self.num_steps
     if self.attack == "apgd":
       kwargs["baselines"] = baselines
@@ -65,7 +68,8 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
              batches: Iterable[Mapping[str, np.ndarray]], tasks: Sequence[tasks_lib.Task], *,
              spec: AttackSpec | None = None, eps: float = 0.0,
              bounds: tuple[Any, Any] | None = None,
-             baselines: Mapping[str, float] | None = None) -> Evaluation:
+             baselines: Mapping[str, float] | None = None,
+             mesh: jax.sharding.Mesh | None = None) -> Evaluation:
   """Evaluates ``predict(state, x)`` on ``batches``, attacked by ``spec`` if given.
 
   Args:
@@ -78,6 +82,9 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     bounds: per-channel input box, needed with ``spec``.
     baselines: per-task clean losses for the GB-MTA APGD objective (the reference passes the
       clean evaluation's ``losses``, Q10).
+    mesh: run data-parallel over this ``mtajax.parallel.make_mesh`` (batches sharded, the rest
+      replicated; with several processes ``batches`` are this process's slices); None: default
+      device.
   """
   tasks = tuple(tasks)
   if spec is not None and bounds is None:
@@ -86,15 +93,22 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   eps = jnp.asarray(eps, jnp.float32)
   if baselines is not None:
     baselines = {t: jnp.asarray(v, jnp.float32) for t, v in baselines.items()}
+  if mesh is not None:
+    state, metric_state, eps, bounds, baselines = parallel.replicate(
+        (state, metric_state, eps, bounds, baselines), mesh)
   sums, count = None, 0
   for batch in batches:
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    if mesh is None:
+      batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    else:
+      batch = parallel.shard_batch(batch, mesh)
     metric_state, losses = _step(state, metric_state, batch, eps, bounds, baselines,
                                  predict=predict, tasks=tasks, spec=spec)
     sums = losses if sums is None else jax.tree.map(jnp.add, sums, losses)
     count += 1
   if count == 0:
     raise ValueError("evaluate() got no batches; check the dataset split and batch size.")
+  sums, metric_state = parallel.to_host((sums, metric_state))
   losses = {t: float(v) / count for t, v in sums.items()}
   bad = [t for t, v in losses.items() if not np.isfinite(v)]
   if bad:

@@ -27,10 +27,15 @@ def record_key(model: str, attack: str, direction: str | None, eps: float, num_s
 
 
 class Store:
-  """An append-only, atomically written JSON-lines file of records keyed by ``record['key']``."""
+  """An append-only, atomically written JSON-lines file of records keyed by ``record['key']``.
 
-  def __init__(self, path: str | Path):
+  With ``write=False`` (the non-writing processes of a multi-host run) records are kept in memory
+  only.
+  """
+
+  def __init__(self, path: str | Path, write: bool = True):
     self.path = Path(path)
+    self.write = write
     self._records: dict[str, dict[str, Any]] = {}
     if self.path.exists():
       for i, line in enumerate(self.path.read_text().splitlines(), 1):
@@ -60,7 +65,9 @@ class Store:
     if record["key"] in self._records:
       raise ValueError(f"record {record['key']} is already stored.")
     self._records[record["key"]] = dict(record)
-    write_lines(self.path, (json.dumps(r, sort_keys=True) for r in self._records.values()))
+    if self.write:
+      write_lines(self.path,
+                  (json.dumps(r, sort_keys=True) for r in self._records.values()))
 
 
 def write_lines(path: Path, lines: Iterable[str]) -> None:

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 
 import mtajax  # noqa: F401  (XLA:CPU workaround before JAX starts)
 from mtajax import models
+from mtajax import parallel
 from mtajax import results
 from mtajax import sweep
 
@@ -76,7 +77,9 @@ def run(mode: str, config) -> None:
   """Runs one mode (see the module docstring)."""
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
-  print(f"mtajax {mode}: workdir {config.workdir}, devices {jax.devices()}")
+  parallel.initialize(config)
+  print(f"mtajax {mode}: workdir {config.workdir}, process {jax.process_index()} of "
+        f"{jax.process_count()}, devices {jax.devices()}")
   if mode == "layouts":
     indices = [i for i in config.layouts if isinstance(i, int)] or None
     print(models.format_layout_table(
@@ -94,7 +97,7 @@ def run(mode: str, config) -> None:
                          "'train' or 'sweep' mode first.")
   store, targets = sweep.run(config, train_only=mode == "train",
                              adversarial=mode == "advtrain")
-  if mode == "train":
+  if mode == "train" or not parallel.is_writer():
     return
   path = report(config, store, sweep.examples(config, targets[0]))
   print(f"{len(store)} records in {pathlib.Path(config.workdir) / 'results.jsonl'}; report: {path}")

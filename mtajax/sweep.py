@@ -26,6 +26,7 @@ from mtajax import attacks
 from mtajax import directions as directions_lib
 from mtajax import evaluate as evaluate_lib
 from mtajax import models
+from mtajax import parallel
 from mtajax import results
 from mtajax import tasks as tasks_lib
 from mtajax.data import pipeline
@@ -96,7 +97,8 @@ def model_id(t: ml_collections.ConfigDict) -> str:
   return f"{t.dataset}-{t.backbone}-L{t.layout}{suffix}"
 
 
-def ensure_trained(t: ml_collections.ConfigDict, workdir: Path) -> load.LoadedModel:
+def ensure_trained(t: ml_collections.ConfigDict, workdir: Path,
+                   mesh: jax.sharding.Mesh | None = None) -> load.LoadedModel:
   """Trains the model of ``t`` unless its final checkpoint exists (resuming a partial run)."""
   model_dir = workdir / "models" / model_id(t)
   ckpt = model_dir / "checkpoints"
@@ -109,7 +111,7 @@ def ensure_trained(t: ml_collections.ConfigDict, workdir: Path) -> load.LoadedMo
     done = step >= t.num_steps
   if not done:
     print(f"training {model_id(t)} ({t.num_steps} steps)")
-    loop.train(t, model_dir)
+    loop.train(t, model_dir, mesh)
   return load.load_model(ckpt)
 
 
@@ -141,7 +143,7 @@ def config_hash(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict)
 
 def _record(target: Target, config, attack: str, direction: str | None, eps: float,
             num_steps: int, ev: evaluate_lib.Evaluation, clean: dict | None,
-            seconds: float) -> dict[str, Any]:
+            seconds: float, devices: int) -> dict[str, Any]:
   t = target.t
   tasks = target.loaded.tasks
   arp, note = None, None
@@ -161,9 +163,9 @@ def _record(target: Target, config, attack: str, direction: str | None, eps: flo
       "tasks": list(t.tasks), "metrics": ev.metrics, "losses": ev.losses,
       "arp": None if arp is None else arp.total,
       "arp_per_task": None if arp is None else dict(arp.per_task), "note": note,
-      "config_hash": config_hash(config, t), "devices": jax.device_count(),
+      "config_hash": config_hash(config, t), "devices": devices,
       "global_batch": config.eval_batch_size,
-      "per_device_batch": config.eval_batch_size // jax.device_count(), "time_s": seconds,
+      "per_device_batch": config.eval_batch_size // devices, "time_s": seconds,
   }
 
 
@@ -172,16 +174,19 @@ def grid(config: ml_collections.ConfigDict) -> list[tuple[str, str, float]]:
           for e in config.eps]
 
 
-def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm) -> None:
+def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
+                   mesh: jax.sharding.Mesh | None = None) -> None:
   """The clean record and every (attack, direction, ε) record of one model, skipping stored ones."""
   t, tasks = target.t, target.loaded.tasks
+  devices = 1 if mesh is None else mesh.size
   h = config_hash(config, t)
   clean_key = results.record_key(model_id(t), "clean", None, 0.0, 0, h)
   if clean_key not in store:
     start = time.perf_counter()
-    ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t), tasks)
+    ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t), tasks,
+                               mesh=mesh)
     store.add(_record(target, config, "clean", None, 0.0, 0, ev, None,
-                      time.perf_counter() - start))
+                      time.perf_counter() - start, devices))
   clean = store.get(clean_key)
   bounds = preprocess.input_bounds()
   options = () if config.unroll is None else (("unroll", config.unroll),)
@@ -193,9 +198,10 @@ def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm)
                                      options)
       start = time.perf_counter()
       ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t), tasks,
-                                 spec=spec, eps=eps, bounds=bounds, baselines=clean["losses"])
+                                 spec=spec, eps=eps, bounds=bounds, baselines=clean["losses"],
+                                 mesh=mesh)
       store.add(_record(target, config, attack, direction, eps, steps, ev, clean,
-                        time.perf_counter() - start))
+                        time.perf_counter() - start, devices))
     bar.update(1)
 
 
@@ -220,18 +226,29 @@ def examples(config, target: Target) -> dict[str, Any]:
 
 def run(config: ml_collections.ConfigDict, *, train_only: bool = False,
         adversarial: bool = False) -> tuple[results.Store, list[Target]]:
-  """Trains what is missing and evaluates the whole grid; returns the store and the models."""
+  """Trains what is missing and evaluates the whole grid; returns the store and the models.
+
+  Runs data-parallel over ``parallel.make_mesh(config.mesh)``. Under ``jax.distributed`` every
+  process runs this (the workdir must be on storage all of them see); only process 0 writes.
+  """
   validate(config)
+  mesh = parallel.make_mesh(config.mesh)
   workdir = Path(config.workdir)
-  store = results.Store(workdir / "results.jsonl")
+  store = results.Store(workdir / "results.jsonl", write=parallel.is_writer())
   configs = [train_config(config, layout) for layout in config.layouts]
   if adversarial:
     configs += [train_config(config, layout, adversarial=True) for layout in config.layouts]
-  targets = [Target.of(t, ensure_trained(t, workdir)) for t in configs]
+  if parallel.is_writer():  # One process generates the embedded benchmark; the others wait.
+    for t in configs:
+      if t.dataset == "synthetic":
+        pipeline.prepare(t.dataset, os.path.expanduser(t.data_dir), config=t.data_config)
+  parallel.sync("mtajax-sweep-ready")  # Every process read the stored keys before any write.
+  targets = [Target.of(t, ensure_trained(t, workdir, mesh)) for t in configs]
   if train_only:
     return store, targets
-  bar = tqdm.tqdm(total=len(targets) * len(grid(config)), desc="attacks", dynamic_ncols=True)
+  bar = tqdm.tqdm(total=len(targets) * len(grid(config)), desc="attacks", dynamic_ncols=True,
+                  disable=not parallel.is_writer())
   with bar:
     for target in targets:
-      evaluate_model(config, target, store, bar)
+      evaluate_model(config, target, store, bar, mesh)
   return store, targets

@@ -22,6 +22,7 @@ import numpy as np
 import tqdm
 
 from mtajax import models
+from mtajax import parallel
 from mtajax.data import pipeline
 from mtajax.tasks import base
 from mtajax.tasks import metrics as metrics_lib
@@ -44,29 +45,38 @@ def _data_dir(config: ml_collections.ConfigDict) -> str:
 
 
 def evaluate(apply: step_lib.Apply, tasks: tuple[base.Task, ...], params: Any, batch_stats: Any,
-             loader: pipeline.Loader,
-             max_batches: int | None = None) -> dict[str, dict[str, float]]:
-  """Eval-mode metrics of the model over ``loader`` (at most ``max_batches`` batches)."""
+             loader: pipeline.Loader, max_batches: int | None = None,
+             mesh: jax.sharding.Mesh | None = None) -> dict[str, dict[str, float]]:
+  """Eval-mode metrics of the model over ``loader`` (at most ``max_batches`` batches).
+
+  With ``mesh`` the batches are sharded over it (``params`` / ``batch_stats`` replicated on it).
+  """
   @jax.jit
   def update(state, params, batch_stats, batch):
     preds, _ = apply(params, batch_stats, batch["image"], train=False)
     return metrics_lib.update(tasks, state, preds, batch)
 
   state = metrics_lib.init(tasks)
+  if mesh is not None:
+    state = parallel.replicate(state, mesh)
   for i, batch in enumerate(loader):
     if max_batches is not None and i >= max_batches:
       break
+    if mesh is not None:
+      batch = parallel.shard_batch(batch, mesh)
     state = update(state, params, batch_stats, batch)
-  return metrics_lib.compute(tasks, state)
+  return metrics_lib.compute(tasks, parallel.to_host(state))
 
 
 class _MetricsLog:
-  """Appends JSON lines to ``workdir/metrics.jsonl``."""
+  """Appends JSON lines to ``workdir/metrics.jsonl`` (process 0 only)."""
 
   def __init__(self, path: Path):
     self.path = path
 
   def write(self, record: dict[str, Any]) -> None:
+    if not parallel.is_writer():
+      return
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
 
@@ -96,8 +106,14 @@ def _check_resume(saved: dict[str, Any], config: ml_collections.ConfigDict,
                      "new workdir or the saved config.")
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult:
-  """Trains (or resumes training) per ``config`` in ``workdir``; see the module docstring."""
+def train(config: ml_collections.ConfigDict, workdir: str | Path,
+          mesh: jax.sharding.Mesh | None = None) -> TrainResult:
+  """Trains (or resumes training) per ``config`` in ``workdir``; see the module docstring.
+
+  With ``mesh`` (``mtajax.parallel.make_mesh``) every step runs data-parallel: the global batch
+  is sharded over the mesh, the train state replicated. All processes call this; Orbax saves the
+  checkpoints collectively and only process 0 writes ``metrics.jsonl``.
+  """
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   ckpt_dir = workdir / "checkpoints"
@@ -121,18 +137,25 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
     start, saved = checkpoint.restore_meta(ckpt_dir)
     _check_resume(saved, config, ckpt_dir)
     state = checkpoint.restore_state(ckpt_dir, start, state)
+  if mesh is not None:
+    state = parallel.replicate(state, mesh)
 
   train_step = step_lib.make_train_step(apply, tasks, optimizer, config)
   log = _MetricsLog(workdir / "metrics.jsonl")
   lr = optim.learning_rate(config)
   eval_metrics: dict[str, dict[str, float]] = {}
   batches = train_loader.iterate(start)
+  parallel.sync("mtajax-train-resume-checked")  # No process creates ckpt_dir before all looked.
   checkpointer = checkpoint.Checkpointer(ckpt_dir, config.keep_checkpoints)
-  bar = tqdm.tqdm(total=config.num_steps, initial=start, disable=not config.progress_bar,
+  bar = tqdm.tqdm(total=config.num_steps, initial=start,
+                  disable=not (config.progress_bar and parallel.is_writer()),
                   desc="train", dynamic_ncols=True)
   try:
     for step in range(start, config.num_steps):
-      state, values = train_step(state, next(batches))
+      batch = next(batches)
+      if mesh is not None:
+        batch = parallel.shard_batch(batch, mesh)
+      state, values = train_step(state, batch)
       values = {k: float(v) for k, v in jax.device_get(values).items()}
       _check_finite(step, values)
       done = step + 1
@@ -141,7 +164,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> TrainResult
       log.write({"step": done, "split": "train", "lr": float(lr(step)), **values})
       if done % config.eval_every == 0 or done == config.num_steps:
         eval_metrics = evaluate(apply, tasks, state["params"], state["batch_stats"], eval_loader,
-                                config.eval_max_batches)
+                                config.eval_max_batches, mesh)
         log.write({"step": done, "split": config.eval_split, **eval_metrics})
       if done % config.checkpoint_every == 0 or done == config.num_steps:
         checkpointer.save(done, state, _meta(config, layout, done, train_loader.class_weights))
