@@ -115,7 +115,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
   checkpoints collectively and only process 0 writes ``metrics.jsonl``.
   """
   workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  if parallel.is_writer():
+    workdir.mkdir(parents=True, exist_ok=True)
   ckpt_dir = workdir / "checkpoints"
   data_dir = _data_dir(config)
   train_loader = pipeline.dataset(config.dataset, data_dir, config.train_split,

@@ -1,0 +1,167 @@
+"""Data parallelism: 8 forced CPU devices equal 1 device (attack, metrics, train step).
+
+JAX fixes its device count when it starts, so the 8-device run happens in a subprocess that runs
+this file as a script (``XLA_FLAGS=--xla_force_host_platform_device_count=8``); it prints the
+comparisons as JSON and the test checks them. The main pytest process keeps its single device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEVICES = 8
+
+
+def _max_rel(a, b) -> float:
+  """Max |a - b| / (1 + |b|) over the leaves of two pytrees of equal structure."""
+  import jax  # pylint: disable=g-import-not-at-top
+  diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - y)
+                                                 / (1 + np.abs(np.asarray(y, np.float64))))),
+                       a, b)
+  return max(jax.tree.leaves(diffs))
+
+
+def _worker(data_dir: str) -> dict:
+  """Runs the 8-device vs 1-device comparisons (in the subprocess) and returns the numbers."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from mtajax import directions  # pylint: disable=g-import-not-at-top
+  from mtajax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from mtajax import models  # pylint: disable=g-import-not-at-top
+  from mtajax import parallel  # pylint: disable=g-import-not-at-top
+  from mtajax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  from mtajax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from mtajax.data import preprocess  # pylint: disable=g-import-not-at-top
+  from mtajax.train import assemble  # pylint: disable=g-import-not-at-top
+  from mtajax.train import optim  # pylint: disable=g-import-not-at-top
+  from mtajax.train import step as step_lib  # pylint: disable=g-import-not-at-top
+
+  assert jax.device_count() == DEVICES, jax.devices()
+  t = quickstart.get_config("smoke").train
+  t.data_dir = data_dir
+  loader = pipeline.dataset(t.dataset, data_dir, "test", batch_size=16, tasks=t.tasks,
+                            config=t.data_config)
+  batches = [loader.batch(0)]
+  tasks = assemble.make_tasks(t)
+  model = assemble.make_model(t, tasks)
+  predict, state = models.pure_predict(model)
+  mesh8, mesh1 = parallel.make_mesh(), parallel.make_mesh(1)
+  out = {"mesh_sizes": [mesh8.size, mesh1.size]}
+
+  # 1. The attack of one batch: 8 shards vs 1 device, the attack function untouched.
+  spec = evaluate_lib.AttackSpec("pgd", directions.gbmta(), num_steps=2, options=(("unroll", 1),))
+  bounds = preprocess.input_bounds()
+  attack = jax.jit(lambda s, b: spec.run(tasks_lib.make_loss_fn(
+      functools.partial(predict, s), tasks, "image"), b["image"], b, bounds, 8.0, None))
+  x1 = attack(*parallel.replicate((state, batches[0]), mesh1))
+  x8 = attack(parallel.replicate(state, mesh8), parallel.shard_batch(batches[0], mesh8))
+  out["attack_shards"] = len(x8.sharding.device_set)
+  out["attack_per_shard"] = x8.addressable_shards[0].data.shape[0]
+  out["attack_max_abs"] = float(np.max(np.abs(np.asarray(x8) - np.asarray(x1))))
+
+  # 2. Evaluation: metric sums accumulated over 8 shards (two batches) vs 1 device.
+  batches.append(loader.batch(0))
+  ev1 = evaluate_lib.evaluate(predict, state, batches, tasks)
+  ev8 = evaluate_lib.evaluate(predict, state, batches, tasks, mesh=mesh8)
+  out["eval_rel"] = _max_rel((ev8.metrics, ev8.losses), (ev1.metrics, ev1.losses))
+  out["eval_metrics"] = ev1.metrics
+
+  # 3. A train step (BatchNorm in train mode, Adam) on the same global batch.
+  train_loader = pipeline.dataset(t.dataset, data_dir, "train", batch_size=16, tasks=t.tasks,
+                                  train=True, config=t.data_config)
+  batch = train_loader.batch(0)
+  apply, params, batch_stats = models.pure_apply(model)
+  optimizer = optim.make_optimizer(t)
+  train_step = step_lib.make_train_step(apply, tasks, optimizer, t)
+  init = step_lib.init_state(nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats),
+                             optimizer, t.seed)
+  s1, m1 = train_step(init, batch)
+  s8, m8 = train_step(parallel.replicate(init, mesh8), parallel.shard_batch(batch, mesh8))
+  out["train_rel"] = _max_rel((s8["params"], s8["batch_stats"], m8),
+                              (s1["params"], s1["batch_stats"], m1))
+  out["train_changed"] = _max_rel(s1["params"], init["params"])
+  return out
+
+
+@pytest.fixture(scope="module")
+def eight_devices(tmp_path_factory) -> dict:
+  env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+         "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+                      f"--xla_force_host_platform_device_count={DEVICES}"}
+  data_dir = tmp_path_factory.mktemp("tfds")
+  proc = subprocess.run([sys.executable, __file__, str(data_dir)], env=env, cwd=ROOT,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_meshes_span_8_and_1_devices(eight_devices):
+  assert eight_devices["mesh_sizes"] == [DEVICES, 1]
+
+
+def test_8_device_attack_equals_1_device_attack(eight_devices):
+  assert eight_devices["attack_shards"] == DEVICES
+  assert eight_devices["attack_per_shard"] == 16 // DEVICES
+  assert eight_devices["attack_max_abs"] < 1e-3  # input units: 0-255 scale, ε = 8
+
+
+def test_metrics_over_8_shards_equal_1_device(eight_devices):
+  assert eight_devices["eval_rel"] < 1e-5
+  metrics = eight_devices["eval_metrics"]
+  assert metrics["segment_semantic"]["Pixel Acc"] > 0  # Not a vacuous all-zero comparison.
+
+
+def test_8_device_train_step_equals_1_device(eight_devices):
+  assert eight_devices["train_changed"] > 1e-4  # The step did update the parameters.
+  assert eight_devices["train_rel"] < 1e-4
+
+
+def test_make_mesh_rejects_bad_device_counts():
+  from mtajax import parallel  # pylint: disable=g-import-not-at-top
+  for n in (0, 2):
+    with pytest.raises(ValueError, match="config.mesh"):
+      parallel.make_mesh(n)
+
+
+def test_metric_sums_of_shards_merge_to_the_whole_batch():
+  """Per-shard metric states merged (sums) give the whole-batch metrics ('standard' definition)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax.tasks import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
+  from mtajax.tasks import task_sets  # pylint: disable=g-import-not-at-top
+  tasks = task_sets.synthetic_tasks(3, num_classes=5, definition="standard")
+  rng = np.random.default_rng(0)
+  batch = {"segment_semantic": rng.integers(0, 5, (8, 4, 4)).astype(np.int32),
+           "normal": rng.normal(size=(8, 4, 4, 3)).astype(np.float32),
+           "depth_zbuffer": rng.uniform(0.5, 2, (8, 4, 4)).astype(np.float32)}
+  preds = {"segment_semantic": rng.normal(size=(8, 4, 4, 5)).astype(np.float32),
+           "normal": rng.normal(size=(8, 4, 4, 3)).astype(np.float32),
+           "depth_zbuffer": rng.uniform(0.5, 2, (8, 4, 4, 1)).astype(np.float32)}
+  whole = metrics_lib.update(tasks, metrics_lib.init(tasks), preds, batch)
+  merged = metrics_lib.init(tasks)
+  for i in range(DEVICES):
+    shard = lambda d: {k: v[i:i + 1] for k, v in d.items()}  # pylint: disable=unnecessary-lambda-assignment
+    merged = metrics_lib.merge(merged, metrics_lib.update(tasks, metrics_lib.init(tasks),
+                                                          shard(preds), shard(batch)))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), merged, whole)
+  # Independent check of one statistic: the pixel accuracy counted in NumPy.
+  acc = np.mean(np.argmax(preds["segment_semantic"], -1) == batch["segment_semantic"])
+  got = metrics_lib.compute(tasks, merged)["segment_semantic"]["Pixel Acc"]
+  assert got == pytest.approx(acc, rel=1e-5)
+
+
+if __name__ == "__main__":
+  import mtajax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.update("jax_compilation_cache_dir", str(ROOT / ".jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  print(json.dumps(_worker(sys.argv[1])))
