@@ -26,8 +26,9 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   c.eps = EPS_GRID
   c.num_steps = 10  # spec §14.1: the paper likely used 20 for NYUv2; 10 is the committed default
   c.unroll = ml_collections.config_dict.placeholder(int)  # None: platform default (full on CPU)
-  # Skip XLA's backend (LLVM) optimisations: on 2 CPU cores a sweep's compile time (one program per
-  # model x attack x direction) dominates; compiles ~2-3x faster, runs ~1.6x slower (measured).
+  # Skip XLA's backend (LLVM) optimisations for attack-only runs (`attack`/`report` of trained
+  # models) on CPU, where compiling one program per model x attack x direction dominates: attack
+  # programs compile 2-3x faster and run ~1.6x slower; training steps run ~3x slower (measured).
   c.xla_fast_compile = False
   c.eval_split = "test"
   c.eval_batch_size = 16  # spec §5.6

@@ -23,7 +23,6 @@ def get_config(arg: str | None = None):
   c.layouts = (0, 41, 2)  # AS, shared through 3 coarse blocks, IND
   c.attacks = ("pgd", "apgd")
   c.eps = (4.0, 8.0)
-  c.xla_fast_compile = True  # 36 attack programs to compile, few images each
   if args.get("smoke"):
     c.workdir = "runs/quickstart_smoke"
     t.data_config = dict(resolution=32, num_train=64, num_test=16, seed=0)
