@@ -7,7 +7,6 @@ from mtajax.train.fat import early_stopped_pgd
 from mtajax.train.load import LoadedModel
 from mtajax.train.load import load_model
 from mtajax.train.loop import TrainResult
-from mtajax.train.loop import evaluate
 from mtajax.train.loop import train
 from mtajax.train.optim import learning_rate
 from mtajax.train.optim import make_optimizer

@@ -9,6 +9,8 @@ uninterrupted run: batches are a pure function of (seed, step) and the PRNG key 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import json
 import math
 import os
@@ -21,11 +23,11 @@ from flax import nnx
 import numpy as np
 import tqdm
 
+from mtajax import evaluate as evaluate_lib
 from mtajax import models
 from mtajax import parallel
 from mtajax.data import pipeline
 from mtajax.tasks import base
-from mtajax.tasks import metrics as metrics_lib
 from mtajax.train import assemble
 from mtajax.train import checkpoint
 from mtajax.train import optim
@@ -44,28 +46,8 @@ def _data_dir(config: ml_collections.ConfigDict) -> str:
   return os.path.expanduser(config.data_dir)
 
 
-def evaluate(apply: step_lib.Apply, tasks: tuple[base.Task, ...], params: Any, batch_stats: Any,
-             loader: pipeline.Loader, max_batches: int | None = None,
-             mesh: jax.sharding.Mesh | None = None) -> dict[str, dict[str, float]]:
-  """Eval-mode metrics of the model over ``loader`` (at most ``max_batches`` batches).
-
-  With ``mesh`` the batches are sharded over it (``params`` / ``batch_stats`` replicated on it).
-  """
-  @jax.jit
-  def update(state, params, batch_stats, batch):
-    preds, _ = apply(params, batch_stats, batch["image"], train=False)
-    return metrics_lib.update(tasks, state, preds, batch)
-
-  state = metrics_lib.init(tasks)
-  if mesh is not None:
-    state = parallel.replicate(state, mesh)
-  for i, batch in enumerate(loader):
-    if max_batches is not None and i >= max_batches:
-      break
-    if mesh is not None:
-      batch = parallel.shard_batch(batch, mesh)
-    state = update(state, params, batch_stats, batch)
-  return metrics_lib.compute(tasks, parallel.to_host(state))
+def _predict(apply: step_lib.Apply, state: tuple[Any, Any], x: jax.Array) -> dict[str, jax.Array]:
+  return apply(state[0], state[1], x, train=False)[0]
 
 
 class _MetricsLog:
@@ -142,6 +124,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
     state = parallel.replicate(state, mesh)
 
   train_step = step_lib.make_train_step(apply, tasks, optimizer, config)
+  predict = functools.partial(_predict, apply)  # One function object: evaluation compiles once.
   log = _MetricsLog(workdir / "metrics.jsonl")
   lr = optim.learning_rate(config)
   eval_metrics: dict[str, dict[str, float]] = {}
@@ -164,8 +147,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
       bar.set_postfix(loss=f"{values['loss']:.4f}")
       log.write({"step": done, "split": "train", "lr": float(lr(step)), **values})
       if done % config.eval_every == 0 or done == config.num_steps:
-        eval_metrics = evaluate(apply, tasks, state["params"], state["batch_stats"], eval_loader,
-                                config.eval_max_batches, mesh)
+        eval_metrics = evaluate_lib.evaluate(
+            predict, (state["params"], state["batch_stats"]),
+            itertools.islice(eval_loader, config.eval_max_batches), tasks, mesh=mesh).metrics
         log.write({"step": done, "split": config.eval_split, **eval_metrics})
       if done % config.checkpoint_every == 0 or done == config.num_steps:
         checkpointer.save(done, state, _meta(config, layout, done, train_loader.class_weights))
