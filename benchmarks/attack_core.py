@@ -89,6 +89,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--width", type=int, default=32)
   parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--skip-loops", action="store_true", help="only the direction step costs")
   args = parser.parse_args()
   print(f"backend={jax.default_backend()} devices={jax.devices()} jax={jax.__version__} "
         f"default unroll={common.resolve_unroll(None)}")
@@ -105,6 +106,8 @@ def main() -> None:
       print(f"{'direction step':28s} {'time (ms)':>10s} {'x total':>8s}")
       for k, v in costs.items():
         print(f"{k:28s} {1e3 * v:10.2f} {v / base:8.3f}")
+      if args.skip_loops:
+        continue
       loops = loop_costs(x, labels, args.repeats)
       base = loops["10x total direction"]
       print(f"{'10-step GB-MTA PGD':28s} {'time (ms)':>10s} {'x 10 fwd+bwd':>12s}")
