@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mtajax.tasks import base
+from mtajax.tasks import l1
 from mtajax.tasks.resize import resize_nearest
 
 SIGMA_THRESHOLDS = (1.25, 1.25**2, 1.25**3)
@@ -16,7 +17,7 @@ SIGMA_NAMES = ("sigma_1.25", "sigma_1.25^2", "sigma_1.25^3")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Depth(base.Task):
+class Depth(l1.L1Task):
   """Depth regression; labels (B, H, W), predictions (B, h, w, 1).
 
   Validity (reference rule): with ``batch[name + '_mask']``: label != 255 and mask == 1
@@ -49,14 +50,6 @@ class Depth(base.Task):
     mask = base.label_mask(batch, self.name, hw)
     valid = g > self.min_depth if mask is None else (g != 255) & mask
     return g, valid
-
-  def valid(self, batch: base.Batch, hw: tuple[int, int]) -> jax.Array:
-    return self._labels(batch, hw)[1]
-
-  def pixel_loss(self, pred: jax.Array, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
-    g, valid = self._labels(batch, pred.shape[1:3])
-    v = valid.astype(jnp.float32)
-    return jnp.abs(pred[..., 0].astype(jnp.float32) - g) * v, v
 
   def metric_init(self) -> base.MetricState:
     state = base.zero_mean_state("abs_err")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 
 import jax
@@ -12,7 +13,24 @@ from mtajax.tasks.resize import resize_nearest
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MaskedL1(base.Task):
+class L1Task(base.Task):
+  """A single-channel task with an L1 pixel loss over the pixels its ``_labels`` rule marks valid."""
+
+  @abc.abstractmethod
+  def _labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
+    """Labels at ``hw`` (None: label resolution) and their validity."""
+
+  def valid(self, batch: base.Batch, hw: tuple[int, int]) -> jax.Array:
+    return self._labels(batch, hw)[1]
+
+  def pixel_loss(self, pred: jax.Array, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
+    g, valid = self._labels(batch, pred.shape[1:3])
+    v = valid.astype(jnp.float32)
+    return jnp.abs(pred[..., 0].astype(jnp.float32) - g) * v, v
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MaskedL1(L1Task):
   """Dense regression with L1 loss; labels (B, H, W), 255 = invalid, plus an optional mask.
 
   Attributes:
@@ -34,14 +52,6 @@ class MaskedL1(base.Task):
     valid = g != 255
     mask = base.label_mask(batch, self.name, hw)
     return g, valid if mask is None else valid & mask
-
-  def valid(self, batch: base.Batch, hw: tuple[int, int]) -> jax.Array:
-    return self._labels(batch, hw)[1]
-
-  def pixel_loss(self, pred: jax.Array, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
-    g, valid = self._labels(batch, pred.shape[1:3])
-    v = valid.astype(jnp.float32)
-    return jnp.abs(pred[..., 0].astype(jnp.float32) - g) * v, v
 
   def metric_init(self) -> base.MetricState:
     return base.zero_mean_state(self.metric_name)
