@@ -103,7 +103,7 @@ def ensure_trained(t: ml_collections.ConfigDict, workdir: Path,
   model_dir = workdir / "models" / model_id(t)
   ckpt = model_dir / "checkpoints"
   done = False
-  if ckpt.is_dir() and any(ckpt.iterdir()):
+  if checkpoint.latest_step(ckpt) is not None:  # A run killed before its first save has none.
     step, meta = checkpoint.restore_meta(ckpt)
     if meta["config"] != json.loads(json.dumps(t.to_dict())):
       raise ValueError(f"{model_dir} holds a model trained with another config (layout "

@@ -127,3 +127,12 @@ def test_store_is_atomic_and_rejects_duplicates(tmp_path):
     store.add({"key": "a", "v": 2})
   assert results.Store(tmp_path / "r.jsonl").records() == [{"key": "a", "v": 1}]
   assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_model_killed_before_its_first_checkpoint_is_trained_again(tmp_path):
+  config = _config()
+  t = sweep.train_config(config, 0)
+  half_written = tmp_path / "models" / sweep.model_id(t) / "checkpoints" / "20.orbax-checkpoint-tmp-1"
+  half_written.mkdir(parents=True)
+  loaded = sweep.ensure_trained(t, tmp_path)
+  assert loaded.step == t.num_steps
