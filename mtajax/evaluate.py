@@ -47,6 +47,7 @@ class AttackSpec:
       kwargs["num_steps"] = self.num_steps
     if self.attack == "apgd":
       kwargs["baselines"] = baselines
+      kwargs["example_weight"] = batch.get("example_weight")
     return attacks.by_name(self.attack)(loss_fn, x, batch, direction=self.direction, eps=eps,
                                         bounds=bounds, **kwargs).x_adv
 

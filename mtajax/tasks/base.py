@@ -120,6 +120,14 @@ def label_mask(batch: Batch, name: str, hw: tuple[int, int] | None = None) -> ja
   return mask == 1
 
 
+def reduce_loss(num: jax.Array, den: jax.Array, reduction: Reduction) -> jax.Array:
+  """Per-sample loss (B,) from per-pixel numerators and weights (B, h, w) (see the module doc)."""
+  num, den = jnp.sum(num, axis=(1, 2)), jnp.sum(den, axis=(1, 2))
+  if reduction == "image":
+    return safe_divide(num, den)
+  return safe_divide(num.shape[0] * num, jnp.sum(den))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Task(abc.ABC):
   """One dense-prediction task.
@@ -174,10 +182,7 @@ class Task(abc.ABC):
     check_choice("reduction", reduction, REDUCTIONS)
     self.check_pred(pred)
     num, den = self.pixel_loss(pred, batch)
-    num, den = jnp.sum(num, axis=(1, 2)), jnp.sum(den, axis=(1, 2))
-    if reduction == "image":
-      return safe_divide(num, den)
-    return safe_divide(num.shape[0] * num, jnp.sum(den))
+    return reduce_loss(num, den, reduction)
 
   def valid_count(self, pred_shape: tuple[int, ...], batch: Batch) -> jax.Array:
     """(B,) float32 number of valid loss pixels at the prediction resolution; 0 flags an empty image."""
