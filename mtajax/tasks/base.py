@@ -129,9 +129,10 @@ def host_state(task: str, state: MetricState) -> MetricState:
   """``state`` on the host, or a one-line error if an int32 counter reached its limit."""
   state = jax.device_get(state)
   for term, value in state.items():
-    value = np.asarray(value) if not isinstance(value, Samples) else None
-    if value is not None and value.dtype == np.int32 and (
-        np.any(value == np.iinfo(np.int32).max) or np.any(value < 0)):
+    if isinstance(value, Samples):
+      continue
+    value = np.asarray(value)
+    if value.dtype == np.int32 and (np.any(value == np.iinfo(np.int32).max) or np.any(value < 0)):
       raise ValueError(f"Task {task!r} counter {term!r} reached the int32 limit 2^31 - 1; sum "
                        "per-batch states on the host with mtajax.tasks.metrics.Accumulator (as "
                        "mtajax.evaluate does) instead of one device state.")
@@ -145,21 +146,22 @@ class Samples:
   Once more than ``budget`` values were offered, the chunks are dropped, ``values()`` is None and
   the task falls back to its histogram.
   """
-  chunks: tuple[np.ndarray, ...] = ()
-  budget: int = 2**28
-  full: bool = False
+  chunks: tuple[np.ndarray, ...]
+  budget: int
+  count: int  # values offered so far
 
   @classmethod
   def of(cls, values: np.ndarray, budget: int) -> "Samples":
     """One chunk of values (already full if it alone exceeds ``budget``)."""
-    return cls((), budget, full=True) if len(values) > budget else cls((values,), budget)
+    return cls((values,) if len(values) <= budget else (), budget, len(values))
+
+  @property
+  def full(self) -> bool:
+    return self.count > self.budget
 
   def __add__(self, other: "Samples") -> "Samples":
-    budget = min(self.budget, other.budget)
-    chunks = self.chunks + other.chunks
-    if self.full or other.full or sum(len(c) for c in chunks) > budget:
-      return Samples((), budget, full=True)
-    return Samples(chunks, budget)
+    budget, count = min(self.budget, other.budget), self.count + other.count
+    return Samples(() if count > budget else self.chunks + other.chunks, budget, count)
 
   def values(self) -> np.ndarray | None:
     if self.full:
