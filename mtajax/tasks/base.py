@@ -207,6 +207,20 @@ def label_mask(batch: Batch, name: str, hw: tuple[int, int] | None = None) -> ja
   return mask == 1
 
 
+def reduce_loss(num: jax.Array, den: jax.Array, reduction: Reduction,
+                batch: Batch | None = None) -> jax.Array:
+  """Per-sample loss (B,) from per-pixel numerators and weights (B, h, w) (see the module doc).
+
+  ``batch``'s ``example_weight`` (if any) marks the padding examples: loss 0, not pooled.
+  """
+  real = example_mask({} if batch is None else batch, num.shape[0])
+  num = jnp.where(real, jnp.sum(num, axis=(1, 2)), 0)
+  den = jnp.where(real, jnp.sum(den, axis=(1, 2)), 0)
+  if reduction == "image":
+    return safe_divide(num, den)
+  return safe_divide(jnp.sum(real, dtype=jnp.float32) * num, jnp.sum(den))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Task(abc.ABC):
   """One dense-prediction task.
@@ -270,12 +284,7 @@ class Task(abc.ABC):
     check_choice("reduction", reduction, REDUCTIONS)
     self.check_pred(pred)
     num, den = self.pixel_loss(pred, batch)
-    real = example_mask(batch, num.shape[0])
-    num = jnp.where(real, jnp.sum(num, axis=(1, 2)), 0)
-    den = jnp.where(real, jnp.sum(den, axis=(1, 2)), 0)
-    if reduction == "image":
-      return safe_divide(num, den)
-    return safe_divide(jnp.sum(real, dtype=jnp.float32) * num, jnp.sum(den))
+    return reduce_loss(num, den, reduction, batch)
 
   def valid_count(self, pred_shape: tuple[int, ...], batch: Batch) -> jax.Array:
     """(B,) float32 number of valid loss pixels at the prediction resolution; 0 flags an empty image."""
