@@ -271,7 +271,8 @@ def test_padded_batches_give_the_metrics_of_the_unpadded_batches(definition):
     want, got = accumulate(tasks, batches), accumulate(tasks, padded)
     assert_metrics(got, want, median_tol=1e-6)
     unmasked = {k: v for k, v in padded[2][1].items() if k != "example_weight"}
-    assert accumulate(tasks, batches[:2] + [(padded[2][0], unmasked)]) != want  # it has valid pixels
+    # The padding examples do have valid pixels: only their weight keeps them out.
+    assert accumulate(tasks, batches[:2] + [(padded[2][0], unmasked)]) != want
 
 
 def test_padding_examples_leave_losses_and_pooled_denominators_alone():
@@ -301,7 +302,8 @@ def test_int32_counters_saturate_on_the_device_and_sum_in_int64_on_the_host():
   assert int(below["count"]) == 2**31 - 2  # the largest count that still computes
   task.metric_compute(below)
   near = dict(one, count=jnp.int32(2**31 - 1 - k // 2))
-  for crossed in (update(near, pred["normal"], batch), mt.metrics.merge({"n": near}, {"n": one})["n"]):
+  merged = mt.metrics.merge({"n": near}, {"n": one})["n"]
+  for crossed in (update(near, pred["normal"], batch), merged):
     assert int(crossed["count"]) == 2**31 - 1  # saturated, not wrapped to a negative count
     with pytest.raises(ValueError, match="int32 limit"):
       task.metric_compute(crossed)
