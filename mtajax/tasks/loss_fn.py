@@ -61,7 +61,7 @@ class LossFn:
     for t in self.tasks:
       t.check_pred(preds[t.name])
       num, den = fn(t, preds[t.name], batch, context)
-      out[t.name] = base.reduce_loss(num, den, self.reduction)
+      out[t.name] = base.reduce_loss(num, den, self.reduction, batch)
     return out
 
 
