@@ -104,7 +104,8 @@ class _Evaluator:
 
 
 def select(tasks: Sequence[base.Task], states: States, groups: np.ndarray,
-           preference: np.ndarray, available: np.ndarray, objective: Objective) -> Selection:
+           preference: np.ndarray, available: np.ndarray, objective: Objective,
+           starts: Sequence[np.ndarray] = ()) -> Selection:
   """Greedy worst-case selection with the guarantee ``value >= value of every complete candidate``.
 
   Args:
@@ -115,6 +116,8 @@ def select(tasks: Sequence[base.Task], states: States, groups: np.ndarray,
     available: (C, N) whether the candidate ran on the image (an image stopped by a threshold has
       later candidates unavailable); only candidates available on every image compete alone.
     objective: dataset metrics -> (value, tie-breaker), e.g. :func:`arp_objective`.
+    starts: further selections (N,) to start from when better than every candidate alone (the
+      per-task envelope starts from the multi-task worst case, so it is never below it).
   """
   ev = _Evaluator(tasks, states, groups)
   n = preference.shape[1]
@@ -130,11 +133,14 @@ def select(tasks: Sequence[base.Task], states: States, groups: np.ndarray,
     raise ValueError("no candidate ran on every image; lower the threshold or run the suite on "
                      "all images.")
   start = max(complete, key=lambda c: alone[c])
-  choice = np.full(n, start)
+  choice, best = np.full(n, start), alone[start]
+  for other in starts:
+    value = objective(ev.metrics({g: ev.group_state(other, g) for g in ev.members}))
+    if value > best:
+      choice, best = np.asarray(other), value
   contributions = {g: ev.group_state(choice, g) for g in ev.members}
-  best = alone[start]
   pref = np.where(available, preference, -np.inf)
-  gain = pref.max(0) - pref[start]
+  gain = pref.max(0) - pref[choice, np.arange(n)]
   for b in np.argsort(-gain, kind="stable"):
     if gain[b] <= 0:
       break
