@@ -160,3 +160,16 @@ def test_equal_results_on_1_and_8_devices(tmp_path):
 if __name__ == "__main__":
   import mtajax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   print(json.dumps(_worker()))
+
+
+def test_readme_robust_example_runs(tmp_path, monkeypatch, capsys):
+  import re  # pylint: disable=g-import-not-at-top
+  text = (ROOT / "README.md").read_text()
+  code = re.search(r"<!-- readme-robust-example -->\s*```python\n(.*?)```", text, re.S).group(1)
+  monkeypatch.chdir(tmp_path)
+  exec(compile(code, "README robust example", "exec"), {})  # pylint: disable=exec-used
+  out = capsys.readouterr().out
+  arp = float(re.search(r"robust ARP (-?[0-9.]+)", out).group(1))
+  assert arp > 0
+  rows = [json.loads(line) for line in (tmp_path / "robust_images.jsonl").read_text().splitlines()]
+  assert len(rows) == 3 * 8
