@@ -189,9 +189,16 @@ class RobustEvaluation:
 
 def _collect(batches: Iterable[Mapping[str, np.ndarray]]) -> tuple[dict[str, np.ndarray],
                                                                   np.ndarray, int]:
-  """All images in host memory, each image's batch index, and the batch size."""
-  items = [{k: np.asarray(v) for k, v in b.items()} for b in batches]
-  if not items:
+  """All real images in host memory, each image's batch index, and the batch size.
+
+  Padding examples (``example_weight == 0``, the evaluation loaders' padded last batch) are dropped.
+  """
+  items = []
+  for b in batches:
+    b = {k: np.asarray(v) for k, v in b.items()}
+    real = b.pop("example_weight", np.ones(len(b["image"]))) > 0
+    items.append({k: v[real] for k, v in b.items()})
+  if not any(len(b["image"]) for b in items):
     raise ValueError("robust.evaluate() got no batches; check the dataset split and batch size.")
   data = {k: np.concatenate([b[k] for b in items]) for k in items[0]}
   groups = np.concatenate([np.full(len(b["image"]), i) for i, b in enumerate(items)])
@@ -241,8 +248,9 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   if mesh is not None:
     state, eps_, bounds = parallel.replicate((state, eps_, bounds), mesh)
 
-  def run(program, idx, clean_img=None, reference=None, chunk_key=None):
-    batch = {k: v[idx] for k, v in data.items()}
+  def run(program, idx, k, clean_img=None, reference=None, chunk_key=None):
+    batch = {name: v[idx] for name, v in data.items()}
+    batch["example_weight"] = (np.arange(len(idx)) < k).astype(np.float32)  # chunk padding: 0
     extra = None if clean_img is None else {
         f"{t}/{m}": v[idx] for t, ms in clean_img.items() for m, v in ms.items()}
     if mesh is None:
@@ -262,7 +270,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
 
   everything = np.arange(n)
   clean_states, clean_img, _ = gather(
-      [(run(None, idx), k) for idx, k in _chunks(everything, size)], n)
+      [(run(None, idx, k), k) for idx, k in _chunks(everything, size)], n)
   clean = tasks_lib.metrics.compute(tasks, worst_case.dataset_state(tasks, clean_states, groups))
   for t in tasks:
     for m in t.metrics:
@@ -291,7 +299,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     outputs = []
     for j, (idx, k) in enumerate(_chunks(todo, size)):
       chunk_key = jax.random.fold_in(jax.random.fold_in(key, cand.restart), j)
-      outputs.append((run(cand.program, idx, clean_img, reference, chunk_key), k))
+      outputs.append((run(cand.program, idx, k, clean_img, reference, chunk_key), k))
       passes += len(idx) * cand.program.passes(len(tasks))
     metrics_c = {t.name: {m: np.zeros(n, np.float32) for m in t.metrics} for t in tasks}
     if len(todo):

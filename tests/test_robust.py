@@ -173,3 +173,19 @@ def test_readme_robust_example_runs(tmp_path, monkeypatch, capsys):
   assert arp > 0
   rows = [json.loads(line) for line in (tmp_path / "robust_images.jsonl").read_text().splitlines()]
   assert len(rows) == 3 * 8
+
+
+def test_padding_examples_of_the_loader_are_left_out(result):
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  r, _ = result
+  predict, params, batches, tasks = problem()
+  padded = []
+  for b in batches:  # each batch grows by two blank weight-0 examples
+    b = {k: np.concatenate([v, np.zeros((2,) + v.shape[1:], v.dtype)]) for k, v in b.items()}
+    b["example_weight"] = np.array([1.0] * B + [0.0, 0.0], np.float32)
+    padded.append(b)
+  got = robust.evaluate(predict, params, padded, tasks, eps=8.0, bounds=(-128.0, 128.0),
+                        suite="smoke", key=jax.random.key(1))
+  assert got.clean == r.clean
+  assert len(got.images) == len(r.images)
