@@ -2,7 +2,8 @@
 
     python -m mtajax.run [MODE] [--config configs/FILE.py[:ARG]] [--config.KEY=VALUE ...]
 
-Modes: ``sweep`` (the default: train missing models, attack them, write the report), ``train``,
+Modes: ``sweep`` (the default: train missing models, attack them, robust-evaluate them
+(``config.robust``), write the report), ``robust`` (train missing models, robust-evaluate), ``train``,
 ``attack`` (models must be trained), ``advtrain`` (adversarially train the config's layouts, then
 attack them next to their clean-trained versions), ``report``, ``layouts`` (paper Tables 16/17).
 With no arguments it runs the quickstart on the embedded benchmark (``configs/quickstart.py``).
@@ -25,10 +26,11 @@ import mtajax  # noqa: F401  (XLA:CPU workaround before JAX starts)
 from mtajax import models
 from mtajax import parallel
 from mtajax import results
+from mtajax import robust_sweep
 from mtajax import sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts")
+MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts", "robust")
 sys.path.insert(0, str(ROOT))  # configs/*.py import configs.common
 _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "quickstart.py"),
                                           "Run config (ml_collections get_config file).",
@@ -95,8 +97,15 @@ def run(mode: str, config) -> None:
       if not (pathlib.Path(config.workdir) / "models" / sweep.model_id(t)).is_dir():
         raise ValueError(f"model {sweep.model_id(t)} is not trained in {config.workdir}; run the "
                          "'train' or 'sweep' mode first.")
-  store, targets = sweep.run(config, train_only=mode == "train",
-                             adversarial=mode == "advtrain")
+  if mode == "robust":
+    store, targets = robust_sweep.run(config)
+  else:
+    if mode == "sweep" and config.robust.enabled:
+      robust_sweep.validate(config)
+    store, targets = sweep.run(config, train_only=mode == "train",
+                               adversarial=mode == "advtrain")
+    if mode == "sweep" and config.robust.enabled:
+      robust_sweep.evaluate_models(config, targets, store, parallel.make_mesh(config.mesh))
   if mode == "train" or not parallel.is_writer():
     return
   path = report(config, store, sweep.examples(config, targets[0]))
