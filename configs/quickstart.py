@@ -13,7 +13,7 @@ def get_config(arg: str | None = None):
   t = c.train
   t.dataset = "synthetic"
   t.data_dir = "runs/tfds"
-  t.data_config = dict(resolution=64, num_train=2000, num_test=32, seed=0)
+  t.data_config = dict(resolution=64, num_train=2000, num_test=128, seed=0)
   t.tasks = ("segment_semantic", "normal", "depth_zbuffer")  # the NYUv2-like view
   t.backbone, t.width = "small", 8
   t.batch_size, t.num_steps = 16, 400
@@ -23,6 +23,8 @@ def get_config(arg: str | None = None):
   c.layouts = (0, 41, 2)  # AS, shared through 3 coarse blocks, IND
   c.attacks = ("pgd", "apgd")
   c.eps = (4.0, 8.0)
+  c.one_program_per_attack = True  # 6 attack programs instead of 36 (compile time dominates)
+  c.robust.eps = (8.0,)  # the robust evaluation at the report's ε
   if args.get("smoke"):
     c.workdir = "runs/quickstart_smoke"
     t.data_config = dict(resolution=32, num_train=64, num_test=16, seed=0)

@@ -34,6 +34,98 @@ class Evaluation:
   losses: dict[str, float]
 
 
+_BUILT_IN = (directions_lib.Single, directions_lib.Total, directions_lib.SignTotal,
+             directions_lib.GBMTA)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["index"],
+                   meta_fields=["choices"])
+@dataclasses.dataclass(frozen=True)
+class Switched:
+  """The direction ``choices[index]`` with ``index`` traced: one compiled attack serves them all.
+
+  Each step runs one forward pass that yields both loss reductions, picks the chosen direction's
+  cotangent weights on the per-sample losses with ``lax.switch`` (Single-x, Total: 1/B on the
+  ``'pooled'`` losses; GB-MTA: 1/(B·L) on the ``'image'`` losses, its rule for unusable terms) and
+  pulls them back once; SignTotal's T per-task pullbacks sit under a ``lax.cond``. So each
+  direction keeps its reference loss reduction and its backward passes, and the attack's code
+  holds one forward pass and 1 + T backward passes instead of one program per direction. The
+  loss function must be a :class:`mtajax.tasks.loss_fn.LossFn` with the default attack loss.
+  """
+  choices: tuple[directions_lib.Direction, ...]
+  index: Any = None  # int32 scalar (traced); None in the static spec
+
+  reduction = "pooled"  # What the evaluation builds the loss function with (both are computed).
+
+  def __post_init__(self):
+    bad = [d for d in self.choices if not isinstance(d, _BUILT_IN)
+           or (isinstance(d, directions_lib.GBMTA) and d.method != "log")
+           or (isinstance(d, directions_lib.SignTotal) and d.method != "loop")]
+    if not self.choices or bad:
+      raise ValueError(f"Switched serves Single, Total, SignTotal and GB-MTA (log) directions; got "
+                       f"{bad or 'none'}. Fix: run other directions with one program each.")
+
+  @property
+  def name(self) -> str:
+    return "|".join(d.name for d in self.choices)
+
+  def at(self, index: Any) -> "Switched":
+    return dataclasses.replace(self, index=jnp.asarray(index, jnp.int32))
+
+  def _pick(self, values: Sequence[Any]) -> Any:
+    """``values[index]`` for static per-choice values."""
+    return jnp.asarray(values)[self.index]
+
+  def _weights(self, d, losses: jax.Array, names: list[str]) -> jax.Array:
+    """(2, T, B) cotangent of the ('pooled', 'image') per-sample losses for direction ``d``."""
+    inv_b = 1.0 / losses.shape[-1]
+    w = jnp.zeros_like(losses)
+    if isinstance(d, directions_lib.Single):
+      return w.at[0, names.index(d.task)].set(inv_b)
+    if isinstance(d, directions_lib.Total):
+      return w.at[0].set(inv_b)
+    if isinstance(d, directions_lib.GBMTA):
+      v = losses[1]
+      ok = d._usable(v)  # pylint: disable=protected-access
+      return w.at[1].set(jnp.where(ok, inv_b / jnp.where(ok, v, 1.0), 0.0))
+    return w  # SignTotal: its own branch.
+
+  def __call__(self, loss_fn, x, labels):
+    tasks = loss_fn.tasks
+    names = [t.name for t in tasks]
+
+    def f(x_):
+      preds = loss_fn.predict(x_)
+      return jnp.stack([jnp.stack([t.loss(preds[t.name], labels, r) for t in tasks])
+                        for r in base.REDUCTIONS[::-1]])  # (2, T, B): 'pooled', 'image'
+    values, pullback = jax.vjp(f, x)
+    values = jax.lax.stop_gradient(values)
+
+    def linear():
+      w = jax.lax.switch(self.index, [functools.partial(self._weights, d, names=names)
+                                      for d in self.choices], values)
+      return pullback(w)[0]
+
+    def vote():  # SignTotal: T pullbacks of the 'image' batch means.
+      inv_b = 1.0 / values.shape[-1]
+      grads = [pullback(jnp.zeros_like(values).at[1, t].set(inv_b))[0] for t in range(len(tasks))]
+      return jnp.sum(jnp.sign(jnp.stack(grads)), axis=0)
+
+    is_vote = [isinstance(d, directions_lib.SignTotal) for d in self.choices]
+    d = jax.lax.cond(self._pick(is_vote), vote, linear) if any(is_vote) else linear()
+    pooled = self._pick([d_.reduction == "pooled" for d_ in self.choices])
+    return d, {n: jnp.where(pooled, values[0, i], values[1, i]) for i, n in enumerate(names)}
+
+  def init(self, loss_fn, x0, labels, losses0):
+    """The losses at the start point as constants (GB-MTA's baselines; the others ignore it)."""
+    del loss_fn, x0, labels
+    return {t: jax.lax.stop_gradient(v) for t, v in losses0.items()}
+
+  def objective(self, losses, state=None):
+    return jax.lax.switch(self.index, [functools.partial(d.objective, losses, state)
+                                       for d in self.choices])
+
+
 @dataclasses.dataclass(frozen=True)
 class AttackSpec:
   """What to run on every batch: a base attack, a direction and the attack's static options.
@@ -45,7 +137,7 @@ class AttackSpec:
   num_steps: int = 10
   options: tuple[tuple[str, Any], ...] = ()
 
-  def run(self, loss_fn, x, batch, bounds, eps, baselines):
+  def run(self, loss_fn, x, batch, bounds, eps, baselines, index=None):
     kwargs = dict(self.options)
     if self.attack == "fgsm":  # One step: no loop to size or unroll.
       kwargs.pop("unroll", None)
@@ -54,17 +146,18 @@ class AttackSpec:
     if self.attack == "apgd":
       kwargs["baselines"] = baselines
       kwargs["example_weight"] = batch.get("example_weight")
-    return attacks.by_name(self.attack)(loss_fn, x, batch, direction=self.direction, eps=eps,
+    direction = self.direction if index is None else self.direction.at(index)
+    return attacks.by_name(self.attack)(loss_fn, x, batch, direction=direction, eps=eps,
                                         bounds=bounds, **kwargs).x_adv
 
 
 @functools.partial(jax.jit, static_argnames=("predict", "tasks", "spec"))
-def _step(state, batch, eps, bounds, baselines, *, predict, tasks, spec):
+def _step(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec):
   forward = functools.partial(predict, state)
   x = batch["image"]
   if spec is not None:
     loss_fn = tasks_lib.make_loss_fn(forward, tasks, spec.direction.reduction)
-    x = jax.lax.stop_gradient(spec.run(loss_fn, x, batch, bounds, eps, baselines))
+    x = jax.lax.stop_gradient(spec.run(loss_fn, x, batch, bounds, eps, baselines, index))
   preds = forward(x)
   update = tasks_lib.metrics.update(tasks, tasks_lib.metrics.init(tasks), preds, batch)
   samples = tasks_lib.metrics.samples(tasks, preds, batch)
@@ -77,6 +170,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
              spec: AttackSpec | None = None, eps: float = 0.0,
              bounds: tuple[Any, Any] | None = None,
              baselines: Mapping[str, float] | None = None,
+             direction_index: int | None = None,
              mesh: jax.sharding.Mesh | None = None,
              sample_budget: int = tasks_lib.metrics.SAMPLE_BUDGET) -> Evaluation:
   """Evaluates ``predict(state, x)`` on ``batches``, attacked by ``spec`` if given.
@@ -91,6 +185,8 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     bounds: per-channel input box, needed with ``spec``.
     baselines: per-task clean losses for the GB-MTA APGD objective (the reference passes the
       clean evaluation's ``losses``, Q10).
+    direction_index: with a :class:`Switched` ``spec.direction``, which of its choices to run
+      (traced: every choice reuses one compiled step).
     mesh: run data-parallel over this ``mtajax.parallel.make_mesh`` (batches sharded, the rest
       replicated; with several processes ``batches`` are this process's slices); None: default
       device.
@@ -100,11 +196,16 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   tasks = tuple(tasks)
   if spec is not None and bounds is None:
     raise ValueError("an attacked evaluation needs the input bounds; pass bounds=(low, high).")
+  if isinstance(spec and spec.direction, Switched) != (direction_index is not None):
+    raise ValueError("direction_index goes with a Switched spec.direction (and only with it); "
+                     "pass both or neither.")
+  index = None if direction_index is None else jnp.asarray(direction_index, jnp.int32)
   eps = jnp.asarray(eps, jnp.float32)
   if baselines is not None:
     baselines = {t: jnp.asarray(v, jnp.float32) for t, v in baselines.items()}
   if mesh is not None:
-    state, eps, bounds, baselines = parallel.replicate((state, eps, bounds, baselines), mesh)
+    state, eps, bounds, baselines, index = parallel.replicate(
+        (state, eps, bounds, baselines, index), mesh)
   accumulator = tasks_lib.metrics.Accumulator(tasks, sample_budget)
   sums = {t.name: 0.0 for t in tasks}
   count, pending = 0, None
@@ -120,7 +221,8 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
       batch = {k: jnp.asarray(v) for k, v in batch.items()}
     else:
       batch = parallel.shard_batch(batch, mesh)
-    out = _step(state, batch, eps, bounds, baselines, predict=predict, tasks=tasks, spec=spec)
+    out = _step(state, batch, eps, bounds, baselines, index, predict=predict, tasks=tasks,
+                spec=spec)
     if pending is not None:
       absorb(pending)
     pending, count = out, count + 1

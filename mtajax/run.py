@@ -105,11 +105,14 @@ def run(mode: str, config) -> None:
     store, targets = sweep.run(config, train_only=mode == "train",
                                adversarial=mode == "advtrain")
     if mode == "sweep" and config.robust.enabled:
-      robust_sweep.evaluate_models(config, targets, store, parallel.make_mesh(config.mesh))
+      with sweep.PHASES("robust"):
+        robust_sweep.evaluate_models(config, targets, store, parallel.make_mesh(config.mesh))
   if mode == "train" or not parallel.is_writer():
     return
-  path = report(config, store, sweep.examples(config, targets[0]))
+  with sweep.PHASES("report"):
+    path = report(config, store, sweep.examples(config, targets[0]))
   print(f"{len(store)} records in {pathlib.Path(config.workdir) / 'results.jsonl'}; report: {path}")
+  print(f"phases (wall and JAX compile seconds):\n{sweep.PHASES.summary()}")
 
 
 def main(argv: list[str]) -> None:

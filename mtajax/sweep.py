@@ -7,6 +7,7 @@ its latest checkpoint, finished records are skipped, the clean baseline is cache
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -35,6 +36,54 @@ from mtajax.train import checkpoint
 from mtajax.train import load
 from mtajax.train import loop
 
+# JAX's compile events: tracing, lowering and the XLA compile (or persistent-cache read).
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+class Phases:
+  """Wall seconds per phase of the main job and the JAX compile seconds spent inside each.
+
+  ``with PHASES("training"): ...`` times a phase (re-entering a name adds to it);
+  :meth:`summary` is the table the main job prints at its end.
+  """
+
+  def __init__(self):
+    self.wall: dict[str, float] = {}
+    self.compile: dict[str, float] = {}
+    self._current: str | None = None
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+  def _on_event(self, event: str, seconds: float, **_) -> None:
+    if self._current is not None and event in _COMPILE_EVENTS:
+      self.compile[self._current] = self.compile.get(self._current, 0.0) + seconds
+
+  @contextlib.contextmanager
+  def __call__(self, name: str) -> Iterator[None]:
+    outer, self._current = self._current, name
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - start
+      self._current = outer
+
+  def reset(self) -> None:
+    self.wall.clear()
+    self.compile.clear()
+
+  def summary(self) -> str:
+    """One line per phase: wall seconds, of which compiling (JAX trace + lower + XLA)."""
+    lines = [f"{'phase':<10} {'wall s':>8} {'compile s':>10}"]
+    for name, wall in self.wall.items():
+      lines.append(f"{name:<10} {wall:8.1f} {self.compile.get(name, 0.0):10.1f}")
+    lines.append(f"{'total':<10} {sum(self.wall.values()):8.1f} "
+                 f"{sum(self.compile.values()):10.1f}")
+    return "\n".join(lines)
+
+
+PHASES = Phases()
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -174,6 +223,20 @@ def grid(config: ml_collections.ConfigDict) -> list[tuple[str, str, float]]:
           for e in config.eps]
 
 
+def attack_spec(config, attack: str, direction: str, options: tuple[tuple[str, Any], ...]
+                ) -> tuple[evaluate_lib.AttackSpec, int | None]:
+  """The evaluation's attack and direction index: with ``config.one_program_per_attack``, FGSM,
+  PGD and APGD run every direction of the grid through one compiled program
+  (:class:`mtajax.evaluate.Switched`, the direction a traced index)."""
+  if config.one_program_per_attack and attack in ("fgsm", "pgd", "apgd"):
+    names = direction_names(config, attack)
+    switched = evaluate_lib.Switched(tuple(directions_lib.by_name(n) for n in names))
+    return (evaluate_lib.AttackSpec(attack, switched, config.num_steps, options),
+            names.index(direction))
+  return (evaluate_lib.AttackSpec(attack, directions_lib.by_name(direction), config.num_steps,
+                                  options), None)
+
+
 def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
                    mesh: jax.sharding.Mesh | None = None) -> None:
   """The clean record and every (attack, direction, ε) record of one model, skipping stored ones."""
@@ -194,12 +257,11 @@ def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
     steps = 1 if attack == "fgsm" else config.num_steps
     if results.record_key(model_id(t), attack, direction, eps, steps, h) not in store:
       bar.set_postfix_str(f"{model_id(t)} {attack} {direction} eps={eps:g}")
-      spec = evaluate_lib.AttackSpec(attack, directions_lib.by_name(direction), config.num_steps,
-                                     options)
+      spec, index = attack_spec(config, attack, direction, options)
       start = time.perf_counter()
       ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t), tasks,
                                  spec=spec, eps=eps, bounds=bounds, baselines=clean["losses"],
-                                 mesh=mesh)
+                                 direction_index=index, mesh=mesh)
       store.add(_record(target, config, attack, direction, eps, steps, ev, clean,
                         time.perf_counter() - start, devices))
     bar.update(1)
@@ -238,17 +300,19 @@ def run(config: ml_collections.ConfigDict, *, train_only: bool = False,
   configs = [train_config(config, layout) for layout in config.layouts]
   if adversarial:
     configs += [train_config(config, layout, adversarial=True) for layout in config.layouts]
-  if parallel.is_writer():  # One process generates the embedded benchmark; the others wait.
-    for t in configs:
-      if t.dataset == "synthetic":
-        pipeline.prepare(t.dataset, os.path.expanduser(t.data_dir), config=t.data_config)
-  parallel.sync("mtajax-sweep-ready")  # Every process read the stored keys before any write.
-  targets = [Target.of(t, ensure_trained(t, workdir, mesh)) for t in configs]
+  with PHASES("data"):
+    if parallel.is_writer():  # One process generates the embedded benchmark; the others wait.
+      for t in configs:
+        if t.dataset == "synthetic":
+          pipeline.prepare(t.dataset, os.path.expanduser(t.data_dir), config=t.data_config)
+    parallel.sync("mtajax-sweep-ready")  # Every process read the stored keys before any write.
+  with PHASES("training"):
+    targets = [Target.of(t, ensure_trained(t, workdir, mesh)) for t in configs]
   if train_only:
     return store, targets
   bar = tqdm.tqdm(total=len(targets) * len(grid(config)), desc="attacks", dynamic_ncols=True,
                   disable=not parallel.is_writer())
-  with bar:
+  with bar, PHASES("attacks"):
     for target in targets:
       evaluate_model(config, target, store, bar, mesh)
   return store, targets
