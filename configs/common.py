@@ -31,8 +31,8 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   # programs compile 2-3x faster and run ~1.6x slower; training steps run ~3x slower (measured).
   c.xla_fast_compile = False
   # One compiled program per model x attack serving every direction (mtajax.evaluate.Switched)
-  # instead of one per direction: each direction keeps its loss reduction and backward passes;
-  # results equal the per-direction programs up to float rounding (a few flipped sign steps).
+  # (Single-x, Total, GB-MTA; SignTotal and others keep their own): each direction keeps its loss
+  # reduction; results equal the per-direction programs up to float rounding (rare sign flips).
   c.one_program_per_attack = False
   c.eval_split = "test"
   c.eval_batch_size = 16  # spec §5.6

@@ -23,7 +23,7 @@ def get_config(arg: str | None = None):
   c.layouts = (0, 41, 2)  # AS, shared through 3 coarse blocks, IND
   c.attacks = ("pgd", "apgd")
   c.eps = (4.0, 8.0)
-  c.one_program_per_attack = True  # 6 attack programs instead of 36 (compile time dominates)
+  c.one_program_per_attack = True  # 12 attack programs instead of 36
   c.robust.eps = (8.0,)  # the robust evaluation at the report's ε
   if args.get("smoke"):
     c.workdir = "runs/quickstart_smoke"

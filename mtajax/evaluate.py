@@ -34,8 +34,10 @@ class Evaluation:
   losses: dict[str, float]
 
 
-_BUILT_IN = (directions_lib.Single, directions_lib.Total, directions_lib.SignTotal,
-             directions_lib.GBMTA)
+def switchable(direction: directions_lib.Direction) -> bool:
+  """Whether :class:`Switched` can serve ``direction``: one backward pass of a weighted loss sum."""
+  return isinstance(direction, (directions_lib.Single, directions_lib.Total)) or (
+      isinstance(direction, directions_lib.GBMTA) and direction.method == "log")
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["index"],
@@ -45,12 +47,13 @@ class Switched:
   """The direction ``choices[index]`` with ``index`` traced: one compiled attack serves them all.
 
   Each step runs one forward pass that yields both loss reductions, picks the chosen direction's
-  cotangent weights on the per-sample losses with ``lax.switch`` (Single-x, Total: 1/B on the
-  ``'pooled'`` losses; GB-MTA: 1/(B·L) on the ``'image'`` losses, its rule for unusable terms) and
-  pulls them back once; SignTotal's T per-task pullbacks sit under a ``lax.cond``. So each
-  direction keeps its reference loss reduction and its backward passes, and the attack's code
-  holds one forward pass and 1 + T backward passes instead of one program per direction. The
-  loss function must be a :class:`mtajax.tasks.loss_fn.LossFn` with the default attack loss.
+  cotangent weights on the per-sample losses (Single-x, Total: 1/B on the ``'pooled'`` losses;
+  GB-MTA: 1/(B·L) on the ``'image'`` losses, 0 for its unusable terms) and pulls them back once:
+  each direction keeps its reference loss reduction and its one backward pass. The weights and
+  objectives of all choices are computed and indexed (elementwise work on (2, T, B) arrays), not
+  branched: XLA:CPU runs nested computations (``lax.cond``/``switch`` branches, rolled loops)
+  several times slower. The loss function must be a :class:`mtajax.tasks.loss_fn.LossFn` with the
+  default attack loss.
   """
   choices: tuple[directions_lib.Direction, ...]
   index: Any = None  # int32 scalar (traced); None in the static spec
@@ -58,11 +61,9 @@ class Switched:
   reduction = "pooled"  # What the evaluation builds the loss function with (both are computed).
 
   def __post_init__(self):
-    bad = [d for d in self.choices if not isinstance(d, _BUILT_IN)
-           or (isinstance(d, directions_lib.GBMTA) and d.method != "log")
-           or (isinstance(d, directions_lib.SignTotal) and d.method != "loop")]
+    bad = [d for d in self.choices if not switchable(d)]
     if not self.choices or bad:
-      raise ValueError(f"Switched serves Single, Total, SignTotal and GB-MTA (log) directions; got "
+      raise ValueError(f"Switched serves Single, Total and GB-MTA (log) directions; got "
                        f"{bad or 'none'}. Fix: run other directions with one program each.")
 
   @property
@@ -72,10 +73,6 @@ class Switched:
   def at(self, index: Any) -> "Switched":
     return dataclasses.replace(self, index=jnp.asarray(index, jnp.int32))
 
-  def _pick(self, values: Sequence[Any]) -> Any:
-    """``values[index]`` for static per-choice values."""
-    return jnp.asarray(values)[self.index]
-
   def _weights(self, d, losses: jax.Array, names: list[str]) -> jax.Array:
     """(2, T, B) cotangent of the ('pooled', 'image') per-sample losses for direction ``d``."""
     inv_b = 1.0 / losses.shape[-1]
@@ -84,11 +81,9 @@ class Switched:
       return w.at[0, names.index(d.task)].set(inv_b)
     if isinstance(d, directions_lib.Total):
       return w.at[0].set(inv_b)
-    if isinstance(d, directions_lib.GBMTA):
-      v = losses[1]
-      ok = d._usable(v)  # pylint: disable=protected-access
-      return w.at[1].set(jnp.where(ok, inv_b / jnp.where(ok, v, 1.0), 0.0))
-    return w  # SignTotal: its own branch.
+    v = losses[1]  # GB-MTA
+    ok = d._usable(v)  # pylint: disable=protected-access
+    return w.at[1].set(jnp.where(ok, inv_b / jnp.where(ok, v, 1.0), 0.0))
 
   def __call__(self, loss_fn, x, labels):
     tasks = loss_fn.tasks
@@ -100,21 +95,10 @@ class Switched:
                         for r in base.REDUCTIONS[::-1]])  # (2, T, B): 'pooled', 'image'
     values, pullback = jax.vjp(f, x)
     values = jax.lax.stop_gradient(values)
-
-    def linear():
-      w = jax.lax.switch(self.index, [functools.partial(self._weights, d, names=names)
-                                      for d in self.choices], values)
-      return pullback(w)[0]
-
-    def vote():  # SignTotal: T pullbacks of the 'image' batch means.
-      inv_b = 1.0 / values.shape[-1]
-      grads = [pullback(jnp.zeros_like(values).at[1, t].set(inv_b))[0] for t in range(len(tasks))]
-      return jnp.sum(jnp.sign(jnp.stack(grads)), axis=0)
-
-    is_vote = [isinstance(d, directions_lib.SignTotal) for d in self.choices]
-    d = jax.lax.cond(self._pick(is_vote), vote, linear) if any(is_vote) else linear()
-    pooled = self._pick([d_.reduction == "pooled" for d_ in self.choices])
-    return d, {n: jnp.where(pooled, values[0, i], values[1, i]) for i, n in enumerate(names)}
+    w = jnp.stack([self._weights(d, values, names) for d in self.choices])[self.index]
+    pooled = jnp.asarray([d.reduction == "pooled" for d in self.choices])[self.index]
+    return pullback(w)[0], {n: jnp.where(pooled, values[0, i], values[1, i])
+                            for i, n in enumerate(names)}
 
   def init(self, loss_fn, x0, labels, losses0):
     """The losses at the start point as constants (GB-MTA's baselines; the others ignore it)."""
@@ -122,8 +106,7 @@ class Switched:
     return {t: jax.lax.stop_gradient(v) for t, v in losses0.items()}
 
   def objective(self, losses, state=None):
-    return jax.lax.switch(self.index, [functools.partial(d.objective, losses, state)
-                                       for d in self.choices])
+    return jnp.stack([d.objective(losses, state) for d in self.choices])[self.index]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -226,15 +226,17 @@ def grid(config: ml_collections.ConfigDict) -> list[tuple[str, str, float]]:
 def attack_spec(config, attack: str, direction: str, options: tuple[tuple[str, Any], ...]
                 ) -> tuple[evaluate_lib.AttackSpec, int | None]:
   """The evaluation's attack and direction index: with ``config.one_program_per_attack``, FGSM,
-  PGD and APGD run every direction of the grid through one compiled program
-  (:class:`mtajax.evaluate.Switched`, the direction a traced index)."""
-  if config.one_program_per_attack and attack in ("fgsm", "pgd", "apgd"):
-    names = direction_names(config, attack)
+  PGD and APGD run Single-x, Total and GB-MTA through one compiled program
+  (:class:`mtajax.evaluate.Switched`, the direction a traced index); others get their own."""
+  d = directions_lib.by_name(direction)
+  if config.one_program_per_attack and attack in ("fgsm", "pgd", "apgd") and (
+      evaluate_lib.switchable(d)):
+    names = [n for n in direction_names(config, attack)
+             if evaluate_lib.switchable(directions_lib.by_name(n))]
     switched = evaluate_lib.Switched(tuple(directions_lib.by_name(n) for n in names))
     return (evaluate_lib.AttackSpec(attack, switched, config.num_steps, options),
             names.index(direction))
-  return (evaluate_lib.AttackSpec(attack, directions_lib.by_name(direction), config.num_steps,
-                                  options), None)
+  return evaluate_lib.AttackSpec(attack, d, config.num_steps, options), None
 
 
 def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,

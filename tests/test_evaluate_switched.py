@@ -29,8 +29,7 @@ def problem():
   return testing.apply, params, batch, tasks
 
 
-NAMES = ("single_segment_semantic", "single_normal", "single_depth_zbuffer", "total",
-         "sign_total", "gbmta")
+NAMES = ("single_segment_semantic", "single_normal", "single_depth_zbuffer", "total", "gbmta")
 
 
 @pytest.mark.parametrize("attack", ["pgd", "apgd"])
@@ -83,8 +82,9 @@ def test_switched_evaluation_compiles_once():
 def test_switched_rejects_other_directions_and_a_missing_index():
   from mtajax import directions as D  # pylint: disable=g-import-not-at-top
   from mtajax import evaluate as E  # pylint: disable=g-import-not-at-top
-  with pytest.raises(ValueError, match="one program each"):
-    E.Switched((D.gbmta(method="per_task"),))
+  for other in (D.gbmta(method="per_task"), D.sign_total()):
+    with pytest.raises(ValueError, match="one program each"):
+      E.Switched((D.total(), other))
   predict, params, batch, tasks = problem()
   spec = E.AttackSpec("pgd", E.Switched((D.total(),)), 2)
   with pytest.raises(ValueError, match="direction_index"):
