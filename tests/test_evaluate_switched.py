@@ -5,28 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-S, B = 16, 4
+import test_robust  # The plain-JAX multi-task problem of the robust tests (same directory).
 
 
 def problem():
-  """A random plain-JAX net (mtajax.testing) with labels near its own clean predictions."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from mtajax import tasks as mt  # pylint: disable=g-import-not-at-top
-  from mtajax import testing  # pylint: disable=g-import-not-at-top
-  params = testing.init(jax.random.key(0), 3, width=4)
-  rng = np.random.default_rng(0)
-  x = rng.uniform(-100, 100, (B, S, S, 3)).astype(np.float32)
-  pred = testing.apply(params, jnp.asarray(x))
-  seg = np.asarray(jnp.argmax(pred["segment_semantic"], -1)).astype(np.int32)
-  seg[:, 0] = 255  # ignored pixels
-  batch = {"image": x, "segment_semantic": seg,
-           "normal": (np.asarray(pred["normal"]) + rng.normal(0, .3, (B, S // 4, S // 4, 3))
-                      ).astype(np.float32),
-           "depth_zbuffer": (np.abs(np.asarray(pred["depth_zbuffer"][..., 0])) + 0.5
-                             ).astype(np.float32)}
-  tasks = (mt.Segmentation(channels=13), mt.Normal(label_encoding="unit"), mt.Depth())
-  return testing.apply, params, batch, tasks
+  """A random plain-JAX net (mtajax.testing) with labels near its clean predictions; one batch."""
+  predict, params, batches, tasks = test_robust.problem()
+  return predict, params, batches[0], tasks
 
 
 NAMES = ("single_segment_semantic", "single_normal", "single_depth_zbuffer", "total", "gbmta")
