@@ -18,18 +18,7 @@ from mtajax import testing
 from mtajax.attacks import common
 from mtajax.train import load
 
-EPS = 8.0
-BOUNDS = (np.array([-104.0, -116.7, -122.7], np.float32),
-          np.array([151.0, 138.3, 132.3], np.float32))
-
-
-@pytest.fixture(scope="module", name="setup")
-def fixture_setup():
-  key = jax.random.PRNGKey(0)
-  params = testing.init(key, 3, width=4)
-  labels = (params, testing.random_labels(key, params, 3, 8))
-  x = jax.random.uniform(key, (3, 8, 8, 3), minval=-100.0, maxval=100.0)
-  return x, labels
+from test_attacks import BOUNDS, EPS, fixture_setup  # noqa: F401  (the shared toy-net fixture)
 
 
 def masked_loss(x, labels):
