@@ -35,12 +35,16 @@ projection.
 
 from __future__ import annotations
 
+import abc
+import dataclasses
 import itertools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from mtajax import directions
 
 Array = jax.Array
 WeightRule = Callable[[Array], Array]
@@ -256,3 +260,123 @@ def random_order(key: Array, num_tasks: int) -> Array:
   """(T, T) int: an independent random task order for every task (PCGrad's shuffled order)."""
   keys = jax.random.split(key, num_tasks)
   return jax.vmap(lambda k: jax.random.permutation(k, num_tasks))(keys)
+
+
+# --- Attack directions ------------------------------------------------------------------------
+# Each balancer is a registered direction: D_b = Σ_t α_t,b g_t,b per image from the T per-task
+# input gradients (one forward, T pullbacks), with per-image losses (reduction 'image', as GB-MTA),
+# and GB-MTA's scale-free objective Σ_t (L_t − c_t)/c_t (c_t: the start-of-attack losses), so that
+# APGD's step-size rule and best-iterate selection compare the directions on one objective.
+
+
+@dataclasses.dataclass(frozen=True)
+class Balanced(directions.Direction):
+  """Base class of the balancing directions: subclasses give the per-image weight rule."""
+
+  reduction = "image"
+
+  @abc.abstractmethod
+  def weights(self, m: Array) -> Array:
+    """Task weights (T,) from one image's Gram matrix (T, T)."""
+
+  def __call__(self, loss_fn, x, labels):
+    grads, losses = directions.per_task_grads(loss_fn, x, labels)
+
+    def one(g):  # g: (T, ...) one image's task gradients
+      return combine(g, self.weights(gram(g)))
+    return jax.vmap(one, in_axes=1)(grads), losses
+
+  def init(self, loss_fn, x0, labels, losses0):
+    """GB-MTA's state: the start-of-attack losses c_t as constants."""
+    return directions.gbmta().init(loss_fn, x0, labels, losses0)
+
+  def objective(self, losses, state=None):
+    """GB-MTA's objective Σ_t (L_t − c_t)/c_t per sample, c_t from :meth:`init`."""
+    return directions.gbmta().objective(losses, state)
+
+
+@dataclasses.dataclass(frozen=True)
+class MGDA(Balanced):
+  """MGDA: the min-norm point of the convex hull of the image's task gradients."""
+
+  @property
+  def name(self) -> str:
+    return "mgda"
+
+  def weights(self, m):
+    return mgda_weights(m)
+
+
+@dataclasses.dataclass(frozen=True)
+class PCGrad(Balanced):
+  """PCGrad. Attributes: seed: None = tasks met in loss order; an int = one random order per task,
+  drawn once from ``PRNGKey(seed)`` and used at every step."""
+  seed: int | None = None
+
+  @property
+  def name(self) -> str:
+    return "pcgrad"
+
+  def weights(self, m):
+    t = m.shape[0]
+    order = None if self.seed is None else random_order(jax.random.PRNGKey(self.seed), t)
+    return pcgrad_weights(m, order)
+
+
+@dataclasses.dataclass(frozen=True)
+class IMTLG(Balanced):
+  """IMTL-G: equal projection of D on every unit task gradient."""
+
+  @property
+  def name(self) -> str:
+    return "imtl_g"
+
+  def weights(self, m):
+    return imtl_g_weights(m)
+
+
+@dataclasses.dataclass(frozen=True)
+class CAGrad(Balanced):
+  """CAGrad with radius ``c`` (≥ 0; LibMTL's default 0.5) and ``iterations`` MM steps."""
+  c: float = 0.5
+  iterations: int = 20
+
+  def __post_init__(self):
+    if not self.c >= 0:
+      raise ValueError(f"CAGrad radius c={self.c} is negative; use c >= 0 (c = 0 is the mean "
+                       "gradient).")
+    if self.iterations < 1:
+      raise ValueError(f"CAGrad iterations={self.iterations}; use iterations >= 1.")
+
+  @property
+  def name(self) -> str:
+    return "cagrad"
+
+  def weights(self, m):
+    return cagrad_weights(m, self.c, self.iterations)
+
+
+@dataclasses.dataclass(frozen=True)
+class NashMTL(Balanced):
+  """Nash-MTL with relative ridge ``ridge`` (≥ 0) and ``iterations`` damped-Newton steps."""
+  ridge: float = 1e-4
+  iterations: int = 40
+
+  def __post_init__(self):
+    if not self.ridge >= 0:
+      raise ValueError(f"Nash-MTL ridge={self.ridge} is negative; use ridge >= 0.")
+    if self.iterations < 1:
+      raise ValueError(f"Nash-MTL iterations={self.iterations}; use iterations >= 1.")
+
+  @property
+  def name(self) -> str:
+    return "nash_mtl"
+
+  def weights(self, m):
+    return nash_mtl_weights(m, self.ridge, self.iterations)
+
+
+DIRECTIONS = {"mgda": MGDA, "pcgrad": PCGrad, "imtl_g": IMTLG, "cagrad": CAGrad,
+              "nash_mtl": NashMTL}
+for _name, _cls in DIRECTIONS.items():
+  directions.register(_name, _cls)

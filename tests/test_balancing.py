@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 from scipy import optimize
 
+from mtajax import attacks
 from mtajax import balancing
+from mtajax import directions
+from mtajax import testing
 
 P = 12
 
@@ -238,3 +241,65 @@ def test_rules_vmap_over_images(rule):
   batched = np.asarray(jax.jit(jax.vmap(fn))(jnp.asarray(g, jnp.float32)))
   for b in range(len(g)):
     np.testing.assert_allclose(batched[b], _jax(fn, g[b]), rtol=1e-5, atol=1e-6)
+
+
+# --- The balancers as attack directions ------------------------------------------------------
+
+NAMES = ("mgda", "pcgrad", "imtl_g", "cagrad", "nash_mtl")
+REFS = {"mgda": lambda g: _on_active(ref_mgda, g) @ g,
+        "pcgrad": lambda g: ref_pcgrad(g * _active(g)[:, None]),
+        "imtl_g": lambda g: _on_active(ref_imtl_g_weights, g) @ g,
+        "cagrad": lambda g: ref_cagrad(g[_active(g)], 0.5),
+        "nash_mtl": lambda g: _on_active(lambda h: ref_nash_alpha(h, 1e-4), g) @ g}
+
+
+def _toy(num_tasks=3, batch=2, size=16, seed=0):
+  key = jax.random.PRNGKey(seed)
+  params = testing.init(key, num_tasks, width=8)
+  labels = (params, testing.random_labels(key, params, batch, size))
+  x = jax.random.uniform(jax.random.PRNGKey(seed + 1), (batch, size, size, 3), minval=-100.0,
+                         maxval=100.0)
+  return x, labels
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_directions_by_name_match_the_per_image_reference(name):
+  direction = directions.by_name(name)
+  assert direction.name == name and direction.reduction == "image"
+  x, labels = _toy()
+  d, losses = jax.jit(lambda x_: direction(testing.loss_fn, x_, labels))(x)
+  grads, _ = directions.per_task_grads(testing.loss_fn, x, labels)
+  grads = np.asarray(grads, np.float64).reshape(grads.shape[0], x.shape[0], -1)
+  assert set(losses) == set(testing.loss_fn(x, labels))
+  for b in range(x.shape[0]):
+    _close(np.asarray(d[b], np.float64).ravel(), REFS[name](grads[:, b]), 5e-3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("attack", ["pgd", "apgd"])
+def test_directions_drive_pgd_and_apgd(name, attack):
+  x, labels = _toy(seed=3)
+  direction = directions.by_name(name)
+  eps = 8.0
+  result = attacks.by_name(attack)(testing.loss_fn, x, labels, direction=direction, eps=eps,
+                                   bounds=(-128.0, 128.0), num_steps=5)
+  delta = np.asarray(result.x_adv - x)
+  assert np.all(np.isfinite(delta)) and np.abs(delta).max() <= eps
+  assert np.abs(delta).max() > 0.5 * eps  # the images moved
+  objective = np.asarray(result.objective)
+  assert np.all(np.isfinite(objective))
+  assert objective[-1].mean() > objective[0].mean()  # the attack raised its objective
+  clean = testing.loss_fn(x, labels)
+  adv = testing.loss_fn(result.x_adv, labels)
+  assert sum(float(jnp.mean(adv[t] / clean[t])) for t in clean) > len(clean)
+
+
+def test_direction_options_and_errors():
+  assert directions.by_name("cagrad", c=1.0).c == 1.0
+  assert directions.by_name("pcgrad", seed=3).seed == 3
+  with pytest.raises(ValueError, match="use c >= 0"):
+    directions.by_name("cagrad", c=-0.5)
+  with pytest.raises(ValueError, match="use ridge >= 0"):
+    directions.by_name("nash_mtl", ridge=-1.0)
+  with pytest.raises(ValueError, match="unknown direction 'mgdaa'"):
+    directions.by_name("mgdaa")
