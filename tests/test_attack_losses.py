@@ -1,5 +1,6 @@
 """Attack losses against NumPy transcriptions of their papers on hand-made predictions."""
 
+import types
 from typing import Any, NamedTuple
 
 import jax
@@ -142,8 +143,20 @@ def test_finite_and_differentiable_without_valid_pixels(case):
 def test_errors_name_the_fix():
   with pytest.raises(ValueError, match="unknown attack loss 'nope'; use one of"):
     AL.get("nope")
-  with pytest.raises(ValueError, match="supports Segmentation tasks, not 'normal'"):
-    AL.segpgd(tasks.Normal(), jnp.zeros((1, 2, 2, 3)), {"normal": jnp.zeros((1, 2, 2, 3))}, None)
+  with pytest.raises(ValueError, match="'cospgd' supports Segmentation, Normal, L1Task tasks, "
+                     "not 'mine'"):
+    AL.cospgd(types.SimpleNamespace(name="mine"), None, None, None)
+
+
+@pytest.mark.parametrize("name", ["segpgd", "masked_ce", "js", "js_label"])
+def test_segmentation_losses_use_the_task_loss_elsewhere(name):
+  task = tasks.Normal(label_encoding="unit")
+  pred = jnp.asarray(RNG.normal(size=(B, H, W, 3)), jnp.float32)
+  batch = {"normal": jnp.asarray(RNG.normal(size=(B, H, W, 3)), jnp.float32)}
+  got = AL.get(name)(task, pred, batch, Ctx(jnp.int32(1), 4, {"normal": pred}))
+  want = task.pixel_loss(pred, batch)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(got[1], want[1])
   with pytest.raises(ValueError, match="needs the clean predictions"):
     AL.js(seg(), jnp.asarray(LOGITS), {"segment_semantic": jnp.asarray(LABELS)}, None)
 

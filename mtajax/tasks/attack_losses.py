@@ -10,16 +10,21 @@ None outside an attack. Per-pixel weights are constants (stop-gradient), as in t
 name          tasks               per-pixel loss
 ============  ==================  ==========================================================
 ``default``   all                 the task's own ``pixel_loss`` (the training loss)
-``segpgd``    segmentation        SegPGD (arXiv 2207.12391): CE·((1−λ)·[correct] + λ·[wrong]),
+``segpgd``    segmentation*       SegPGD (arXiv 2207.12391): CE·((1−λ)·[correct] + λ·[wrong]),
                                   λ = step / (2·num_steps) (the paper's (t−1)/2T, t = step+1)
 ``cospgd``    all                 CosPGD (arXiv 2302.02213): loss × a weight in [0, 1] that is 1
                                   where the pixel is still right: segmentation softmax(p)_y/‖softmax
                                   (p)‖₂; normals (1 + cos(p, g))/2; scalar maps ē/(ē + |p − g|),
                                   ē the image's mean |p − g| (a scalar's cosine is ±1)
-``masked_ce``  segmentation       SEA (arXiv 2306.12941): CE on still-correct pixels only
-``js``        segmentation        Jensen-Shannon divergence of softmax(p) to the clean softmax
-``js_label``  segmentation        SEA's JS divergence of softmax(p) to the one-hot label
+``masked_ce`` segmentation*       SEA (arXiv 2306.12941): CE on still-correct pixels only
+``js``        segmentation*       Jensen-Shannon divergence of softmax(p) to the clean softmax
+``js_label``  segmentation*       SEA's JS divergence of softmax(p) to the one-hot label
 ============  ==================  ==========================================================
+
+\* On other tasks these use the task's own loss (``default``), so one name serves a multi-task
+model: ``segpgd`` on a segmentation + normals + depth net is SegPGD on the segmentation head and
+the training loss on the others. ``cospgd`` covers every built-in task type; a task type a loss
+cannot handle gets a one-line error naming the supported ones.
 
 Denominators are the task's own (valid pixels × class weight), so a weighted or masked loss keeps
 the scale of the plain one. Register more with :func:`register`.
@@ -95,7 +100,8 @@ def default(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) -
 
 def segpgd(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) -> PixelLoss:
   """SegPGD: CE weighted 1−λ on correct and λ on wrong pixels; λ = 0 without a context."""
-  _require("segpgd", task, Segmentation)
+  if not isinstance(task, Segmentation):
+    return task.pixel_loss(pred, batch)
   y, logp, num, den = _segmentation(task, pred, batch)
   lam = 0.0 if context is None else context.step / (2.0 * context.num_steps)
   correct = _sg(_correct(logp, y))
@@ -105,7 +111,8 @@ def segpgd(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) ->
 def masked_ce(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) -> PixelLoss:
   """SEA's masked CE: only pixels the model still classifies correctly."""
   del context
-  _require("masked_ce", task, Segmentation)
+  if not isinstance(task, Segmentation):
+    return task.pixel_loss(pred, batch)
   y, logp, num, den = _segmentation(task, pred, batch)
   return num * _sg(_correct(logp, y)), den
 
@@ -121,7 +128,8 @@ def _js(p: jax.Array, q: jax.Array) -> jax.Array:
 
 def js(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) -> PixelLoss:
   """JS divergence of the softmax to the clean prediction's softmax (class weights on den)."""
-  _require("js", task, Segmentation)
+  if not isinstance(task, Segmentation):
+    return task.pixel_loss(pred, batch)
   _, logp, _, den = _segmentation(task, pred, batch)
   clean = jax.nn.softmax(_clean("js", task, context), axis=-1)
   return den * _js(jnp.exp(logp), clean), den
@@ -130,7 +138,8 @@ def js(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) -> Pix
 def js_label(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) -> PixelLoss:
   """SEA's JS divergence of the softmax to the one-hot label."""
   del context
-  _require("js_label", task, Segmentation)
+  if not isinstance(task, Segmentation):
+    return task.pixel_loss(pred, batch)
   y, logp, _, den = _segmentation(task, pred, batch)
   return den * _js(jnp.exp(logp), jax.nn.one_hot(y, task.channels)), den
 
