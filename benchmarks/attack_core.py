@@ -5,7 +5,8 @@
 On the small multi-head conv net of :mod:`mtajax.testing` (batch 8) it prints, per input size and
 number of heads:
 * the step time of each direction relative to ``total`` (one direction evaluation = forward +
-  input-gradient backward);
+  input-gradient backward); the balancers (mgda ... nash_mtl) need T pullbacks like
+  ``sign_total (loop)``, so their excess over it is their per-image T×T work;
 * the time of a full 10-step GB-MTA PGD relative to 10x (forward + backward), for the loop forms
   ``lax.scan`` rolled, ``lax.scan`` unrolled and a Python loop of jitted steps.
 Variants are timed interleaved (round robin) and the median of ``--repeats`` rounds is reported,
@@ -50,7 +51,8 @@ def _interleaved(variants: dict, repeats: int) -> dict[str, float]:
 def direction_costs(x, labels, repeats):
   dirs = {"total": D.total(), "single_normal": D.single("normal"), "gbmta (log)": D.gbmta(),
           "gbmta (per-task)": D.gbmta(method="per_task"), "sign_total (loop)": D.sign_total(),
-          "sign_total (vmap)": D.sign_total("vmap")}
+          "sign_total (vmap)": D.sign_total("vmap"),
+          **{n: D.by_name(n) for n in ("mgda", "pcgrad", "imtl_g", "cagrad", "nash_mtl")}}
   fns = {k: jax.jit(lambda x_, d=d: d(testing.loss_fn, x_, labels)[0]) for k, d in dirs.items()}
   fns["forward only"] = jax.jit(lambda x_: testing.loss_fn(x_, labels))
   return _interleaved({k: (lambda f=f: f(x)) for k, f in fns.items()}, repeats)

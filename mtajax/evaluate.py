@@ -38,6 +38,7 @@ class AttackSpec:
   direction: directions_lib.Direction
   num_steps: int = 10
   options: tuple[tuple[str, Any], ...] = ()
+  attack_loss: str = "default"  # a name of mtajax.tasks.attack_losses
 
   def run(self, loss_fn, x, batch, bounds, eps, baselines):
     kwargs = dict(self.options)
@@ -56,7 +57,8 @@ def _step(state, metric_state, batch, eps, bounds, baselines, *, predict, tasks,
   forward = functools.partial(predict, state)
   x = batch["image"]
   if spec is not None:
-    loss_fn = tasks_lib.make_loss_fn(forward, tasks, spec.direction.reduction)
+    loss_fn = tasks_lib.make_loss_fn(forward, tasks, spec.direction.reduction,
+                                     attack_loss=spec.attack_loss)
     x = jax.lax.stop_gradient(spec.run(loss_fn, x, batch, bounds, eps, baselines))
   preds = forward(x)
   metric_state = tasks_lib.metrics.update(tasks, metric_state, preds, batch)

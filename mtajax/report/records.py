@@ -11,6 +11,7 @@ import math
 import os
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
+from mtajax import directions
 from mtajax.models import layouts
 
 Record = Mapping[str, Any]
@@ -20,7 +21,9 @@ REQUIRED = ("key", "model", "dataset", "backbone", "layout", "sharing_level", "a
 ATTACKS = ("fgsm", "pgd", "apgd", "auto_sage")
 ATTACK_LABELS = {"fgsm": "FGSM", "pgd": "PGD", "apgd": "APGD", "auto_sage": "Auto-SAGE"}
 SHARED_DIRECTIONS = ("total", "sign_total", "gbmta")
-DIRECTION_LABELS = {"total": "Total", "sign_total": "SignTotal", "gbmta": "GB-MTA"}
+DIRECTION_LABELS = {"total": "Total", "sign_total": "SignTotal", "gbmta": "GB-MTA",
+                    "mgda": "MGDA", "pcgrad": "PCGrad", "imtl_g": "IMTL-G", "cagrad": "CAGrad",
+                    "nash_mtl": "Nash-MTL"}
 TASK_LABELS = {"segment_semantic": "Segm", "normal": "Norm", "depth_zbuffer": "Dept",
                "keypoints2d": "Keyp", "edge_texture": "Edge"}
 NO_AT = "none"
@@ -82,9 +85,10 @@ def check(records: Iterable[Record]) -> list[dict[str, Any]]:
     _finite(rec["eps"], f"eps of {name}")
     if rec["attack"] != CLEAN:
       direction = rec["direction"]
-      if direction not in SHARED_DIRECTIONS and single_task(direction) not in rec["tasks"]:
-        raise ValueError(f"{name} has direction {direction!r}; use total, sign_total, gbmta or "
-                         f"single_<task> with a task in {rec['tasks']}.")
+      if direction not in directions.registered() and single_task(direction) not in rec["tasks"]:
+        raise ValueError(f"{name} has direction {direction!r}; use a registered direction "
+                         f"{directions.registered()} or single_<task> with a task in "
+                         f"{rec['tasks']}.")
       _finite(rec["arp"], f"ARP of {name}")
       per_task = rec["arp_per_task"]
       if not isinstance(per_task, Mapping) or set(per_task) != set(rec["tasks"]):

@@ -10,18 +10,18 @@ None outside an attack. Per-pixel weights are constants (stop-gradient), as in t
 name          tasks               per-pixel loss
 ============  ==================  ==========================================================
 ``default``   all                 the task's own ``pixel_loss`` (the training loss)
-``segpgd``    segmentation*       SegPGD (arXiv 2207.12391): CE·((1−λ)·[correct] + λ·[wrong]),
+``segpgd``    segmentation¹       SegPGD (arXiv 2207.12391): CE·((1−λ)·[correct] + λ·[wrong]),
                                   λ = step / (2·num_steps) (the paper's (t−1)/2T, t = step+1)
 ``cospgd``    all                 CosPGD (arXiv 2302.02213): loss × a weight in [0, 1] that is 1
                                   where the pixel is still right: segmentation softmax(p)_y/‖softmax
                                   (p)‖₂; normals (1 + cos(p, g))/2; scalar maps ē/(ē + |p − g|),
                                   ē the image's mean |p − g| (a scalar's cosine is ±1)
-``masked_ce`` segmentation*       SEA (arXiv 2306.12941): CE on still-correct pixels only
-``js``        segmentation*       Jensen-Shannon divergence of softmax(p) to the clean softmax
-``js_label``  segmentation*       SEA's JS divergence of softmax(p) to the one-hot label
+``masked_ce`` segmentation¹       SEA (arXiv 2306.12941): CE on still-correct pixels only
+``js``        segmentation¹       Jensen-Shannon divergence of softmax(p) to the clean softmax
+``js_label``  segmentation¹       SEA's JS divergence of softmax(p) to the one-hot label
 ============  ==================  ==========================================================
 
-\* On other tasks these use the task's own loss (``default``), so one name serves a multi-task
+¹ On other tasks these use the task's own loss (``default``), so one name serves a multi-task
 model: ``segpgd`` on a segmentation + normals + depth net is SegPGD on the segmentation head and
 the training loss on the others. ``cospgd`` covers every built-in task type; a task type a loss
 cannot handle gets a one-line error naming the supported ones.
