@@ -53,6 +53,12 @@ INACTIVE_TOL = 1e-10
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
+def check_at_least(rule: str, option: str, value: float, low: float) -> None:
+  """One-line ValueError unless ``value >= low`` (NaN fails too)."""
+  if not value >= low:
+    raise ValueError(f"{rule} option {option}={value} is out of range; use {option} >= {low:g}.")
+
+
 def gram(grads: Array) -> Array:
   """G Gᵀ (T, T) of task gradients (T, ...), rows that are not finite set to zero first."""
   g = finite_rows(grads).reshape(grads.shape[0], -1)
@@ -170,8 +176,7 @@ def cagrad_weights(m: Array, c: float = 0.5, iterations: int = 20) -> Array:
   The dual ``min_{w∈Δ} g_wᵀg₀ + r‖g_w‖`` is solved by majorise-minimise: ``r‖g_w‖ ≤
   r(‖g_w‖²/s + s)/2`` with s = ‖g_w‖ at the last iterate turns each step into an exact simplex QP.
   """
-  if c < 0:
-    raise ValueError(f"CAGrad radius c={c} is negative; use c >= 0 (c = 0 is the mean gradient).")
+  check_at_least("CAGrad", "c", c, 0)
   m, _, on = _normalised(m)
   mean = on / jnp.maximum(jnp.sum(on), 1)
   g0_norm = jnp.sqrt(jnp.maximum(mean @ m @ mean, 0.0))
@@ -199,8 +204,7 @@ def nash_mtl_weights(m: Array, ridge: float = 1e-4, iterations: int = 40) -> Arr
   decrement λ ≥ 1/4, full steps after), started at the best multiple of 1/√diag(M). Solved on
   M/s and rescaled by 1/√s, so α has the exact scale of the published equation.
   """
-  if ridge < 0:
-    raise ValueError(f"Nash-MTL ridge={ridge} is negative; use ridge >= 0.")
+  check_at_least("Nash-MTL", "ridge", ridge, 0)
   m, scale, on = _normalised(m)
   t = m.shape[0]
   eye = jnp.eye(t, dtype=m.dtype)
@@ -342,11 +346,8 @@ class CAGrad(Balanced):
   iterations: int = 20
 
   def __post_init__(self):
-    if not self.c >= 0:
-      raise ValueError(f"CAGrad radius c={self.c} is negative; use c >= 0 (c = 0 is the mean "
-                       "gradient).")
-    if self.iterations < 1:
-      raise ValueError(f"CAGrad iterations={self.iterations}; use iterations >= 1.")
+    check_at_least("CAGrad", "c", self.c, 0)
+    check_at_least("CAGrad", "iterations", self.iterations, 1)
 
   @property
   def name(self) -> str:
@@ -363,10 +364,8 @@ class NashMTL(Balanced):
   iterations: int = 40
 
   def __post_init__(self):
-    if not self.ridge >= 0:
-      raise ValueError(f"Nash-MTL ridge={self.ridge} is negative; use ridge >= 0.")
-    if self.iterations < 1:
-      raise ValueError(f"Nash-MTL iterations={self.iterations}; use iterations >= 1.")
+    check_at_least("Nash-MTL", "ridge", self.ridge, 0)
+    check_at_least("Nash-MTL", "iterations", self.iterations, 1)
 
   @property
   def name(self) -> str:

@@ -255,7 +255,7 @@ REFS = {"mgda": lambda g: _on_active(ref_mgda, g) @ g,
 
 def _toy(num_tasks=3, batch=2, size=16, seed=0):
   key = jax.random.PRNGKey(seed)
-  params = testing.init(key, num_tasks, width=8)
+  params = testing.init(key, num_tasks, width=4)
   labels = (params, testing.random_labels(key, params, batch, size))
   x = jax.random.uniform(jax.random.PRNGKey(seed + 1), (batch, size, size, 3), minval=-100.0,
                          maxval=100.0)
@@ -282,7 +282,7 @@ def test_directions_drive_pgd_and_apgd(name, attack):
   direction = directions.by_name(name)
   eps = 8.0
   result = attacks.by_name(attack)(testing.loss_fn, x, labels, direction=direction, eps=eps,
-                                   bounds=(-128.0, 128.0), num_steps=5)
+                                   bounds=(-128.0, 128.0), num_steps=4)
   delta = np.asarray(result.x_adv - x)
   assert np.all(np.isfinite(delta)) and np.abs(delta).max() <= eps
   assert np.abs(delta).max() > 0.5 * eps  # the images moved
@@ -301,5 +301,7 @@ def test_direction_options_and_errors():
     directions.by_name("cagrad", c=-0.5)
   with pytest.raises(ValueError, match="use ridge >= 0"):
     directions.by_name("nash_mtl", ridge=-1.0)
+  with pytest.raises(ValueError, match="use iterations >= 1"):
+    directions.by_name("nash_mtl", iterations=0)
   with pytest.raises(ValueError, match="unknown direction 'mgdaa'"):
     directions.by_name("mgdaa")
