@@ -99,38 +99,50 @@ def _faces(t: int) -> np.ndarray:
   return np.array([s for s in itertools.product([False, True], repeat=t) if any(s)])
 
 
-def simplex_qp(a: Array, b: Array, on: Array) -> Array:
-  """argmin over the simplex of active tasks of ½wᵀAw + bᵀw, exactly (A PSD, T small).
+def face_solutions(m: Array, b: Array, on: Array) -> tuple[Array, Array]:
+  """Per simplex face S of the active tasks, the KKT solutions of ``min ½κwᵀMw + bᵀw, Σw = 1``.
 
-  Solves the equality-constrained KKT system on every face and keeps the best feasible solution;
-  the minimal face containing a minimiser has a unique, nonsingular one, so the result is exact.
+  Returns (u, v), each (faces, T): for every κ > 0 the face's solution is ``u/κ + v`` (u solves
+  the KKT system with right-hand side (−b, 0), v with (0, 1)), so a family of QPs costs one
+  batched solve. Singular faces give non-finite rows, which :func:`best_on_faces` rejects.
   """
-  t = a.shape[0]
+  t = m.shape[0]
   faces = jnp.asarray(_faces(t)) & on[None, :]
-  eye = jnp.eye(t, dtype=a.dtype)
+  eye = jnp.eye(t, dtype=m.dtype)
 
   def solve(face):
-    both = face[:, None] & face[None, :]
-    kkt = jnp.where(both, a, eye * ~face[:, None])
-    ones = face.astype(a.dtype)
-    kkt = jnp.block([[kkt, ones[:, None]], [ones[None, :], jnp.zeros((1, 1), a.dtype)]])
-    rhs = jnp.concatenate([jnp.where(face, -b, 0.0), jnp.ones(1, a.dtype)])
-    w = jnp.linalg.solve(kkt, rhs)[:t]
-    ok = jnp.any(face) & jnp.all(jnp.isfinite(w)) & jnp.all(w >= -1e-6)
-    ok &= jnp.abs(jnp.sum(w) - 1) < 1e-4
-    w = jnp.where(face, jnp.clip(w, 0.0), 0.0)
-    w = w / jnp.where(ok, jnp.sum(w), 1.0)
-    value = 0.5 * w @ a @ w + b @ w
-    return w, jnp.where(ok & jnp.isfinite(value), value, jnp.inf)
+    kkt = jnp.where(face[:, None] & face[None, :], m, eye * ~face[:, None])
+    ones = face.astype(m.dtype)
+    kkt = jnp.block([[kkt, ones[:, None]], [ones[None, :], jnp.zeros((1, 1), m.dtype)]])
+    rhs = jnp.stack([jnp.concatenate([jnp.where(face, -b, 0.0), jnp.zeros(1, m.dtype)]),
+                     jnp.concatenate([jnp.zeros(t, m.dtype), jnp.ones(1, m.dtype)])], axis=1)
+    z = jnp.linalg.solve(kkt, rhs)[:t]
+    return jnp.where(face, z[:, 0], 0.0), jnp.where(face, z[:, 1], 0.0), jnp.any(face)
 
-  ws, values = jax.vmap(solve)(faces)
-  return jnp.where(jnp.any(on), ws[jnp.argmin(values)], 0.0)
+  u, v, nonempty = jax.vmap(solve)(faces)
+  bad = ~nonempty[:, None]
+  return jnp.where(bad, jnp.nan, u), jnp.where(bad, jnp.nan, v)
+
+
+def best_on_faces(ws: Array, value: Callable[[Array], Array], on: Array) -> Array:
+  """The feasible candidate (w ≥ 0, Σw = 1, finite) of ``ws`` (faces, T) with the least value.
+
+  Exact for a convex QP: the minimal face holding a minimiser has a unique, nonsingular solution.
+  """
+  ok = jnp.all(jnp.isfinite(ws), axis=1) & jnp.all(ws >= -1e-6, axis=1)
+  ok &= jnp.abs(jnp.sum(ws, axis=1) - 1) < 1e-4
+  ws = jnp.where(ok[:, None], jnp.clip(ws, 0.0), 0.0)
+  ws = ws / jnp.where(ok, jnp.sum(ws, axis=1), 1.0)[:, None]
+  values = jax.vmap(value)(ws)
+  best = ws[jnp.argmin(jnp.where(ok & jnp.isfinite(values), values, jnp.inf))]
+  return jnp.where(jnp.any(on), best, 0.0)
 
 
 def mgda_weights(m: Array) -> Array:
   """MGDA: convex weights of the min-norm point of the hull of the active gradients."""
   m, _, on = _normalised(m)
-  return simplex_qp(m, jnp.zeros(m.shape[0], m.dtype), on)
+  _, v = face_solutions(m, jnp.zeros(m.shape[0], m.dtype), on)
+  return best_on_faces(v, lambda w: w @ m @ w, on)
 
 
 def pcgrad_weights(m: Array, order: Array | None = None) -> Array:
@@ -186,9 +198,11 @@ def cagrad_weights(m: Array, c: float = 0.5, iterations: int = 20) -> Array:
   def norm(w):
     return jnp.sqrt(jnp.maximum(w @ m @ w, 0.0))
 
-  def body(_, w):
-    s = jnp.maximum(norm(w), 1e-6 * g0_norm + 1e-30)
-    return simplex_qp((r / s) * m, b, on)
+  u, v = face_solutions(m, b, on)
+
+  def body(_, w):  # the QP min_w (κ/2)wᵀMw + bᵀw with κ = r/‖g_w‖ (floored: finite u/κ)
+    kappa = jnp.maximum(r / jnp.maximum(norm(w), 1e-6 * g0_norm + 1e-30), 1e-12)
+    return best_on_faces(u / kappa + v, lambda w_: 0.5 * kappa * w_ @ m @ w_ + b @ w_, on)
 
   w = jax.lax.fori_loop(0, iterations, body, mean)
   gw = norm(w)
