@@ -63,7 +63,8 @@ def test_report_section_and_default_only_paper_tables(tmp_path):
   assert (tmp_path / "synthetic-small-segm-norm-dept_directions_losses.png").stat().st_size > 0
   # The paper-layout table shows the default loss only: Total on AS = 10 + 0 + 0.
   section = text.split("### Table 1/2 layout")[1].split("###")[0]
-  assert "| as (AS) | 5L | 10.00 | **20.00** | 11.00 | **21.00** |" in section  # not segpgd's 14
+  # (Total, GB-MTA, CAGrad, MGDA) per attack, not the segpgd values 14, 24, ...
+  assert "| as (AS) | 5L | 10.00 | 20.00 | 15.00 | **25.00** | 11.00 | 21.00 |" in section
   fig = study.figure_directions(records, 8)
   assert len(fig.axes) == 2
   heights = [p.get_height() for p in fig.axes[0].patches]

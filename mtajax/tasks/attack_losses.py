@@ -44,21 +44,24 @@ from mtajax.tasks.segmentation import Segmentation
 
 PixelLoss = tuple[jax.Array, jax.Array]
 AttackLoss = Callable[[base.Task, jax.Array, base.Batch, Any], PixelLoss]
+DEFAULT = "default"
 
 _REGISTRY: dict[str, AttackLoss] = {}
 _sg = jax.lax.stop_gradient
 
 
 def register(name: str, fn: AttackLoss) -> None:
-  """Adds (or replaces) the attack loss ``name``."""
+  """Makes ``make_loss_fn(..., attack_loss=name)`` use ``fn`` (re-registering replaces it)."""
+  if not callable(fn):
+    raise ValueError(f"attack loss {name!r} must be callable; got {fn!r}.")
   _REGISTRY[name] = fn
 
 
 def get(name: str) -> AttackLoss:
-  """The attack loss ``name``; one-line error listing the registered names."""
+  """The attack loss called ``name``."""
   if name not in _REGISTRY:
-    raise ValueError(f"unknown attack loss {name!r}; use one of {names()} or register it with "
-                     "mtajax.tasks.attack_losses.register.")
+    raise ValueError(f"unknown attack loss {name!r}; use one of {', '.join(_REGISTRY)} or "
+                     "mtajax.tasks.attack_losses.register() your own.")
   return _REGISTRY[name]
 
 
@@ -163,6 +166,6 @@ def cospgd(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) ->
   return num * _sg(w), den
 
 
-for _name, _fn in [("default", default), ("segpgd", segpgd), ("cospgd", cospgd),
+for _name, _fn in [(DEFAULT, default), ("segpgd", segpgd), ("cospgd", cospgd),
                    ("masked_ce", masked_ce), ("js", js), ("js_label", js_label)]:
   register(_name, _fn)
