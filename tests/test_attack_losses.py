@@ -1,5 +1,6 @@
 """Attack losses against NumPy transcriptions of their papers on hand-made predictions."""
 
+import functools
 import types
 from typing import Any, NamedTuple
 
@@ -9,7 +10,10 @@ import numpy as np
 import pytest
 from scipy.spatial import distance
 
+from mtajax import attacks
+from mtajax import directions
 from mtajax import tasks
+from mtajax import testing
 from mtajax.tasks import attack_losses as AL
 
 RNG = np.random.default_rng(0)
@@ -170,3 +174,28 @@ def test_registry_is_open():
   want = AL.get("default")(seg(), jnp.asarray(LOGITS), batch, None)
   np.testing.assert_allclose(got[0], 0.5 * want[0])
   AL._REGISTRY.pop("half")  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("name", ["segpgd", "cospgd", "masked_ce", "js"])
+def test_attack_losses_inside_pgd_see_the_loop_context(name):
+  """make_loss_fn(attack_loss=...) inside PGD: the attack gets step and clean predictions."""
+  key = jax.random.PRNGKey(0)
+  params = testing.init(key, 3, width=4)
+  labels = testing.random_labels(key, params, 2, 16)
+  labels["segment_semantic"] = labels["segment_semantic"].astype(jnp.int32)
+  task_list = (tasks.Segmentation(channels=testing.TASK_CHANNELS["segment_semantic"]),
+               tasks.Normal(label_encoding="unit"), tasks.Depth(min_depth=-1.0))
+  loss_fn = tasks.make_loss_fn(functools.partial(testing.apply, params), task_list, "image",
+                               attack_loss=name)
+  x = jax.random.uniform(key, (2, 16, 16, 3), minval=-100.0, maxval=100.0)
+  result = attacks.pgd(loss_fn, x, labels, direction=directions.gbmta(), eps=8.0,
+                       bounds=(-128.0, 128.0), num_steps=3)
+  delta = np.asarray(result.x_adv - x)
+  assert np.all(np.isfinite(delta)) and 0 < np.abs(delta).max() <= 8.0
+  assert np.all(np.isfinite(np.asarray(result.objective)))
+  # The loss at x0 with the attack's context equals the registry entry reduced per image.
+  ctx = Ctx(jnp.int32(2), 3, loss_fn.init_context(x, labels))
+  seg = task_list[0]
+  num, den = AL.get(name)(seg, testing.apply(params, x)[seg.name], labels, ctx)
+  want = np.asarray(tasks.base.safe_divide(num.sum((1, 2)), den.sum((1, 2))))
+  np.testing.assert_allclose(loss_fn(x, labels, context=ctx)[seg.name], want, rtol=1e-5)
