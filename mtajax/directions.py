@@ -329,4 +329,5 @@ register("sign_total", sign_total)
 register("gbmta", gbmta)
 
 
-from mtajax import balancing as _balancing  # noqa: E402,F401  (registers mgda, pcgrad, imtl_g, cagrad, nash_mtl)
+# The gradient-balancing directions (mgda, pcgrad, imtl_g, cagrad, nash_mtl) register themselves.
+from mtajax import balancing as _balancing  # noqa: E402,F401  pylint: disable=wrong-import-position

@@ -40,8 +40,10 @@ def _pairs(records: Sequence[Record]) -> list[tuple[str, str]]:
   """(direction, loss) pairs present: shared directions first, then balancers, then the rest."""
   order = list(rec_lib.SHARED_DIRECTIONS) + list(BALANCERS)
   present = {(r["direction"], attack_loss(r)) for r in records}
-  rank = lambda p: (order.index(p[0]) if p[0] in order else len(order), p[0],  # pylint: disable=unnecessary-lambda-assignment
-                    p[1] != DEFAULT_LOSS, p[1])
+
+  def rank(pair):
+    d, loss = pair
+    return (order.index(d) if d in order else len(order), d, loss != DEFAULT_LOSS, loss)
   return sorted(present, key=rank)
 
 
@@ -96,7 +98,8 @@ def figure_directions(records: Sequence[Record], eps: float | None = None) -> mp
   pairs = _pairs(chosen)
   directions = list(dict.fromkeys(d for d, _ in pairs))
   losses = list(dict.fromkeys(l for _, l in sorted(pairs, key=lambda p: p[1] != DEFAULT_LOSS)))
-  fig = figures._figure(0.6 + 0.9 * len(directions) * len(attacks), 3.4)  # pylint: disable=protected-access
+  fig_width = 0.6 + 0.9 * len(directions) * len(attacks)
+  fig = figures._figure(fig_width, 3.4)  # pylint: disable=protected-access
   axes = fig.subplots(1, len(attacks), squeeze=False, sharey=True)[0]
   width = 0.8 / len(losses)
   x = np.arange(len(directions))
