@@ -24,6 +24,8 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   # 'single' expands to single_<task> for every task; Auto-SAGE runs only total and gbmta (spec §5.5).
   c.directions = ("single", "total", "sign_total", "gbmta")
   c.eps = EPS_GRID
+  # Attack losses (mtajax.tasks.attack_losses): 'default' is the training loss; e.g. 'segpgd'.
+  c.attack_losses = ("default",)
   c.num_steps = 10  # spec §14.1: the paper likely used 20 for NYUv2; 10 is the committed default
   c.unroll = ml_collections.config_dict.placeholder(int)  # None: platform default (full on CPU)
   # Skip XLA's backend (LLVM) optimisations for attack-only runs (`attack`/`report` of trained

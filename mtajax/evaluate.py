@@ -44,6 +44,7 @@ class AttackSpec:
   direction: directions_lib.Direction
   num_steps: int = 10
   options: tuple[tuple[str, Any], ...] = ()
+  attack_loss: str = "default"  # a name of mtajax.tasks.attack_losses
 
   def run(self, loss_fn, x, batch, bounds, eps, baselines):
     kwargs = dict(self.options)
@@ -63,7 +64,8 @@ def _step(state, batch, eps, bounds, baselines, *, predict, tasks, spec):
   forward = functools.partial(predict, state)
   x = batch["image"]
   if spec is not None:
-    loss_fn = tasks_lib.make_loss_fn(forward, tasks, spec.direction.reduction)
+    loss_fn = tasks_lib.make_loss_fn(forward, tasks, spec.direction.reduction,
+                                     attack_loss=spec.attack_loss)
     x = jax.lax.stop_gradient(spec.run(loss_fn, x, batch, bounds, eps, baselines))
   preds = forward(x)
   update = tasks_lib.metrics.update(tasks, tasks_lib.metrics.init(tasks), preds, batch)

@@ -21,9 +21,10 @@ def digest(value: Any) -> str:
 
 
 def record_key(model: str, attack: str, direction: str | None, eps: float, num_steps: int,
-               config_hash: str) -> str:
-  """The identity of a record."""
-  return digest([model, attack, direction, float(eps), int(num_steps), config_hash])
+               config_hash: str, attack_loss: str = "default") -> str:
+  """The identity of a record (the default attack loss keeps the keys it had before that axis)."""
+  parts = [model, attack, direction, float(eps), int(num_steps), config_hash]
+  return digest(parts if attack_loss == "default" else parts + [attack_loss])
 
 
 class Store:

@@ -29,6 +29,7 @@ from mtajax import models
 from mtajax import parallel
 from mtajax import results
 from mtajax import tasks as tasks_lib
+from mtajax.tasks import attack_losses
 from mtajax.data import pipeline
 from mtajax.data import preprocess
 from mtajax.train import checkpoint
@@ -44,6 +45,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in config.directions:
     if name != "single":
       directions_lib.by_name(name)
+  for name in config.attack_losses:
+    attack_losses.get(name)
   for key in ("eps", "examples_eps"):
     bad = [e for e in getattr(config, key) if not e >= 0]
     if bad:
@@ -143,7 +146,7 @@ def config_hash(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict)
 
 def _record(target: Target, config, attack: str, direction: str | None, eps: float,
             num_steps: int, ev: evaluate_lib.Evaluation, clean: dict | None,
-            seconds: float, devices: int) -> dict[str, Any]:
+            seconds: float, devices: int, attack_loss: str = "default") -> dict[str, Any]:
   t = target.t
   tasks = target.loaded.tasks
   arp, note = None, None
@@ -155,11 +158,12 @@ def _record(target: Target, config, attack: str, direction: str | None, eps: flo
   layout = target.loaded.layout
   return {
       "key": results.record_key(model_id(t), attack, direction, eps, num_steps,
-                                config_hash(config, t)),
+                                config_hash(config, t), attack_loss),
       "model": model_id(t), "dataset": t.dataset, "backbone": t.backbone,
       "layout_idx": t.layout if isinstance(t.layout, int) else None, "layout": str(layout),
       "sharing_level": models.sharing_level(layout), "adv_training": adv_label(t),
-      "attack": attack, "direction": direction, "eps": float(eps), "num_steps": int(num_steps),
+      "attack": attack, "direction": direction, "attack_loss": attack_loss, "eps": float(eps),
+      "num_steps": int(num_steps),
       "tasks": list(t.tasks), "metrics": ev.metrics, "losses": ev.losses,
       "arp": None if arp is None else arp.total,
       "arp_per_task": None if arp is None else dict(arp.per_task), "note": note,
@@ -169,9 +173,9 @@ def _record(target: Target, config, attack: str, direction: str | None, eps: flo
   }
 
 
-def grid(config: ml_collections.ConfigDict) -> list[tuple[str, str, float]]:
-  return [(a, d, e) for a in config.attacks for d in direction_names(config, a)
-          for e in config.eps]
+def grid(config: ml_collections.ConfigDict) -> list[tuple[str, str, str, float]]:
+  return [(a, d, l, e) for a in config.attacks for d in direction_names(config, a)
+          for l in config.attack_losses for e in config.eps]
 
 
 def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
@@ -190,18 +194,18 @@ def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
   clean = store.get(clean_key)
   bounds = preprocess.input_bounds()
   options = () if config.unroll is None else (("unroll", config.unroll),)
-  for attack, direction, eps in grid(config):
+  for attack, direction, loss, eps in grid(config):
     steps = 1 if attack == "fgsm" else config.num_steps
-    if results.record_key(model_id(t), attack, direction, eps, steps, h) not in store:
-      bar.set_postfix_str(f"{model_id(t)} {attack} {direction} eps={eps:g}")
+    if results.record_key(model_id(t), attack, direction, eps, steps, h, loss) not in store:
+      bar.set_postfix_str(f"{model_id(t)} {attack} {direction} {loss} eps={eps:g}")
       spec = evaluate_lib.AttackSpec(attack, directions_lib.by_name(direction), config.num_steps,
-                                     options)
+                                     options, loss)
       start = time.perf_counter()
       ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t), tasks,
                                  spec=spec, eps=eps, bounds=bounds, baselines=clean["losses"],
                                  mesh=mesh)
       store.add(_record(target, config, attack, direction, eps, steps, ev, clean,
-                        time.perf_counter() - start, devices))
+                        time.perf_counter() - start, devices, loss))
     bar.update(1)
 
 

@@ -77,6 +77,7 @@ def _config():
     (lambda c: setattr(c, "eps", (-1.0,)), "eps must hold values >= 0"),
     (lambda c: setattr(c, "attacks", ("cw",)), "unknown attack 'cw'"),
     (lambda c: setattr(c, "directions", ("sum",)), "unknown direction 'sum'"),
+    (lambda c: setattr(c, "attack_losses", ("segpgdd",)), "unknown attack loss 'segpgdd'"),
     (lambda c: setattr(c.train, "tasks", ("segment_semantic", "albedo")), "albedo"),
     (lambda c: setattr(c, "layouts", ("[[{0, 1}], [{0}, {1, 2}]]",)), "layout"),
     (lambda c: setattr(c, "layouts", (51,)), "51"),
@@ -118,6 +119,13 @@ def test_checkpoint_of_another_layout_is_refused(tmp_path):
   with pytest.raises(ValueError, match="another config"):
     sweep.ensure_trained(t0, tmp_path)
   assert (tmp_path / "models" / sweep.model_id(t0) / "checkpoints").is_dir()  # Nothing deleted.
+
+
+def test_attack_loss_is_part_of_the_key_and_the_default_keeps_old_keys():
+  old = results.digest(["m", "pgd", "gbmta", 8.0, 10, "h"])  # the key before the attack-loss axis
+  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h") == old
+  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h", "default") == old
+  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h", "segpgd") != old
 
 
 def test_store_is_atomic_and_rejects_duplicates(tmp_path):

@@ -14,6 +14,7 @@ import tempfile
 from typing import Any, Callable, Iterable, Mapping
 
 from mtajax.report import records as rec_lib
+from mtajax.report import study
 from mtajax.report import tables
 from mtajax.report.figures import (figure_arp_vs_eps, figure_examples, figure_per_task,
                                    figure_transfer, save_png)
@@ -138,6 +139,24 @@ def _per_task_caption(records: list[Record], eps: float) -> str:
   return f"Model {label}, {rec_lib.attack_label(attack)}.\n\n"
 
 
+def _study_section(records: list[Record], out_dir: pathlib.Path, prefix: str,
+                   eps: float | None) -> list[str]:
+  try:
+    eps = rec_lib.default_eps(records) if eps is None else eps
+  except MissingData:
+    return []
+  return [f"### Directions × attack losses, ε={eps:g}", "",
+          "ARP (%) of each multi-task direction (GB-MTA, Total and the gradient-balancing rules "
+          "MGDA, PCGrad, IMTL-G, CAGrad, Nash-MTL) with each attack loss (`default` = the "
+          "training loss; SegPGD, CosPGD, SEA's masked CE and JS act on the segmentation head, "
+          "CosPGD also on the others). The strongest per column is bold.", "",
+          _piece(lambda: study.findings(records, eps)),
+          _piece(lambda: study.directions_table(records, eps)),
+          _figure(out_dir, f"{prefix}directions_losses.png",
+                  "Directions × attack losses: mean ARP",
+                  lambda: study.figure_directions(records, eps)), ""]
+
+
 def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
                  eps: float | None = None, attack_for_transfer: str | None = None,
                  examples: Mapping[str, Any] | None = None) -> pathlib.Path:
@@ -165,9 +184,11 @@ def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
     lines += ["_No records yet: run an attack or a sweep first._", ""]
   for (dataset, backbone, tasks), group in rec_lib.groups(records).items():
     short = [rec_lib.task_label(t) for t in tasks]
+    prefix = _slug(dataset, backbone, *short) + "_"
     lines += [f"## {dataset} / {backbone} / {', '.join(short)}", ""]
-    lines += _group_section(group, out_dir, _slug(dataset, backbone, *short) + "_", eps,
-                            attack_for_transfer)
+    lines += _group_section(study.default_loss(group), out_dir, prefix, eps, attack_for_transfer)
+    if study.applies(group):
+      lines += _study_section(group, out_dir, prefix, eps)
   if example_fig is not None:
     save_png(example_fig, out_dir / "fig6_examples.png")
     lines += ["## Fig. 6: an image, its adversarial versions and the predictions", "",
