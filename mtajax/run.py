@@ -36,7 +36,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "quic
 
 
 def report(config, store: results.Store, examples=None) -> pathlib.Path:
-  """Writes the Markdown report and figures of all stored records."""
+  """Writes the Markdown report and figures of the config's records (all with report_history)."""
   from mtajax import report as report_lib  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(config.workdir)
   saved = workdir / "examples.npz"
@@ -44,8 +44,15 @@ def report(config, store: results.Store, examples=None) -> pathlib.Path:
     _save_examples(saved, examples)
   elif saved.exists():
     examples = _load_examples(saved)
-  records = [r for r in store.records() if r["attack"] == "clean" or r["arp"] is not None]
-  skipped = len(store) - len(records)
+  records = store.records()
+  if not config.report_history:
+    current = sweep.current_keys(config)
+    records = [r for r in records if r["key"] in current]
+    if len(records) < len(store):
+      print(f"report: {len(store) - len(records)} records of other configs (another ε grid, "
+            "layout set, step count, ...) are left out; --config.report_history=True includes them.")
+  kept = [r for r in records if r["attack"] == "clean" or r["arp"] is not None]
+  skipped, records = len(records) - len(kept), kept
   if skipped:
     print(f"report: {skipped} records without an ARP are left out (a clean metric is 0: "
           "train the models longer); see their 'note' in results.jsonl.")
