@@ -115,7 +115,7 @@ def test_checkpoint_of_another_layout_is_refused(tmp_path):
   t2 = sweep.train_config(config, 2)
   sweep.ensure_trained(t2, tmp_path)
   shutil.copytree(tmp_path / "models" / sweep.model_id(t2), tmp_path / "models" / sweep.model_id(t0))
-  with pytest.raises(ValueError, match="another config"):
+  with pytest.raises(ValueError, match="different config"):
     sweep.ensure_trained(t0, tmp_path)
   assert (tmp_path / "models" / sweep.model_id(t0) / "checkpoints").is_dir()  # Nothing deleted.
 
