@@ -31,37 +31,47 @@ from mtajax import results
 from mtajax import tasks as tasks_lib
 from mtajax.data import pipeline
 from mtajax.data import preprocess
+from mtajax.train import assemble
 from mtajax.train import checkpoint
 from mtajax.train import config as train_config_lib
 from mtajax.train import load
 from mtajax.train import loop
+from mtajax.train import optim
 
 AUTO_SAGE_DIRECTIONS = ("total", "gbmta")  # The reference runs no other Auto-SAGE (spec §5.5).
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Rejects invalid run settings with a one-line error naming the key."""
+def validate(config: ml_collections.ConfigDict, data: bool = True) -> None:
+  """Rejects invalid run settings with a one-line error naming the key (``data``: also that the
+  dataset directory exists)."""
   for name in config.attacks:
     attacks.by_name(name)
   for name in config.directions:
     if name != "single":
       directions_lib.by_name(name)
-  for field in ("eps", "examples_eps"):
-    bad = [e for e in getattr(config, field) if not e >= 0]
-    if bad:
-      raise ValueError(f"config.{field} must hold values >= 0; got {bad}.")
-  if not config.report_eps >= 0:
-    raise ValueError(f"config.report_eps must be >= 0; got {config.report_eps}.")
-  for field in ("num_steps", "eval_batch_size"):
-    if getattr(config, field) < 1:
-      raise ValueError(f"config.{field} must be >= 1; got {getattr(config, field)}.")
+  for field in ("eps", "examples_eps", "report_eps"):
+    values = getattr(config, field)
+    values = values if isinstance(values, (tuple, list)) else (values,)
+    bad = [e for e in values if isinstance(e, bool) or not isinstance(e, (int, float)) or
+           not e >= 0]
+    if bad or not values:
+      raise ValueError(f"config.{field} must hold numbers >= 0; got {getattr(config, field)!r}.")
+  t = config.train
+  for field, value in [("num_steps", config.num_steps), ("eval_batch_size", config.eval_batch_size)
+                      ] + [(f"train.{k}", t[k]) for k in (
+                          "num_steps", "batch_size", "eval_batch_size", "eval_every",
+                          "checkpoint_every", "keep_checkpoints", "log_every")]:
+    if not value >= 1:
+      raise ValueError(f"config.{field} must be >= 1; got {value}.")
+  optim.learning_rate(t)  # lr, lr_decay_every, lr_decay_rate
+  assemble.make_tasks(t)  # dataset and task names
   for layout in config.layouts:
     try:
-      models.resolve_layout(layout, len(config.train.tasks))
+      models.resolve_layout(layout, len(t.tasks))
     except ValueError as e:
       raise ValueError(f"config.layouts: invalid layout {layout!r}: {e}") from None
-  if config.train.dataset != "synthetic":
-    data_dir = Path(os.path.expanduser(config.train.data_dir))
+  if data and t.dataset != "synthetic":
+    data_dir = Path(os.path.expanduser(t.data_dir))
     if not data_dir.is_dir():
       raise ValueError(f"dataset directory {data_dir} does not exist; prepare the dataset there or "
                        "set --config.train.data_dir.")

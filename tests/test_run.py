@@ -98,14 +98,33 @@ def test_bad_config_values_give_one_line_errors(tmp_path, change, message):
   assert store.read_text() == '{"key": "kept"}\n'  # Existing results untouched.
 
 
-def test_unknown_mode_and_config_key_exit_non_zero_with_one_line(tmp_path):
-  out = _run(["bogus", "--config", f"{ROOT}/configs/quickstart.py:smoke"], tmp_path, os.environ)
-  assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("error: unknown mode")
-  out = _run(["layouts", "--config", f"{ROOT}/configs/quickstart.py", "--config.nope=1"],
-             tmp_path, os.environ)
-  assert out.returncode == 2
-  assert out.stderr.strip().splitlines() == [
-      "error: unknown config key 'nope'; see the config file for the keys."]
+SMOKE = ["--config", "configs/quickstart.py:smoke"]  # Found from any directory (config_path).
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.nosuch=1"], "unknown config key 'nosuch'"),
+    (["--config.eps=(-1.0,)"], "config.eps must hold numbers >= 0"),
+    (["--config.eps=abc"], "config.eps must hold numbers >= 0"),
+    (["--config.train.num_steps=abc"], "invalid literal for int"),
+    (["bogus"], "unknown mode 'bogus'"),
+    (["sweep", "train"], "expected at most one mode"),
+    (SMOKE + ["--config.nosuch=1"], "unknown config key 'nosuch'"),
+    (SMOKE + ["--config.train.nosuch=1"], "unknown config key 'nosuch'"),
+    (SMOKE + ["--config.report_eps=-2"], "config.report_eps must hold numbers >= 0"),
+    (SMOKE + ["--config.train.lr=abc"], "could not convert string to float"),
+    (SMOKE + ["--config.train.lr=-1"], "Need lr > 0"),
+    (SMOKE + ["--config.num_steps=0"], "config.num_steps must be >= 1"),
+    (SMOKE + ["attack", "--config.attacks=('cw',)"], "unknown attack 'cw'"),
+    (["--config", "configs/nosuch.py"], "No such file or directory"),
+    (["--config=broken.py"], "invalid syntax"),
+])
+def test_bad_input_to_the_main_job_is_one_error_line_and_status_2(tmp_path, args, message):
+  (tmp_path / "broken.py").write_text("def get_config(:\n")
+  out = _run(args, tmp_path, _env(tmp_path / "cache"))
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+  assert lines[0].startswith("error: ") and message in lines[0], lines
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.py"]  # No data, no model.
 
 
 def test_checkpoint_of_another_layout_is_refused(tmp_path):
