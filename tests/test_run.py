@@ -74,7 +74,7 @@ def _config():
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda c: setattr(c, "eps", (-1.0,)), "eps must hold values >= 0"),
+    (lambda c: setattr(c, "eps", (-1.0,)), "eps must hold numbers >= 0"),
     (lambda c: setattr(c, "attacks", ("cw",)), "unknown attack 'cw'"),
     (lambda c: setattr(c, "directions", ("sum",)), "unknown direction 'sum'"),
     (lambda c: setattr(c.train, "tasks", ("segment_semantic", "albedo")), "albedo"),
