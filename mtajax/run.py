@@ -81,6 +81,7 @@ def report(config, store: results.Store, examples=None) -> pathlib.Path:
   if skipped:
     print(f"report: {skipped} records without an ARP are left out (a clean metric is 0: "
           "train the models longer); see their 'note' in results.jsonl.")
+  print(f"report: writing {workdir / 'report'}")
   return report_lib.write_report(records, workdir / "report", eps=config.report_eps,
                                  examples=examples)
 

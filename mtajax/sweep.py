@@ -226,6 +226,7 @@ def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
   clean_key = key(config, t, "clean", None, 0.0)
   _refresh(store)
   if clean_key not in store:
+    bar.write(f"clean evaluation {model_id(t)}")
     start = time.perf_counter()
     ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t), tasks,
                                mesh=mesh)
@@ -238,6 +239,7 @@ def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
     _refresh(store)
     if key(config, t, attack, direction, eps) not in store:
       bar.set_postfix_str(f"{model_id(t)} {attack} {direction} eps={eps:g}")
+      bar.write(f"attacking {model_id(t)}: {attack} {direction} eps={eps:g}")
       spec = evaluate_lib.AttackSpec(attack, directions_lib.by_name(direction), config.num_steps,
                                      options)
       start = time.perf_counter()

@@ -1,14 +1,12 @@
-"""The main job: bad inputs fail cleanly, and a sweep killed at random points loses nothing."""
+"""The main job: bad inputs fail cleanly, and a sweep killed in every phase loses nothing."""
 
 import json
 import os
 import pathlib
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -43,7 +41,25 @@ def _comparable(record: dict) -> dict:
   return {k: v for k, v in record.items() if k != "time_s"}
 
 
-def test_sweep_killed_at_random_points_ends_with_the_same_records(tmp_path):
+PHASES = ("training ", "clean evaluation ", "attacking ", "report: writing ")  # Printed first.
+
+
+def _kill_at(args, cwd, env, marker: str) -> None:
+  """Runs the main job until it prints a line starting with ``marker``, then SIGKILLs it."""
+  proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+  seen = []
+  for line in proc.stdout:
+    seen.append(line.rstrip())
+    if line.startswith(marker):
+      proc.send_signal(signal.SIGKILL)
+      break
+  proc.wait()
+  proc.stdout.close()
+  assert proc.returncode == -signal.SIGKILL, f"never reached {marker!r}: {seen[-5:]}"
+
+
+def test_sweep_killed_in_every_phase_ends_with_the_same_records(tmp_path):
   env = _env(tmp_path / "jax_cache")
   shutil.copytree(ROOT / "configs", tmp_path / "configs")
   done = _run(SMALL + ["--config.workdir=uninterrupted"], tmp_path, env)
@@ -52,21 +68,18 @@ def test_sweep_killed_at_random_points_ends_with_the_same_records(tmp_path):
   assert len(want) == 5
   assert (tmp_path / "uninterrupted" / "report" / "report.md").exists()
 
-  rng = random.Random(0)
   args = [sys.executable, "-m", "mtajax.run", *SMALL, "--config.workdir=killed"]
-  for _ in range(3):
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(3.0, 15.0))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+  for marker in PHASES:  # Each run resumes what the previous one left, then dies in the next phase.
+    _kill_at(args, tmp_path, env, marker)
   resumed = _run(SMALL + ["--config.workdir=killed"], tmp_path, env)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "training " not in resumed.stdout  # The model was complete: not trained again.
   got = _records(tmp_path / "killed")
   assert set(got) == set(want)
   for key, record in want.items():  # Same numbers too: training and evaluation are deterministic.
     assert json.dumps(_comparable(got[key]), sort_keys=True) == json.dumps(_comparable(record),
                                                                            sort_keys=True)
+  assert (tmp_path / "killed" / "report" / "report.md").exists()
 
 
 def _config():
