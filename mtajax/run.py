@@ -75,7 +75,7 @@ def report(config, store: results.Store, examples=None) -> pathlib.Path:
     records = [r for r in records if r["key"] in current]
     if len(records) < len(store):
       print(f"report: {len(store) - len(records)} records of other configs (another ε grid, "
-            "layout set, step count, ...) are left out; --config.report_history=True includes them.")
+            "layout set, step count, ...) are left out; --config.report_history=True adds them.")
   kept = [r for r in records if r["attack"] == "clean" or r["arp"] is not None]
   skipped, records = len(records) - len(kept), kept
   if skipped:

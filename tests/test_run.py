@@ -168,3 +168,23 @@ def test_model_killed_before_its_first_checkpoint_is_trained_again(tmp_path):
   half_written.mkdir(parents=True)
   loaded = sweep.ensure_trained(t, tmp_path)
   assert loaded.step == t.num_steps
+
+
+@pytest.mark.parametrize("history", [False, True])
+def test_report_shows_the_current_configs_records_unless_history_is_asked(tmp_path, monkeypatch,
+                                                                          history):
+  import mtajax.report  # pylint: disable=g-import-not-at-top
+  config = _config()
+  config.workdir, config.report_history = str(tmp_path), history
+  current = sorted(sweep.current_keys(config))[:3]
+  older = config.copy_and_resolve_references()
+  older.eps, older.train.num_steps = (2.0,), 10  # An earlier ε grid and step count.
+  stale = sorted(sweep.current_keys(older) - set(current))[:2]
+  store = results.Store(tmp_path / "results.jsonl")
+  for key in current + stale:
+    store.add({"key": key, "attack": "pgd", "arp": 1.0})
+  seen = []
+  monkeypatch.setattr(mtajax.report, "write_report",
+                      lambda records, *a, **k: seen.extend(r["key"] for r in records))
+  run.report(config, store)
+  assert sorted(seen) == sorted(current + stale if history else current)
