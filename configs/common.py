@@ -36,6 +36,7 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   c.eval_batch_size = 16  # spec §5.6
   c.eval_max_batches = ml_collections.config_dict.placeholder(int)  # None = whole split
   c.report_eps = 8.0
+  c.report_history = False  # True: the report also shows records of earlier configs in the workdir
   c.examples_eps = (4.0, 8.0, 16.0)  # Fig. 6 perturbations
   c.advtrain = ml_collections.ConfigDict()  # `advtrain` mode: overrides of train.adv
   c.advtrain.mode = "reference"
