@@ -181,6 +181,13 @@ def _leaf(model, path):
 
 
 @pytest.mark.parametrize("name", list(_PROBES))
+def test_reference_shapes_are_treemtls(name):
+  backbone, model_class = name.split("/")
+  got = models.torch_import.reference_shapes(backbone, TASKS, 5, model_class)
+  assert [[k, list(s)] for k, s in got.items()] == _golden_keys()[name]
+
+
+@pytest.mark.parametrize("name", list(_PROBES))
 def test_treemtl_keys_map_onto_the_model(name):
   backbone, _ = name.split("/")
   state = _golden_state(name)

@@ -16,12 +16,14 @@ mean/var`` (``num_batches_tracked`` is dropped). Nothing here imports torch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -121,7 +123,8 @@ def _block_modules(block: nnx.Module, model_class: str) -> list[tuple[str, str]]
 
 
 def _module_keys(prefix: str, path: tuple, params: Mapping[str, Any]):
-  """(reference key, mtajax leaf path, mtajax shape, is a conv kernel) of one conv or BatchNorm."""
+  """(reference key, mtajax leaf path, mtajax shape, is a conv kernel) of one conv or BatchNorm;
+  ``num_batches_tracked`` has no mtajax path (it is not needed)."""
   if "kernel" in params:
     yield f"{prefix}.weight", path + ("kernel",), params["kernel"].shape, True
     if "bias" in params:
@@ -129,6 +132,7 @@ def _module_keys(prefix: str, path: tuple, params: Mapping[str, Any]):
   else:
     for ref, ours in _BN.items():
       yield f"{prefix}.{ref}", path + (ours,), params[ours].shape, False
+    yield f"{prefix}.num_batches_tracked", None, (), False
 
 
 def _subtree(tree: Mapping, path: tuple) -> Mapping:
@@ -173,6 +177,41 @@ def _check_structure(state: Mapping[str, np.ndarray], names: list[str], fine: La
                      "trained with.")
 
 
+def _check_class(backbone: str, model_class: str) -> None:
+  if backbone not in _BACKBONES:
+    raise ValueError(f"from_torch reads TreeMTL's backbones {_BACKBONES}, not {backbone!r}.")
+  if model_class not in MODEL_CLASSES:
+    raise ValueError(f"Unknown model_class {model_class!r}; use one of {MODEL_CLASSES}.")
+  if model_class == "Deeplab_ASPP_Layout" and backbone != "resnet34":
+    raise ValueError(f"Deeplab_ASPP_Layout is a ResNet34 model; its keys do not fit {backbone}.")
+
+
+def _prepare(backbone: str, tasks: Mapping[str, int], fine: Layout, model_class: str):
+  """The abstract model, its variables (a fresh copy) and every reference key of it."""
+  abstract, graphdef, variables = _abstract_model(backbone, tuple(tasks.items()), fine.blocks)
+  variables = jax.tree.map(lambda v: v, variables)  # The cached structure stays abstract.
+  pure = nnx.to_pure_dict(variables)
+  return graphdef, variables, pure, list(_key_map(abstract, pure, model_class))
+
+
+def reference_shapes(backbone: str, tasks: Mapping[str, int], layout: Layout | str | int,
+                     model_class: str = "MTSeqModel") -> dict[str, tuple[int, ...]]:
+  """The ``state_dict`` keys (in TreeMTL's order) and shapes of the reference model."""
+  _check_class(backbone, model_class)
+  fine = build.fine_layout(backbone, layout, len(tasks))
+  return {key: _torch_shape(shape, kernel)
+          for key, _, shape, kernel in _prepare(backbone, tasks, fine, model_class)[3]}
+
+
+@functools.lru_cache(maxsize=4)
+def _abstract_model(backbone: str, tasks: tuple[tuple[str, int], ...],
+                    blocks: tuple) -> tuple[BranchedModel, nnx.GraphDef, nnx.State]:
+  """The model's structure and shapes without initialising it (keyed on the ordered blocks)."""
+  model = nnx.eval_shape(lambda: build.build_model(backbone, dict(tasks), Layout(blocks),
+                                                   rngs=nnx.Rngs(0)))
+  return (model, *nnx.split(model))
+
+
 def from_torch(state_dict: Any, backbone: str, tasks: Mapping[str, int],
                layout: Layout | str | int | None = None, *,
                model_class: str | None = None) -> BranchedModel:
@@ -197,8 +236,7 @@ def from_torch(state_dict: Any, backbone: str, tasks: Mapping[str, int],
       not fit, a block-copy count that does not fit the layout, heads that do not fit the tasks,
       non-finite weights, or a layout that differs from the one the checkpoint stores.
   """
-  if backbone not in _BACKBONES:
-    raise ValueError(f"from_torch reads TreeMTL's backbones {_BACKBONES}, not {backbone!r}.")
+  _check_class(backbone, model_class or MODEL_CLASSES[1])
   ckpt = read_checkpoint(state_dict)
   state, names = ckpt.state_dict, list(tasks)
   if layout is None and ckpt.layout is None:
@@ -210,21 +248,16 @@ def from_torch(state_dict: Any, backbone: str, tasks: Mapping[str, int],
                      "given (set order counts); pass its layout index or layout=None.")
   found = _model_class(list(state))
   if model_class is not None and model_class != found:
-    if model_class not in MODEL_CLASSES:
-      raise ValueError(f"Unknown model_class {model_class!r}; use one of {MODEL_CLASSES}.")
     raise ValueError(f"The keys are those of a {found}, not of a {model_class}; drop "
                      "model_class or pass the right one.")
-  if found == "Deeplab_ASPP_Layout" and backbone != "resnet34":
-    raise ValueError(f"Deeplab_ASPP_Layout is a ResNet34 model; its keys do not fit {backbone}.")
+  _check_class(backbone, found)
   _check_structure(state, names, fine, backbone)
 
-  abstract = nnx.eval_shape(lambda: build.build_model(backbone, tasks, fine, rngs=nnx.Rngs(0)))
-  graphdef, variables = nnx.split(abstract)
-  pure = nnx.to_pure_dict(variables)
-  expected = list(_key_map(abstract, pure, found))
+  graphdef, variables, pure, expected = _prepare(backbone, tasks, fine, found)
   known = {key for key, *_ in expected}
+  expected = [e for e in expected if e[1] is not None]  # num_batches_tracked is optional
   missing = [key for key, *_ in expected if key not in state]
-  unexpected = [k for k in state if k not in known and not k.endswith(".num_batches_tracked")]
+  unexpected = [k for k in state if k not in known]
   context = f"a {found} with backbone {backbone} and tasks {names}"
   if missing or unexpected:
     what = (f"missing key {missing[0]}" if missing
