@@ -168,7 +168,8 @@ _PROBES = {
         ("backbone.mtl_blocks.71.compute_nodes.0.basicOp.weight",
          ("copies", 31, 1, "conv", "kernel"), 1)],
 }
-_HEAD_PROBES = [("heads.normal.fc3.conv1.weight", ("heads", 1, "branches", 2, "conv1", "kernel"), 1),
+_HEAD_PROBES = [("heads.normal.fc3.conv1.weight",
+                 ("heads", 1, "branches", 2, "conv1", "kernel"), 1),
                 ("heads.depth_zbuffer.fc4.conv3.bias",
                  ("heads", 2, "branches", 3, "conv3", "bias"), 0)]
 

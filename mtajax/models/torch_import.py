@@ -8,7 +8,8 @@ Two reference classes are read, told apart by their ``state_dict`` keys:
   ``backbone.mtl_blocks.K.compute_nodes.J.basicOp.…``, ``J`` = the layer's place in its block.
 
 Block copy ``K`` runs over fine blocks, and within a block over the layout's task sets in list
-order, exactly like mtajax's ``BranchedModel.copies``; heads are ``heads.<task>.fc{1..4}.conv{1,2,3}``.
+order, exactly like mtajax's ``BranchedModel.copies``; heads are
+``heads.<task>.fc{1..4}.conv{1,2,3}``.
 Conv weights go OIHW → HWIO, BatchNorm ``weight/bias/running_mean/running_var`` → ``scale/bias/
 mean/var`` (``num_batches_tracked`` is dropped). Nothing here imports torch.
 """

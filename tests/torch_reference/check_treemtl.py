@@ -8,7 +8,8 @@ For AS, IND and layout 5 of both backbones it builds TreeMTL's ``Deeplab_ASPP_La
 ``MTSeqModel`` and the transcription, compares the ``state_dict`` key names, their order and the
 shapes, loads TreeMTL's random weights into the transcription and compares the eval outputs of
 every head. ``--write-keys`` (re)writes ``keys_layout5.json.gz``: TreeMTL's key names and shapes
-for layout 5, which the tests that run without torch check the conversion against. TreeMTL's ``proto/pytorch_pb2.py`` predates protobuf 4, so the script selects
+for layout 5, which the tests that run without torch check the conversion against. TreeMTL's
+``proto/pytorch_pb2.py`` predates protobuf 4, so the script selects
 protobuf's pure-Python implementation and gives it the container name TreeMTL tests for.
 """
 

@@ -6,7 +6,8 @@ structure, forward pass and ``state_dict`` key names as
 * ``Deeplab_ASPP_Layout`` (TreeMTL ``main/models.py``; the class MTLAttack-DGBA imports for NYUv2
   with ResNet34 and for adversarial training): keys
   ``backbone.mtl_blocks.K.residual_block.{0,1}.*`` (stem) and
-  ``backbone.mtl_blocks.K.residual_block.{block.conv1,block.bn1,block.conv2,block.bn2,ds.0,ds.1}.*``;
+  ``backbone.mtl_blocks.K.residual_block.{block.conv1,block.bn1,block.conv2,block.bn2,ds.0,
+  ds.1}.*``;
 * ``MTSeqModel`` (TreeMTL ``main/auto_models.py``, blocks cut from
   ``models/deeplab_resnet34_adashare.prototxt`` or ``models/mobilenetv2.prototxt``): keys
   ``backbone.mtl_blocks.K.compute_nodes.J.basicOp.*``, where ``J`` counts every prototxt layer of
