@@ -4,7 +4,9 @@
 
 Modes: ``sweep`` (the default: train missing models, attack them, write the report), ``train``,
 ``attack`` (models must be trained), ``advtrain`` (adversarially train the config's layouts, then
-attack them next to their clean-trained versions), ``report``, ``layouts`` (paper Tables 16/17).
+attack them next to their clean-trained versions), ``report``, ``layouts`` (paper Tables 16/17),
+``import`` (store a TreeMTL / DGBA PyTorch checkpoint, ``--config.checkpoint=PATH``, as the final
+model of its layout, which the other modes then use without training).
 With no arguments it runs the quickstart on the embedded benchmark (``configs/quickstart.py``).
 Bad input exits with status 2 and a one-line ``error:`` message; results already stored are kept.
 """
@@ -27,8 +29,9 @@ from mtajax import models
 from mtajax import parallel
 from mtajax import results
 from mtajax import sweep
+from mtajax.train import imported
 
-MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts")
+MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts", "import")
 
 
 def config_path(path: str) -> str:
@@ -118,6 +121,9 @@ def run(mode: str, config) -> None:
     indices = [i for i in config.layouts if isinstance(i, int)] or None
     print(models.format_layout_table(
         models.layout_table(config.train.backbone, len(config.train.tasks), indices)))
+    return
+  if mode == "import":
+    print(f"import: {config.checkpoint} -> {imported.import_checkpoint(config)}")
     return
   if mode == "report":
     store = results.Store(pathlib.Path(config.workdir) / "results.jsonl")
