@@ -5,7 +5,9 @@
 On the small multi-head conv net of :mod:`mtajax.testing` (batch 8) it prints, per input size and
 number of heads:
 * the step time of each direction relative to ``total`` (one direction evaluation = forward +
-  input-gradient backward);
+  input-gradient backward); the balancers (mgda ... nash_mtl) need T pullbacks like
+  ``sign_total (loop)``; their per-image T×T work alone (weights from the batch's Gram matrices)
+  is timed as ``<rule>: T×T weights only``;
 * the time of a full 10-step GB-MTA PGD relative to 10x (forward + backward), for the loop forms
   ``lax.scan`` rolled, ``lax.scan`` unrolled and a Python loop of jitted steps, for the L2 threat
   model, and for 10-step APGD (reference and AutoAttack variants).
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 
 import mtajax  # noqa: F401  (applies the XLA:CPU workaround before JAX starts)
 from mtajax import attacks
+from mtajax import balancing
 from mtajax import directions as D
 from mtajax import testing
 from mtajax.attacks import common
@@ -51,10 +54,17 @@ def _interleaved(variants: dict, repeats: int) -> dict[str, float]:
 def direction_costs(x, labels, repeats):
   dirs = {"total": D.total(), "single_normal": D.single("normal"), "gbmta (log)": D.gbmta(),
           "gbmta (per-task)": D.gbmta(method="per_task"), "sign_total (loop)": D.sign_total(),
-          "sign_total (vmap)": D.sign_total("vmap")}
+          "sign_total (vmap)": D.sign_total("vmap"),
+          **{n: D.by_name(n) for n in ("mgda", "pcgrad", "imtl_g", "cagrad", "nash_mtl")}}
   fns = {k: jax.jit(lambda x_, d=d: d(testing.loss_fn, x_, labels)[0]) for k, d in dirs.items()}
   fns["forward only"] = jax.jit(lambda x_: testing.loss_fn(x_, labels))
-  return _interleaved({k: (lambda f=f: f(x)) for k, f in fns.items()}, repeats)
+  variants = {k: (lambda f=f: f(x)) for k, f in fns.items()}
+  grads, _ = D.per_task_grads(testing.loss_fn, x, labels)
+  grams = jax.vmap(balancing.gram, in_axes=1)(grads)  # (B, T, T), the balancers' only input
+  for name, rule in balancing.RULES.items():
+    solve = jax.jit(jax.vmap(rule))
+    variants[f"{name}: T×T weights only"] = lambda s=solve: s(grams)
+  return _interleaved(variants, repeats)
 
 
 def loop_costs(x, labels, repeats, steps=10):

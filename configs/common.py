@@ -24,6 +24,8 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   # 'single' expands to single_<task> for every task; Auto-SAGE runs only total and gbmta (spec §5.5).
   c.directions = ("single", "total", "sign_total", "gbmta")
   c.eps = EPS_GRID
+  # Attack losses (mtajax.tasks.attack_losses): 'default' is the training loss; e.g. 'segpgd'.
+  c.attack_losses = ("default",)
   c.num_steps = 10  # spec §14.1: the paper likely used 20 for NYUv2; 10 is the committed default
   c.unroll = ml_collections.config_dict.placeholder(int)  # None: platform default (full on CPU)
   # Skip XLA's backend (LLVM) optimisations for attack-only runs (`attack`/`report` of trained
@@ -38,6 +40,7 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   c.eval_batch_size = 16  # spec §5.6
   c.eval_max_batches = ml_collections.config_dict.placeholder(int)  # None = whole split
   c.report_eps = 8.0
+  c.report_history = False  # True: the report also shows records of earlier configs in the workdir
   c.examples_eps = (4.0, 8.0, 16.0)  # Fig. 6 perturbations
   # Robust evaluation (mtajax.robust): the `robust` mode, and the sweep when `enabled`.
   c.robust = ml_collections.ConfigDict()
@@ -46,6 +49,8 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   c.robust.eps = ml_collections.config_dict.placeholder(tuple)  # None: the grid's eps
   c.robust.threshold = ml_collections.config_dict.placeholder(float)  # stop at s_b >= threshold
   c.robust.seed = 0  # random starts
+  # `import` mode: a TreeMTL / DGBA PyTorch checkpoint (.model / .pth, or an .npz state_dict).
+  c.checkpoint = ml_collections.config_dict.placeholder(str)
   c.advtrain = ml_collections.ConfigDict()  # `advtrain` mode: overrides of train.adv
   c.advtrain.mode = "reference"
   c.advtrain.direction = "gbmta"

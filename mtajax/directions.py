@@ -327,3 +327,7 @@ def by_name(name: str, **options: Any) -> Direction:
 register("total", total)
 register("sign_total", sign_total)
 register("gbmta", gbmta)
+
+
+# The gradient-balancing directions (mgda, pcgrad, imtl_g, cagrad, nash_mtl) register themselves.
+from mtajax import balancing as _balancing  # noqa: E402,F401  pylint: disable=wrong-import-position

@@ -119,6 +119,7 @@ class AttackSpec:
   direction: directions_lib.Direction
   num_steps: int = 10
   options: tuple[tuple[str, Any], ...] = ()
+  attack_loss: str = "default"  # a name of mtajax.tasks.attack_losses
 
   def run(self, loss_fn, x, batch, bounds, eps, baselines, index=None):
     kwargs = dict(self.options)
@@ -139,7 +140,8 @@ def _step(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec):
   forward = functools.partial(predict, state)
   x = batch["image"]
   if spec is not None:
-    loss_fn = tasks_lib.make_loss_fn(forward, tasks, spec.direction.reduction)
+    loss_fn = tasks_lib.make_loss_fn(forward, tasks, spec.direction.reduction,
+                                     attack_loss=spec.attack_loss)
     x = jax.lax.stop_gradient(spec.run(loss_fn, x, batch, bounds, eps, baselines, index))
   preds = forward(x)
   update = tasks_lib.metrics.update(tasks, tasks_lib.metrics.init(tasks), preds, batch)

@@ -1,17 +1,22 @@
 """The results store: one JSON record per (model, attack, direction, ε, config hash).
 
-Records live in a JSON-lines file that is rewritten atomically (temp file + fsync + ``os.replace``)
-on every append, so a run killed at any point leaves either the old or the new file, never a torn
-record; a re-run skips the keys already present.
+Records live in an append-only JSON-lines file: ``add`` appends one line with a single ``write``
+and fsyncs it, holding an exclusive ``fcntl.flock`` on the file only meanwhile. Readers never take
+the lock. A writer first reads what other processes appended since its last read, so two runs on
+one workdir keep each other's records and never store a key twice; a second writer waits for the
+first. A torn last line (a crash mid-write, garbage after a power loss) is dropped with a warning
+and moved to ``<file>.torn``. I/O is O(total): every byte is read once and written once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, BinaryIO, Mapping
+import warnings
 
 
 def digest(value: Any) -> str:
@@ -21,13 +26,14 @@ def digest(value: Any) -> str:
 
 
 def record_key(model: str, attack: str, direction: str | None, eps: float, num_steps: int,
-               config_hash: str) -> str:
-  """The identity of a record."""
-  return digest([model, attack, direction, float(eps), int(num_steps), config_hash])
+               config_hash: str, attack_loss: str = "default") -> str:
+  """The identity of a record (the default attack loss keeps the keys it had before that axis)."""
+  parts = [model, attack, direction, float(eps), int(num_steps), config_hash]
+  return digest(parts if attack_loss == "default" else parts + [attack_loss])
 
 
 class Store:
-  """An append-only, atomically written JSON-lines file of records keyed by ``record['key']``.
+  """An append-only JSON-lines file of records keyed by ``record['key']`` (module docstring).
 
   With ``write=False`` (the non-writing processes of a multi-host run) records are kept in memory
   only.
@@ -37,16 +43,9 @@ class Store:
     self.path = Path(path)
     self.write = write
     self._records: dict[str, dict[str, Any]] = {}
-    if self.path.exists():
-      for i, line in enumerate(self.path.read_text().splitlines(), 1):
-        if not line.strip():
-          continue
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{self.path}:{i} is not valid JSON ({e.msg}); the results file was "
-                           "edited by hand? Fix or remove that line.") from e
-        self._records[record["key"]] = record
+    self._offset = 0  # Bytes of the file parsed so far (always the end of a complete line).
+    self._warned = -1  # Offset of the torn line last warned about.
+    self.refresh()
 
   def __contains__(self, key: str) -> bool:
     return key in self._records
@@ -60,23 +59,95 @@ class Store:
   def records(self) -> list[dict[str, Any]]:
     return list(self._records.values())
 
+  def refresh(self) -> None:
+    """Reads the records other processes appended since the last read (takes no lock)."""
+    if self.path.exists():
+      with open(self.path, "rb") as f:
+        self._read_tail(f)
+
   def add(self, record: Mapping[str, Any]) -> None:
-    """Appends ``record`` (which must carry a new ``key``) and rewrites the file atomically."""
-    if record["key"] in self._records:
-      raise ValueError(f"record {record['key']} is already stored.")
-    self._records[record["key"]] = dict(record)
-    if self.write:
-      write_lines(self.path,
-                  (json.dumps(r, sort_keys=True) for r in self._records.values()))
+    """Appends ``record`` (which must carry a new ``key``) as one fsync'ed line.
+
+    A key another process stored since this store last read the file is kept as stored there
+    (the first record of a key wins) and ``record`` is not written.
+    """
+    key = record["key"]
+    if key in self._records:
+      raise ValueError(f"record {key} is already stored.")
+    if not self.write:
+      self._records[key] = dict(record)
+      return
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    created = not self.path.exists()
+    with open(self.path, "a+b") as f:
+      _lock(f, self.path)
+      try:
+        torn = self._read_tail(f)
+        if torn is not None:  # Nobody is writing (we hold the lock): the line is really torn.
+          _set_aside(f, torn, self.path)
+        if key not in self._records:
+          f.write(line)
+          f.flush()
+          os.fsync(f.fileno())
+          self._offset = f.tell()
+          self._records[key] = dict(record)
+      finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+    if created:
+      _fsync_dir(self.path.parent)
+
+  def _read_tail(self, f: BinaryIO) -> int | None:
+    """Parses the complete lines after the last read; returns the offset of a torn last line."""
+    f.seek(self._offset)
+    lines = f.read().split(b"\n")
+    rest = lines.pop()  # The bytes after the last newline: empty unless the last line is torn.
+    for i, line in enumerate(lines):
+      try:
+        record = json.loads(line) if line.strip() else None
+        if record is not None:
+          self._records.setdefault(record["key"], record)
+      except (ValueError, KeyError, TypeError) as e:
+        if i < len(lines) - 1 or rest:
+          raise ValueError(f"{self.path}: the line at byte {self._offset} is not a record ({e}); "
+                           "was the results file edited by hand? Fix or remove that line.") from e
+        rest = line + b"\n"
+        break
+      self._offset += len(line) + 1
+    if not rest:
+      return None
+    if self._warned != self._offset:
+      self._warned = self._offset
+      warnings.warn(f"{self.path}: ignoring a torn last line at byte {self._offset} ({len(rest)} "
+                    "bytes; a run killed mid-write?). The next write moves it to "
+                    f"{self.path.name}.torn.", stacklevel=3)
+    return self._offset
 
 
-def write_lines(path: Path, lines: Iterable[str]) -> None:
-  """Writes ``lines`` to ``path`` atomically."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  with open(tmp, "w") as f:
-    for line in lines:
-      f.write(line + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+def _lock(f: BinaryIO, path: Path) -> None:
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    print(f"results: waiting for another run writing {path}")
+    fcntl.flock(f, fcntl.LOCK_EX)
+
+
+def _set_aside(f: BinaryIO, offset: int, path: Path) -> None:
+  """Moves the bytes of ``f`` after ``offset`` to ``<path>.torn`` and truncates ``f`` there."""
+  f.seek(offset)
+  torn = f.read()
+  with open(path.with_name(path.name + ".torn"), "ab") as side:
+    side.write(torn + (b"" if torn.endswith(b"\n") else b"\n"))
+    side.flush()
+    os.fsync(side.fileno())
+  f.truncate(offset)
+  f.flush()
+  os.fsync(f.fileno())
+
+
+def _fsync_dir(directory: Path) -> None:
+  fd = os.open(directory, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)

@@ -5,13 +5,16 @@
 Modes: ``sweep`` (the default: train missing models, attack them, robust-evaluate them
 (``config.robust``), write the report), ``robust`` (train missing models, robust-evaluate), ``train``,
 ``attack`` (models must be trained), ``advtrain`` (adversarially train the config's layouts, then
-attack them next to their clean-trained versions), ``report``, ``layouts`` (paper Tables 16/17).
+attack them next to their clean-trained versions), ``report``, ``layouts`` (paper Tables 16/17),
+``import`` (store a TreeMTL / DGBA PyTorch checkpoint, ``--config.checkpoint=PATH``, as the final
+model of its layout, which the other modes then use without training).
 With no arguments it runs the quickstart on the embedded benchmark (``configs/quickstart.py``).
 Bad input exits with status 2 and a one-line ``error:`` message; results already stored are kept.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import sys
@@ -28,17 +31,42 @@ from mtajax import parallel
 from mtajax import results
 from mtajax import robust_sweep
 from mtajax import sweep
+from mtajax.train import imported
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts", "robust")
-sys.path.insert(0, str(ROOT))  # configs/*.py import configs.common
-_CONFIG = config_flags.DEFINE_config_file("config", str(ROOT / "configs" / "quickstart.py"),
-                                          "Run config (ml_collections get_config file).",
-                                          lock_config=True)
+MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts", "import", "robust")
+
+
+def config_path(path: str) -> str:
+  """``path[:arg]`` itself if that file exists, else the file of that name in the installed
+  ``configs`` package (so ``--config configs/quickstart.py`` works from any directory)."""
+  file, sep, arg = path.partition(":")
+  if not pathlib.Path(file).exists():
+    spec = importlib.util.find_spec("configs")
+    shipped = [pathlib.Path(d) / pathlib.Path(file).name
+               for d in (spec.submodule_search_locations or []) if spec] if spec else []
+    file = next((str(p) for p in shipped if p.is_file()), file)
+  return file + sep + arg
+
+
+_CONFIG = None  # The --config flag, defined by `define_config_flag` when run as the main program.
+
+
+def define_config_flag() -> None:
+  """Defines ``--config`` (ml_collections reads the ``--config.KEY`` overrides of ``sys.argv``
+  here already), resolving config names first; bad input: one ``error:`` line, exit status 2."""
+  global _CONFIG
+  sys.argv[1:] = [_resolve_config_arg(a, b) for a, b in zip(sys.argv[1:], sys.argv[:-1])]
+  try:
+    _CONFIG = config_flags.DEFINE_config_file(
+        "config", config_path("configs/quickstart.py"),
+        "Run config (ml_collections get_config file; a path, or configs/NAME.py of the installed "
+        "configs).", lock_config=True)
+  except Exception as e:  # pylint: disable=broad-except
+    _exit_bad_flags(e)
 
 
 def report(config, store: results.Store, examples=None) -> pathlib.Path:
-  """Writes the Markdown report and figures of all stored records."""
+  """Writes the Markdown report and figures of the config's records (all with report_history)."""
   from mtajax import report as report_lib  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(config.workdir)
   saved = workdir / "examples.npz"
@@ -46,11 +74,22 @@ def report(config, store: results.Store, examples=None) -> pathlib.Path:
     _save_examples(saved, examples)
   elif saved.exists():
     examples = _load_examples(saved)
-  records = [r for r in store.records() if r["attack"] == "clean" or r["arp"] is not None]
-  skipped = len(store) - len(records)
+  records = store.records()
+  if not config.report_history:
+    current = sweep.current_keys(config) | {  # and the robust records of the config's models
+        robust_sweep.record_key(config, sweep.train_config(config, layout, adv), eps)
+        for adv in (False, True) for layout in config.layouts
+        for eps in robust_sweep.eps_values(config)}
+    records = [r for r in records if r["key"] in current]
+    if len(records) < len(store):
+      print(f"report: {len(store) - len(records)} records of other configs (another ε grid, "
+            "layout set, step count, ...) are left out; --config.report_history=True adds them.")
+  kept = [r for r in records if r["attack"] == "clean" or r["arp"] is not None]
+  skipped, records = len(records) - len(kept), kept
   if skipped:
     print(f"report: {skipped} records without an ARP are left out (a clean metric is 0: "
           "train the models longer); see their 'note' in results.jsonl.")
+  print(f"report: writing {workdir / 'report'}")
   return report_lib.write_report(records, workdir / "report", eps=config.report_eps,
                                  examples=examples)
 
@@ -79,6 +118,7 @@ def run(mode: str, config) -> None:
   """Runs one mode (see the module docstring)."""
   if mode not in MODES:
     raise ValueError(f"unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+  sweep.validate(config, data=mode not in ("layouts", "report"))
   parallel.initialize(config)
   print(f"mtajax {mode}: workdir {config.workdir}, process {jax.process_index()} of "
         f"{jax.process_count()}, devices {jax.devices()}")
@@ -86,6 +126,9 @@ def run(mode: str, config) -> None:
     indices = [i for i in config.layouts if isinstance(i, int)] or None
     print(models.format_layout_table(
         models.layout_table(config.train.backbone, len(config.train.tasks), indices)))
+    return
+  if mode == "import":
+    print(f"import: {config.checkpoint} -> {imported.import_checkpoint(config)}")
     return
   if mode == "report":
     store = results.Store(pathlib.Path(config.workdir) / "results.jsonl")
@@ -117,7 +160,9 @@ def run(mode: str, config) -> None:
 
 def main(argv: list[str]) -> None:
   if len(argv) > 2:
-    raise app.UsageError(f"expected at most one mode, got {argv[1:]}")
+    print(f"error: expected at most one mode, got {' '.join(argv[1:])}; use one of "
+          f"{', '.join(MODES)}.", file=sys.stderr)
+    sys.exit(2)
   logging.set_verbosity(logging.ERROR)  # Orbax and TFDS log every step at INFO.
   if _CONFIG.value.xla_fast_compile:  # Must precede the backend's start (the first jax.devices()).
     xla_flags = os.environ.get("XLA_FLAGS", "")
@@ -134,17 +179,33 @@ def main(argv: list[str]) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing with a one-line error (e.g. an unknown ``--config.KEY``) and exit status 2."""
+  """absl flag parsing and config loading with a one-line ``error:`` and exit status 2 for a
+  missing or broken config file, an unknown ``--config.KEY`` or a value of the wrong type."""
   try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
+    rest = flags.FLAGS(argv)
+    _CONFIG.value.workdir  # pylint: disable=pointless-statement  (raises if the file failed)
+    return rest
+  except Exception as e:  # pylint: disable=broad-except  (absl, ml_collections, the config file)
+    _exit_bad_flags(e)
+
+
+def _exit_bad_flags(e: Exception) -> None:
+  if isinstance(e, (AttributeError, KeyError)):
     print(f"error: unknown config key {str(e).strip(chr(34))}; see the config file for the keys.",
           file=sys.stderr)
-  except Exception as e:  # pylint: disable=broad-except  (absl raises several flag error types)
-    message = str(e).splitlines()[0] if str(e) else type(e).__name__
-    print(f"error: bad flag or config override: {message}", file=sys.stderr)
+  else:
+    lines = str(e).strip().splitlines() or [type(e).__name__]
+    message = lines[-1].strip() if isinstance(e, OSError) else lines[0]  # The file's own error.
+    print(f"error: bad flag, config file or config override: {message}", file=sys.stderr)
   sys.exit(2)
 
 
+def _resolve_config_arg(arg: str, previous: str) -> str:
+  if arg.startswith("--config="):
+    return "--config=" + config_path(arg[len("--config="):])
+  return config_path(arg) if previous == "--config" else arg
+
+
 if __name__ == "__main__":
+  define_config_flag()
   app.run(main, flags_parser=parse_flags)

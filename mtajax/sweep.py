@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import itertools
 import os
 import time
@@ -30,11 +29,15 @@ from mtajax import models
 from mtajax import parallel
 from mtajax import results
 from mtajax import tasks as tasks_lib
+from mtajax.tasks import attack_losses
 from mtajax.data import pipeline
 from mtajax.data import preprocess
+from mtajax.train import assemble
 from mtajax.train import checkpoint
+from mtajax.train import config as train_config_lib
 from mtajax.train import load
 from mtajax.train import loop
+from mtajax.train import optim
 
 # JAX's compile events: tracing, lowering and the XLA compile (or persistent-cache read).
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
@@ -86,29 +89,39 @@ class Phases:
 PHASES = Phases()
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Rejects invalid run settings with a one-line error naming the key."""
+def validate(config: ml_collections.ConfigDict, data: bool = True) -> None:
+  """Rejects invalid run settings with a one-line error naming the key (``data``: also that the
+  dataset directory exists)."""
   for name in config.attacks:
     attacks.by_name(name)
   for name in config.directions:
     if name != "single":
       directions_lib.by_name(name)
-  for key in ("eps", "examples_eps"):
-    bad = [e for e in getattr(config, key) if not e >= 0]
-    if bad:
-      raise ValueError(f"config.{key} must hold values >= 0; got {bad}.")
-  if not config.report_eps >= 0:
-    raise ValueError(f"config.report_eps must be >= 0; got {config.report_eps}.")
-  for key in ("num_steps", "eval_batch_size"):
-    if getattr(config, key) < 1:
-      raise ValueError(f"config.{key} must be >= 1; got {getattr(config, key)}.")
+  for name in config.attack_losses:
+    attack_losses.get(name)
+  for field in ("eps", "examples_eps", "report_eps"):
+    values = getattr(config, field)
+    values = values if isinstance(values, (tuple, list)) else (values,)
+    bad = [e for e in values if isinstance(e, bool) or not isinstance(e, (int, float)) or
+           not e >= 0]
+    if bad or not values:
+      raise ValueError(f"config.{field} must hold numbers >= 0; got {getattr(config, field)!r}.")
+  t = config.train
+  for field, value in [("num_steps", config.num_steps), ("eval_batch_size", config.eval_batch_size)
+                      ] + [(f"train.{k}", t[k]) for k in (
+                          "num_steps", "batch_size", "eval_batch_size", "eval_every",
+                          "checkpoint_every", "keep_checkpoints", "log_every")]:
+    if not value >= 1:
+      raise ValueError(f"config.{field} must be >= 1; got {value}.")
+  optim.learning_rate(t)  # lr, lr_decay_every, lr_decay_rate
+  assemble.make_tasks(t)  # dataset and task names
   for layout in config.layouts:
     try:
-      models.resolve_layout(layout, len(config.train.tasks))
+      models.resolve_layout(layout, len(t.tasks))
     except ValueError as e:
       raise ValueError(f"config.layouts: invalid layout {layout!r}: {e}") from None
-  if config.train.dataset != "synthetic":
-    data_dir = Path(os.path.expanduser(config.train.data_dir))
+  if data and t.dataset != "synthetic":
+    data_dir = Path(os.path.expanduser(t.data_dir))
     if not data_dir.is_dir():
       raise ValueError(f"dataset directory {data_dir} does not exist; prepare the dataset there or "
                        "set --config.train.data_dir.")
@@ -148,20 +161,26 @@ def model_id(t: ml_collections.ConfigDict) -> str:
 
 def ensure_trained(t: ml_collections.ConfigDict, workdir: Path,
                    mesh: jax.sharding.Mesh | None = None) -> load.LoadedModel:
-  """Trains the model of ``t`` unless its final checkpoint exists (resuming a partial run)."""
+  """The model of ``t`` at step ``t.num_steps``, trained (or trained further) if it is not there.
+
+  A checkpoint of another model (``train.config.identity``) is refused, never overwritten.
+  """
   model_dir = workdir / "models" / model_id(t)
   ckpt = model_dir / "checkpoints"
-  done = False
-  if checkpoint.latest_step(ckpt) is not None:  # A run killed before its first save has none.
-    step, meta = checkpoint.restore_meta(ckpt)
-    if meta["config"] != json.loads(json.dumps(t.to_dict())):
-      raise ValueError(f"{model_dir} holds a model trained with another config (layout "
-                       f"{meta['config'].get('layout')}); use another workdir or delete it.")
-    done = step >= t.num_steps
-  if not done:
+  step = checkpoint.latest_step(ckpt)  # None: no checkpoint (or killed before the first save).
+  if step is not None:
+    train_config_lib.check_same_model(checkpoint.restore_meta(ckpt)[1]["config"], t, model_dir)
+  if step is None or step < t.num_steps:
     print(f"training {model_id(t)} ({t.num_steps} steps)")
     loop.train(t, model_dir, mesh)
-  return load.load_model(ckpt)
+  try:
+    return load.load_model(ckpt, t.num_steps)
+  except ValueError:
+    if step is None or step <= t.num_steps:
+      raise
+    raise ValueError(f"model {model_id(t)} in {model_dir} is trained to {step} steps and its step "
+                     f"{t.num_steps} is not kept; set --config.train.num_steps={step} or use "
+                     "another workdir.") from None
 
 
 @dataclasses.dataclass
@@ -185,14 +204,15 @@ def _batches(config, t) -> Iterator[dict[str, np.ndarray]]:
 
 
 def config_hash(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict) -> str:
-  """Hash of everything besides the record identity that changes a record's numbers."""
-  return results.digest([t.to_dict(), config.eval_split, config.eval_batch_size,
-                         config.eval_max_batches])
+  """Hash of everything besides the record identity that changes a record's numbers: the model
+  (``train.config.identity``), the step count it is trained to and the evaluation data."""
+  return results.digest([train_config_lib.identity(t), t.num_steps, config.eval_split,
+                         config.eval_batch_size, config.eval_max_batches])
 
 
 def _record(target: Target, config, attack: str, direction: str | None, eps: float,
-            num_steps: int, ev: evaluate_lib.Evaluation, clean: dict | None,
-            seconds: float, devices: int) -> dict[str, Any]:
+            ev: evaluate_lib.Evaluation, clean: dict | None,
+            seconds: float, devices: int, attack_loss: str = "default") -> dict[str, Any]:
   t = target.t
   tasks = target.loaded.tasks
   arp, note = None, None
@@ -203,12 +223,12 @@ def _record(target: Target, config, attack: str, direction: str | None, eps: flo
       note = str(e)
   layout = target.loaded.layout
   return {
-      "key": results.record_key(model_id(t), attack, direction, eps, num_steps,
-                                config_hash(config, t)),
+      "key": key(config, t, attack, direction, eps, attack_loss),
       "model": model_id(t), "dataset": t.dataset, "backbone": t.backbone,
       "layout_idx": t.layout if isinstance(t.layout, int) else None, "layout": str(layout),
       "sharing_level": models.sharing_level(layout), "adv_training": adv_label(t),
-      "attack": attack, "direction": direction, "eps": float(eps), "num_steps": int(num_steps),
+      "train_steps": int(t.num_steps), "attack": attack, "direction": direction,
+      "attack_loss": attack_loss, "eps": float(eps), "num_steps": attack_steps(config, attack),
       "tasks": list(t.tasks), "metrics": ev.metrics, "losses": ev.losses,
       "arp": None if arp is None else arp.total,
       "arp_per_task": None if arp is None else dict(arp.per_task), "note": note,
@@ -218,25 +238,51 @@ def _record(target: Target, config, attack: str, direction: str | None, eps: flo
   }
 
 
-def grid(config: ml_collections.ConfigDict) -> list[tuple[str, str, float]]:
-  return [(a, d, e) for a in config.attacks for d in direction_names(config, a)
-          for e in config.eps]
+def grid(config: ml_collections.ConfigDict) -> list[tuple[str, str, str, float]]:
+  return [(a, d, l, e) for a in config.attacks for d in direction_names(config, a)
+          for l in config.attack_losses for e in config.eps]
 
 
-def attack_spec(config, attack: str, direction: str, options: tuple[tuple[str, Any], ...]
-                ) -> tuple[evaluate_lib.AttackSpec, int | None]:
+def attack_steps(config: ml_collections.ConfigDict, attack: str) -> int:
+  return {"clean": 0, "fgsm": 1}.get(attack, config.num_steps)
+
+
+def key(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict, attack: str,
+        direction: str | None, eps: float, attack_loss: str = "default") -> str:
+  """The record key of one cell: model identity and training steps, attack, direction, ε, loss."""
+  return results.record_key(model_id(t), attack, direction, eps, attack_steps(config, attack),
+                            config_hash(config, t), attack_loss)
+
+
+def current_keys(config: ml_collections.ConfigDict) -> set[str]:
+  """The keys of every record this config makes (clean-trained and adversarially trained models)."""
+  configs = [train_config(config, layout, adv) for adv in (False, True)
+             for layout in config.layouts]
+  cells = [("clean", None, 0.0, "default")] + [(a, d, e, l) for a, d, l, e in grid(config)]
+  return {key(config, t, *cell) for t in configs for cell in cells}
+
+
+def _refresh(store: results.Store) -> None:
+  """Reads the cells another run on this workdir stored meanwhile (single-process runs only: the
+  processes of one multi-host run must all see the same cells)."""
+  if jax.process_count() == 1:
+    store.refresh()
+
+
+def attack_spec(config, attack: str, direction: str, options: tuple[tuple[str, Any], ...],
+                loss: str = attack_losses.DEFAULT) -> tuple[evaluate_lib.AttackSpec, int | None]:
   """The evaluation's attack and direction index: with ``config.one_program_per_attack``, FGSM,
-  PGD and APGD run Single-x, Total and GB-MTA through one compiled program
-  (:class:`mtajax.evaluate.Switched`, the direction a traced index); others get their own."""
+  PGD and APGD with the default attack loss run Single-x, Total and GB-MTA through one compiled
+  program (:class:`mtajax.evaluate.Switched`, the direction a traced index); others get their own."""
   d = directions_lib.by_name(direction)
-  if config.one_program_per_attack and attack in ("fgsm", "pgd", "apgd") and (
-      evaluate_lib.switchable(d)):
+  if (config.one_program_per_attack and attack in ("fgsm", "pgd", "apgd")
+      and loss == attack_losses.DEFAULT and evaluate_lib.switchable(d)):
     names = [n for n in direction_names(config, attack)
              if evaluate_lib.switchable(directions_lib.by_name(n))]
     switched = evaluate_lib.Switched(tuple(directions_lib.by_name(n) for n in names))
-    return (evaluate_lib.AttackSpec(attack, switched, config.num_steps, options),
+    return (evaluate_lib.AttackSpec(attack, switched, config.num_steps, options, loss),
             names.index(direction))
-  return evaluate_lib.AttackSpec(attack, d, config.num_steps, options), None
+  return evaluate_lib.AttackSpec(attack, d, config.num_steps, options, loss), None
 
 
 def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
@@ -244,28 +290,30 @@ def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
   """The clean record and every (attack, direction, ε) record of one model, skipping stored ones."""
   t, tasks = target.t, target.loaded.tasks
   devices = 1 if mesh is None else mesh.size
-  h = config_hash(config, t)
-  clean_key = results.record_key(model_id(t), "clean", None, 0.0, 0, h)
+  clean_key = key(config, t, "clean", None, 0.0)
+  _refresh(store)
   if clean_key not in store:
+    bar.write(f"clean evaluation {model_id(t)}")
     start = time.perf_counter()
     ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t), tasks,
                                mesh=mesh)
-    store.add(_record(target, config, "clean", None, 0.0, 0, ev, None,
+    store.add(_record(target, config, "clean", None, 0.0, ev, None,
                       time.perf_counter() - start, devices))
   clean = store.get(clean_key)
   bounds = preprocess.input_bounds()
   options = () if config.unroll is None else (("unroll", config.unroll),)
-  for attack, direction, eps in grid(config):
-    steps = 1 if attack == "fgsm" else config.num_steps
-    if results.record_key(model_id(t), attack, direction, eps, steps, h) not in store:
-      bar.set_postfix_str(f"{model_id(t)} {attack} {direction} eps={eps:g}")
-      spec, index = attack_spec(config, attack, direction, options)
+  for attack, direction, loss, eps in grid(config):
+    _refresh(store)
+    if key(config, t, attack, direction, eps, loss) not in store:
+      bar.set_postfix_str(f"{model_id(t)} {attack} {direction} {loss} eps={eps:g}")
+      bar.write(f"attacking {model_id(t)}: {attack} {direction} {loss} eps={eps:g}")
+      spec, index = attack_spec(config, attack, direction, options, loss)
       start = time.perf_counter()
       ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t), tasks,
                                  spec=spec, eps=eps, bounds=bounds, baselines=clean["losses"],
                                  direction_index=index, mesh=mesh)
-      store.add(_record(target, config, attack, direction, eps, steps, ev, clean,
-                        time.perf_counter() - start, devices))
+      store.add(_record(target, config, attack, direction, eps, ev, clean,
+                        time.perf_counter() - start, devices, loss))
     bar.update(1)
 
 
@@ -308,8 +356,11 @@ def run(config: ml_collections.ConfigDict, *, train_only: bool = False,
         if t.dataset == "synthetic":
           pipeline.prepare(t.dataset, os.path.expanduser(t.data_dir), config=t.data_config)
     parallel.sync("mtajax-sweep-ready")  # Every process read the stored keys before any write.
+  targets = []
   with PHASES("training"):
-    targets = [Target.of(t, ensure_trained(t, workdir, mesh)) for t in configs]
+    for t in configs:
+      targets.append(Target.of(t, ensure_trained(t, workdir, mesh)))
+      release_compiled()
   if train_only:
     return store, targets
   bar = tqdm.tqdm(total=len(targets) * len(grid(config)), desc="attacks", dynamic_ncols=True,
@@ -317,4 +368,16 @@ def run(config: ml_collections.ConfigDict, *, train_only: bool = False,
   with bar, PHASES("attacks"):
     for target in targets:
       evaluate_model(config, target, store, bar, mesh)
+      release_compiled()
   return store, targets
+
+
+def release_compiled() -> None:
+  """Drops every compiled program (a finished model's are never run again).
+
+  The evaluation step is one ``jax.jit`` whose cache keeps each model's programs; every program
+  holds its own memory mappings of machine code (~60 on XLA:CPU), so a sweep of hundreds of
+  programs in one process would exhaust them (``LLVM ERROR: Unable to allocate section memory``).
+  The persistent compilation cache on disk is kept.
+  """
+  jax.clear_caches()

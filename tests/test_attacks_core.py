@@ -15,22 +15,10 @@ from mtajax import directions as D
 from mtajax import models
 from mtajax import tasks as tasks_lib
 from mtajax import testing
-from mtajax.attacks import apgd as apgd_lib
 from mtajax.attacks import common
 from mtajax.train import load
 
-EPS = 8.0
-BOUNDS = (np.array([-104.0, -116.7, -122.7], np.float32),
-          np.array([151.0, 138.3, 132.3], np.float32))
-
-
-@pytest.fixture(scope="module", name="setup")
-def fixture_setup():
-  key = jax.random.PRNGKey(0)
-  params = testing.init(key, 3, width=4)
-  labels = (params, testing.random_labels(key, params, 3, 8))
-  x = jax.random.uniform(key, (3, 8, 8, 3), minval=-100.0, maxval=100.0)
-  return x, labels
+from test_attacks import BOUNDS, EPS, fixture_setup  # noqa: F401  (the shared toy-net fixture)
 
 
 def masked_loss(x, labels):
@@ -337,37 +325,53 @@ def test_l2_attacks_stay_in_the_ball_and_the_box(attack, options, seed):
 # ------------------------------------------------------------------------------------------------
 # Targeted.
 
+def dict_loss(x, labels):
+  """The toy net's losses with labels as a dict (params under 'params'), as targets need."""
+  preds = testing.apply(labels["params"], x)
+  return testing.per_image_losses(preds, {t: labels[t] for t in preds})
+
+
+@pytest.fixture(scope="module", name="dict_setup")
+def fixture_dict_setup(setup):
+  x0, (params, y) = setup
+  targets = {"segment_semantic": jnp.zeros_like(y["segment_semantic"]),
+             "depth_zbuffer": jnp.full_like(y["depth_zbuffer"], 0.5)}
+  return x0, {"params": params, **y}, targets
+
+
 @pytest.mark.parametrize("direction", ["total", "gbmta", "single_depth_zbuffer"])
-@pytest.mark.parametrize("attack", ["pgd", "apgd"])
-def test_targeted_attacks_decrease_every_targeted_loss(attack, direction):
-  model, tasks = small_model()
-  predict, state = models.pure_predict(model)
-  d = D.by_name(direction)
-  loss_fn = tasks_lib.make_loss_fn(functools.partial(predict, state), tasks, d.reduction)
-  batch = small_batch(0)
-  targets = {"depth_zbuffer": np.full_like(batch["depth_zbuffer"], 0.5)}
-  if direction != "single_depth_zbuffer":
-    targets["segment_semantic"] = np.zeros_like(batch["segment_semantic"])
-  out = getattr(attacks, attack)(loss_fn, batch["image"], batch, direction=d, eps=8.0,
-                                 bounds=BOUNDS, num_steps=5, targets=targets)
-  before = loss_fn(jnp.asarray(batch["image"]), {**batch, **targets})
-  after = loss_fn(out.x_adv, {**batch, **targets})
-  for t in targets:
-    assert np.all(np.asarray(after[t]) < np.asarray(before[t])), (t, after[t], before[t])
+@pytest.mark.parametrize("attack", ["fgsm", "pgd", "apgd"])
+def test_targeted_attacks_decrease_every_targeted_loss(dict_setup, attack, direction):
+  x0, labels, targets = dict_setup
+  if direction.startswith("single_"):
+    targets = {"depth_zbuffer": targets["depth_zbuffer"]}
+  kw = {} if attack == "fgsm" else {"num_steps": 5}
+  out = getattr(attacks, attack)(dict_loss, x0, labels, direction=D.by_name(direction), eps=EPS,
+                                 bounds=BOUNDS, targets=targets, **kw)
+  before = dict_loss(x0, {**labels, **targets})
+  after = dict_loss(out.x_adv, {**labels, **targets})
+  for t in targets:  # Every targeted loss decreases (over the batch; per image for one task).
+    assert np.mean(after[t]) < np.mean(before[t]), (t, after[t], before[t])
+    if len(targets) == 1 or direction == "total":
+      assert np.all(np.asarray(after[t]) < np.asarray(before[t])), (t, after[t], before[t])
     np.testing.assert_allclose(out.losses[t][0], before[t], rtol=1e-4)  # Reported in loss units.
-  assert set(out.losses) == set(targets)
+  if direction == "gbmta":  # Per image, the balanced sum of log target losses decreases.
+    log_sum = lambda l: sum(np.log(np.asarray(l[t])) for t in targets)  # pylint: disable=unnecessary-lambda-assignment
+    assert np.all(log_sum(after) < log_sum(before))
+  assert set(out.losses) == set(targets)  # Untargeted tasks are left out.
 
 
-def test_targeted_keep_untargeted_attacks_the_other_tasks():
-  model, tasks = small_model()
-  predict, state = models.pure_predict(model)
-  loss_fn = tasks_lib.make_loss_fn(functools.partial(predict, state), tasks, "image")
-  batch = small_batch(1)
-  targets = {"depth_zbuffer": np.full_like(batch["depth_zbuffer"], 0.5)}
-  out = attacks.pgd(loss_fn, batch["image"], batch, direction=D.gbmta(), eps=8.0, bounds=BOUNDS,
+def test_targeted_keep_untargeted_attacks_the_other_tasks(dict_setup):
+  x0, labels, targets = dict_setup
+  targets = {"depth_zbuffer": targets["depth_zbuffer"]}
+  out = attacks.pgd(dict_loss, x0, labels, direction=D.gbmta(), eps=EPS, bounds=BOUNDS,
                     num_steps=5, targets=targets, keep_untargeted=True)
-  before, after = loss_fn(jnp.asarray(batch["image"]), batch), loss_fn(out.x_adv, batch)
-  assert np.all(np.asarray(after["segment_semantic"]) > np.asarray(before["segment_semantic"]))
+  before, after = dict_loss(x0, labels), dict_loss(out.x_adv, labels)
+  assert set(out.losses) == {"segment_semantic", "normal", "depth_zbuffer"}
+  assert np.mean(np.asarray(after["normal"] - before["normal"])) > 0
+  target_after = dict_loss(out.x_adv, {**labels, **targets})["depth_zbuffer"]
+  assert np.all(np.asarray(target_after) < np.asarray(dict_loss(x0, {**labels, **targets})[
+      "depth_zbuffer"]))
 
 
 def test_target_errors():
@@ -472,7 +476,7 @@ def test_autoattack_apgd_matches_an_eager_transcription_of_fra31(setup, directio
 
 
 def test_autoattack_schedule_matches_its_counter_rule():
-  is_check, window = apgd_lib.autoattack_schedule(100)
+  is_check, window = attacks.autoattack_schedule(100)
   assert list(np.flatnonzero(is_check)[:4]) == [21, 40, 56, 69]  # k = 22, 19, 16, 13, ...
   assert list(window[is_check][:4]) == [22, 19, 16, 13]
 

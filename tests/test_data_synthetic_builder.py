@@ -55,7 +55,7 @@ def test_nyu_like_and_taskonomy_like_views(built, tmp_path):
   five = pipeline.dataset('synthetic', data_dir, 'test', batch_size=4, config=CONFIG)
   b3, b5 = three.batch(0), five.batch(0)
   assert set(b3) == {'image', 'segment_semantic', 'normal', 'normal_mask', 'depth_zbuffer',
-                     'depth_zbuffer_mask'}
+                     'depth_zbuffer_mask', 'example_weight'}  # Evaluation batches are padded.
   assert set(b5) == set(b3) | {'keypoints2d', 'edge_texture'}
   assert b5['image'].shape == (4, 32, 32, 3) and b5['segment_semantic'].dtype == np.int32
   for key in b3:

@@ -1,7 +1,6 @@
 """BranchedModel: tree evaluation, equivalence with chains / a single trunk, init, pure views."""
 
 import collections
-import time
 
 import jax
 import jax.numpy as jnp
@@ -169,17 +168,12 @@ def test_pure_apply_train_and_eval(small):
     apply(params, batch_stats, x, train=True)
 
 
-def test_small_forward_and_input_gradient_is_fast(small):
+def test_small_forward_and_input_gradient_are_finite_and_nonzero(small):
+  # Timings belong in benchmarks/ (the README quotes the measured ones), not in tests.
   predict, state = M.pure_predict(small)
   step = jax.jit(jax.grad(lambda x: sum(jnp.sum(v) for v in predict(state, x).values())))
-  x = _x((8, 64, 64, 3))
-  step(x).block_until_ready()
-  times = []
-  for _ in range(3):
-    start = time.perf_counter()
-    step(x).block_until_ready()
-    times.append(time.perf_counter() - start)
-  assert min(times) < 0.5, times
+  grad = np.asarray(step(_x((8, 64, 64, 3))))
+  assert grad.shape == (8, 64, 64, 3) and np.isfinite(grad).all() and np.abs(grad).max() > 0
 
 
 def test_build_errors():

@@ -1,14 +1,12 @@
-"""The main job: bad inputs fail cleanly, and a sweep killed at random points loses nothing."""
+"""The main job: bad inputs fail cleanly, and a sweep killed in every phase loses nothing."""
 
 import json
 import os
 import pathlib
-import random
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -43,7 +41,25 @@ def _comparable(record: dict) -> dict:
   return {k: v for k, v in record.items() if k != "time_s"}
 
 
-def test_sweep_killed_at_random_points_ends_with_the_same_records(tmp_path):
+PHASES = ("training ", "clean evaluation ", "attacking ", "report: writing ")  # Printed first.
+
+
+def _kill_at(args, cwd, env, marker: str) -> None:
+  """Runs the main job until it prints a line starting with ``marker``, then SIGKILLs it."""
+  proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+  seen = []
+  for line in proc.stdout:
+    seen.append(line.rstrip())
+    if line.startswith(marker):
+      proc.send_signal(signal.SIGKILL)
+      break
+  proc.wait()
+  proc.stdout.close()
+  assert proc.returncode == -signal.SIGKILL, f"never reached {marker!r}: {seen[-5:]}"
+
+
+def test_sweep_killed_in_every_phase_ends_with_the_same_records(tmp_path):
   env = _env(tmp_path / "jax_cache")
   shutil.copytree(ROOT / "configs", tmp_path / "configs")
   done = _run(SMALL + ["--config.workdir=uninterrupted"], tmp_path, env)
@@ -52,21 +68,18 @@ def test_sweep_killed_at_random_points_ends_with_the_same_records(tmp_path):
   assert len(want) == 7  # clean + 2 directions x 2 eps + robust x 2 eps
   assert (tmp_path / "uninterrupted" / "report" / "report.md").exists()
 
-  rng = random.Random(0)
   args = [sys.executable, "-m", "mtajax.run", *SMALL, "--config.workdir=killed"]
-  for _ in range(3):
-    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    time.sleep(rng.uniform(3.0, 15.0))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+  for marker in PHASES:  # Each run resumes what the previous one left, then dies in the next phase.
+    _kill_at(args, tmp_path, env, marker)
   resumed = _run(SMALL + ["--config.workdir=killed"], tmp_path, env)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert "training " not in resumed.stdout  # The model was complete: not trained again.
   got = _records(tmp_path / "killed")
   assert set(got) == set(want)
   for key, record in want.items():  # Same numbers too: training and evaluation are deterministic.
     assert json.dumps(_comparable(got[key]), sort_keys=True) == json.dumps(_comparable(record),
                                                                            sort_keys=True)
+  assert (tmp_path / "killed" / "report" / "report.md").exists()
 
 
 def _config():
@@ -74,9 +87,10 @@ def _config():
 
 
 @pytest.mark.parametrize("change,message", [
-    (lambda c: setattr(c, "eps", (-1.0,)), "eps must hold values >= 0"),
+    (lambda c: setattr(c, "eps", (-1.0,)), "eps must hold numbers >= 0"),
     (lambda c: setattr(c, "attacks", ("cw",)), "unknown attack 'cw'"),
     (lambda c: setattr(c, "directions", ("sum",)), "unknown direction 'sum'"),
+    (lambda c: setattr(c, "attack_losses", ("segpgdd",)), "unknown attack loss 'segpgdd'"),
     (lambda c: setattr(c.train, "tasks", ("segment_semantic", "albedo")), "albedo"),
     (lambda c: setattr(c, "layouts", ("[[{0, 1}], [{0}, {1, 2}]]",)), "layout"),
     (lambda c: setattr(c, "layouts", (51,)), "51"),
@@ -98,14 +112,33 @@ def test_bad_config_values_give_one_line_errors(tmp_path, change, message):
   assert store.read_text() == '{"key": "kept"}\n'  # Existing results untouched.
 
 
-def test_unknown_mode_and_config_key_exit_non_zero_with_one_line(tmp_path):
-  out = _run(["bogus", "--config", f"{ROOT}/configs/quickstart.py:smoke"], tmp_path, os.environ)
-  assert out.returncode == 2 and out.stderr.strip().splitlines()[-1].startswith("error: unknown mode")
-  out = _run(["layouts", "--config", f"{ROOT}/configs/quickstart.py", "--config.nope=1"],
-             tmp_path, os.environ)
-  assert out.returncode == 2
-  assert out.stderr.strip().splitlines() == [
-      "error: unknown config key 'nope'; see the config file for the keys."]
+SMOKE = ["--config", "configs/quickstart.py:smoke"]  # Found from any directory (config_path).
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config.nosuch=1"], "unknown config key 'nosuch'"),
+    (["--config.eps=(-1.0,)"], "config.eps must hold numbers >= 0"),
+    (["--config.eps=abc"], "config.eps must hold numbers >= 0"),
+    (["--config.train.num_steps=abc"], "invalid literal for int"),
+    (["bogus"], "unknown mode 'bogus'"),
+    (["sweep", "train"], "expected at most one mode"),
+    (SMOKE + ["--config.nosuch=1"], "unknown config key 'nosuch'"),
+    (SMOKE + ["--config.train.nosuch=1"], "unknown config key 'nosuch'"),
+    (SMOKE + ["--config.report_eps=-2"], "config.report_eps must hold numbers >= 0"),
+    (SMOKE + ["--config.train.lr=abc"], "could not convert string to float"),
+    (SMOKE + ["--config.train.lr=-1"], "Need lr > 0"),
+    (SMOKE + ["--config.num_steps=0"], "config.num_steps must be >= 1"),
+    (SMOKE + ["attack", "--config.attacks=('cw',)"], "unknown attack 'cw'"),
+    (["--config", "configs/nosuch.py"], "No such file or directory"),
+    (["--config=broken.py"], "invalid syntax"),
+])
+def test_bad_input_to_the_main_job_is_one_error_line_and_status_2(tmp_path, args, message):
+  (tmp_path / "broken.py").write_text("def get_config(:\n")
+  out = _run(args, tmp_path, _env(tmp_path / "cache"))
+  lines = out.stderr.strip().splitlines()
+  assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+  assert lines[0].startswith("error: ") and message in lines[0], lines
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.py"]  # No data, no model.
 
 
 def test_checkpoint_of_another_layout_is_refused(tmp_path):
@@ -115,9 +148,16 @@ def test_checkpoint_of_another_layout_is_refused(tmp_path):
   t2 = sweep.train_config(config, 2)
   sweep.ensure_trained(t2, tmp_path)
   shutil.copytree(tmp_path / "models" / sweep.model_id(t2), tmp_path / "models" / sweep.model_id(t0))
-  with pytest.raises(ValueError, match="another config"):
+  with pytest.raises(ValueError, match="different config"):
     sweep.ensure_trained(t0, tmp_path)
   assert (tmp_path / "models" / sweep.model_id(t0) / "checkpoints").is_dir()  # Nothing deleted.
+
+
+def test_attack_loss_is_part_of_the_key_and_the_default_keeps_old_keys():
+  old = results.digest(["m", "pgd", "gbmta", 8.0, 10, "h"])  # the key before the attack-loss axis
+  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h") == old
+  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h", "default") == old
+  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h", "segpgd") != old
 
 
 def test_store_is_atomic_and_rejects_duplicates(tmp_path):
@@ -136,3 +176,23 @@ def test_model_killed_before_its_first_checkpoint_is_trained_again(tmp_path):
   half_written.mkdir(parents=True)
   loaded = sweep.ensure_trained(t, tmp_path)
   assert loaded.step == t.num_steps
+
+
+@pytest.mark.parametrize("history", [False, True])
+def test_report_shows_the_current_configs_records_unless_history_is_asked(tmp_path, monkeypatch,
+                                                                          history):
+  import mtajax.report  # pylint: disable=g-import-not-at-top
+  config = _config()
+  config.workdir, config.report_history = str(tmp_path), history
+  current = sorted(sweep.current_keys(config))[:3]
+  older = config.copy_and_resolve_references()
+  older.eps, older.train.num_steps = (2.0,), 10  # An earlier ε grid and step count.
+  stale = sorted(sweep.current_keys(older) - set(current))[:2]
+  store = results.Store(tmp_path / "results.jsonl")
+  for key in current + stale:
+    store.add({"key": key, "attack": "pgd", "arp": 1.0})
+  seen = []
+  monkeypatch.setattr(mtajax.report, "write_report",
+                      lambda records, *a, **k: seen.extend(r["key"] for r in records))
+  run.report(config, store)
+  assert sorted(seen) == sorted(current + stale if history else current)

@@ -133,9 +133,9 @@ def test_sigkill_then_resume_gives_identical_params(finished, data_dir, compilat
   assert int(resumed.state["step"]) == NUM_STEPS
   for a, b in zip(_leaves(uninterrupted.state), _leaves(resumed.state)):
     np.testing.assert_array_equal(a, b)  # bit-identical on CPU
-  # Only the resumed steps were logged again; every step is logged at least once.
+  # The killed run's steps after its last checkpoint are dropped: every step is logged once.
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert {r["step"] for r in records if r["split"] == "train"} == set(range(1, NUM_STEPS + 1))
+  assert [r["step"] for r in records if r["split"] == "train"] == list(range(1, NUM_STEPS + 1))
 
 
 def test_load_model_is_usable_by_the_attacks(finished):
@@ -230,6 +230,19 @@ def test_resuming_with_another_config_fails_and_keeps_checkpoints(finished, tmp_
   with pytest.raises(ValueError, match="different config"):
     loop.train(other, copy)
   assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == before
+
+
+def test_metrics_log_drops_a_torn_line_and_steps_after_the_resume_point(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  lines = [{"step": s, "split": "train", "loss": 1.0 / s} for s in (1, 2, 3)]
+  lines.insert(2, {"step": 2, "split": "test", "mIoU": 0.5})
+  path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 4, "spl')
+  assert [r["step"] for r in loop._MetricsLog.read(path)] == [1, 2, 2, 3]  # Torn line skipped.
+  log = loop._MetricsLog(path, start=2)  # Resuming from the step-2 checkpoint.
+  assert loop._MetricsLog.read(path) == lines[:3]
+  log.write([{"step": 3, "split": "train", "loss": 0.5}])
+  assert [r["step"] for r in loop._MetricsLog.read(path)] == [1, 2, 2, 3]
+  assert path.read_text().count("\n") == 4
 
 
 def test_non_finite_loss_is_an_error():

@@ -8,6 +8,7 @@ run in one ``jax.lax.scan``.
 """
 
 from mtajax.attacks.apgd import apgd
+from mtajax.attacks.apgd import autoattack_schedule
 from mtajax.attacks.apgd import checkpoints
 from mtajax.attacks.auto_sage import auto_sage
 from mtajax.attacks.common import AttackResult

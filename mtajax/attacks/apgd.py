@@ -223,11 +223,8 @@ def _apgd(loss_fn, direction, *, x0, labels, eps, step_size, momentum, bounds, k
           targets, x_init, example_weight, num_steps, start, restart_from_best, per_sample,
           keep_untargeted, norm, variant, unroll):
   threat = threat_lib.by_name(norm)
-  clean = common.clean_context(loss_fn, x0, labels)
-
-  def loss_at(k):
-    return common.targeted(common.bind(loss_fn, k, num_steps, clean), targets, direction,
-                           keep_untargeted)
+  loss_at = common.losses_per_step(loss_fn, x0, labels, num_steps, targets, direction,
+                                   keep_untargeted)
 
   x_start = common.start(start, key, x0, eps, bounds, threat, x_init)
   if variant == "autoattack":

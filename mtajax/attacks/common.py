@@ -98,6 +98,18 @@ def targeted(loss_fn, targets: Mapping[str, Array] | None, direction, keep_untar
   return fn
 
 
+def losses_per_step(loss_fn, x0: Array, labels: Any, num_steps: int,
+                    targets: Mapping[str, Array] | None, direction, keep_untargeted: bool
+                    ) -> Callable[[Any], Callable[[Array, Any], dict[str, Array]]]:
+  """``k -> (x, labels) -> losses``: the loss an attack ascends at iteration k (context bound,
+  targets applied)."""
+  clean = clean_context(loss_fn, x0, labels)
+
+  def loss_at(k):
+    return targeted(bind(loss_fn, k, num_steps, clean), targets, direction, keep_untargeted)
+  return loss_at
+
+
 def reported(losses: dict[str, Array], targets, direction) -> dict[str, Array]:
   """Diagnostics in loss units: ``descend`` is an involution, so it maps targeted terms back."""
   if targets is None:

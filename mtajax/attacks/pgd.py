@@ -18,11 +18,8 @@ from mtajax.attacks import threat as threat_lib
 def _pgd(loss_fn, direction, *, x0, labels, eps, step_size, bounds, key, baselines, targets,
          x_init, num_steps, start, return_best, keep_untargeted, norm, unroll):
   threat = threat_lib.by_name(norm)
-  clean = common.clean_context(loss_fn, x0, labels)
-
-  def loss_at(k):
-    return common.targeted(common.bind(loss_fn, k, num_steps, clean), targets, direction,
-                           keep_untargeted)
+  loss_at = common.losses_per_step(loss_fn, x0, labels, num_steps, targets, direction,
+                                   keep_untargeted)
 
   x = common.start(start, key, x0, eps, bounds, threat, x_init)
   state = baselines

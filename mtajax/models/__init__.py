@@ -8,11 +8,12 @@ from mtajax.models.layouts import (Layout, all_shared, coarse_to_fine, enumerate
 from mtajax.models.pure import pure_apply, pure_predict
 from mtajax.models.table import (PAPER_TABLE_INDICES, TRAINED_LAYOUTS, LayoutRow, block_params,
                                  format_layout_table, layout_params, layout_table)
+from mtajax.models.torch_import import MODEL_CLASSES, from_torch, read_checkpoint
 
 __all__ = [
-    "BACKBONES", "BranchedModel", "Layout", "LayoutRow", "PAPER_TABLE_INDICES", "TRAINED_LAYOUTS",
-    "all_shared", "backbone_blocks", "block_params", "build_model", "coarse_mapping",
-    "coarse_to_fine", "enumerate_layouts", "fine_layout", "format_layout_table", "is_independent",
-    "layout_params", "layout_table", "parse_layout", "pure_apply", "pure_predict", "resolve_layout",
-    "sharing_level",
+    "BACKBONES", "BranchedModel", "Layout", "LayoutRow", "MODEL_CLASSES", "PAPER_TABLE_INDICES",
+    "TRAINED_LAYOUTS", "all_shared", "backbone_blocks", "block_params", "build_model", "coarse_mapping",
+    "coarse_to_fine", "enumerate_layouts", "fine_layout", "format_layout_table", "from_torch",
+    "is_independent", "layout_params", "layout_table", "parse_layout", "pure_apply", "pure_predict",
+    "read_checkpoint", "resolve_layout", "sharing_level",
 ]

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-# Backbone convs ~ N(0, 0.01) (reference-spec §8.8).
+# Backbone convs ~ N(0, 0.01) (spec §8.8).
 backbone_init = nnx.initializers.normal(stddev=0.01)
 
 

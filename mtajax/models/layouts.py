@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 TaskSet = frozenset[int]
 Block = tuple[TaskSet, ...]
 
-# Coarse block c expands to fine blocks mapping[c] (reference-spec §8.3).
+# Coarse block c expands to fine blocks mapping[c] (spec §8.3).
 CoarseToFine = tuple[tuple[int, ...], ...]
 
 NUM_COARSE_BLOCKS = 5

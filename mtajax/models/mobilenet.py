@@ -1,4 +1,4 @@
-"""MobileNetV2 backbone (ReLU, output stride 32) as TreeMTL's 32 fine blocks (reference-spec §8.6).
+"""MobileNetV2 backbone (ReLU, output stride 32) as TreeMTL's 32 fine blocks (spec §8.6).
 
 TreeMTL splits the prototxt graph wherever one edge separates it: the first unit of every stage
 (no residual) becomes up to three blocks (expand, depthwise, project), a residual unit stays whole.

@@ -1,4 +1,4 @@
-"""Deeplab-ResNet34 backbone (dilated, output stride 8) as 17 fine blocks (reference-spec §8.4)."""
+"""Deeplab-ResNet34 backbone (dilated, output stride 8) as 17 fine blocks (spec §8.4)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Backbone parameter counts per layout and the paper's layout tables (Tables 16 and 17).
 
 The paper's "#Params (M)" counts the backbone only, with conv weights plus ONE value per BatchNorm
-channel (reference-spec §8.9, Q33); ``count='all'`` counts every parameter (BN scale and bias).
+channel (spec §8.9, Q33); ``count='all'`` counts every parameter (BN scale and bias).
 Block sizes come from the real parameter shapes (``nnx.eval_shape``, nothing is allocated).
 """
 
@@ -27,7 +27,7 @@ PAPER_TABLE_INDICES = {
                       0),
     ("resnet34", 5): (4, 190, 348, 200, 469, 358, 481, 191, 959, 958, 1020, 1043, 1037, 0),
 }
-# Layouts the reference trained and attacked (reference-spec §8.9; MobileNetV2: launch script).
+# Layouts the reference trained and attacked (spec §8.9; MobileNetV2: launch script).
 TRAINED_LAYOUTS = {
     ("resnet34", 3): (0, 2, 4, 5, 9, 10, 11, 14, 17, 21, 23, 26, 28, 33, 34, 35, 36, 38, 39, 41, 42,
                       43, 44, 48, 49),

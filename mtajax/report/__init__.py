@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from mtajax.report import records as rec_lib
 from mtajax.report import robust as robust_lib
+from mtajax.report import study
 from mtajax.report import tables
 from mtajax.report.figures import (figure_arp_vs_eps, figure_examples, figure_per_task,
                                    figure_transfer, save_png)
@@ -156,6 +157,24 @@ def _per_task_caption(records: list[Record], eps: float) -> str:
   return f"Model {label}, {rec_lib.attack_label(attack)}.\n\n"
 
 
+def _study_section(records: list[Record], out_dir: pathlib.Path, prefix: str,
+                   eps: float | None) -> list[str]:
+  try:
+    eps = rec_lib.default_eps(records) if eps is None else eps
+  except MissingData:
+    return []
+  return [f"### Directions × attack losses, ε={eps:g}", "",
+          "ARP (%) of each multi-task direction (GB-MTA, Total and the gradient-balancing rules "
+          "MGDA, PCGrad, IMTL-G, CAGrad, Nash-MTL) with each attack loss (`default` = the "
+          "training loss; SegPGD, CosPGD, SEA's masked CE and JS act on the segmentation head, "
+          "CosPGD also on the others). The strongest per column is bold.", "",
+          _piece(lambda: study.findings(records, eps)),
+          _piece(lambda: study.directions_table(records, eps)),
+          _figure(out_dir, f"{prefix}directions_losses.png",
+                  "Directions × attack losses: mean ARP",
+                  lambda: study.figure_directions(records, eps)), ""]
+
+
 def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
                  eps: float | None = None, attack_for_transfer: str | None = None,
                  examples: Mapping[str, Any] | None = None) -> pathlib.Path:
@@ -185,12 +204,15 @@ def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
   robust_groups = rec_lib.groups(robust)
   for (dataset, backbone, tasks), group in rec_lib.groups(records + robust).items():
     short = [rec_lib.task_label(t) for t in tasks]
-    lines += [f"## {dataset} / {backbone} / {', '.join(short)}", ""]
     prefix = _slug(dataset, backbone, *short) + "_"
+    lines += [f"## {dataset} / {backbone} / {', '.join(short)}", ""]
     grid = [r for r in group if r["attack"] != robust_lib.ROBUST]
     of_group = robust_groups.get((dataset, backbone, tasks), [])
-    lines += _group_section(grid, out_dir, prefix, eps, attack_for_transfer, of_group)
+    lines += _group_section(study.default_loss(grid), out_dir, prefix, eps, attack_for_transfer,
+                            of_group)
     lines += _robust_section(of_group, grid, out_dir, prefix, eps)
+    if study.applies(grid):
+      lines += _study_section(grid, out_dir, prefix, eps)
   if example_fig is not None:
     save_png(example_fig, out_dir / "fig6_examples.png")
     lines += ["## Fig. 6: an image, its adversarial versions and the predictions", "",

@@ -20,7 +20,9 @@ REQUIRED = ("key", "model", "dataset", "backbone", "layout", "sharing_level", "a
 ATTACKS = ("fgsm", "pgd", "apgd", "auto_sage")
 ATTACK_LABELS = {"fgsm": "FGSM", "pgd": "PGD", "apgd": "APGD", "auto_sage": "Auto-SAGE"}
 SHARED_DIRECTIONS = ("total", "sign_total", "gbmta")
-DIRECTION_LABELS = {"total": "Total", "sign_total": "SignTotal", "gbmta": "GB-MTA"}
+DIRECTION_LABELS = {"total": "Total", "sign_total": "SignTotal", "gbmta": "GB-MTA",
+                    "mgda": "MGDA", "pcgrad": "PCGrad", "imtl_g": "IMTL-G", "cagrad": "CAGrad",
+                    "nash_mtl": "Nash-MTL"}
 TASK_LABELS = {"segment_semantic": "Segm", "normal": "Norm", "depth_zbuffer": "Dept",
                "keypoints2d": "Keyp", "edge_texture": "Edge"}
 NO_AT = "none"

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
 import ml_collections
+
+# Keys that say how far and how visibly to run, not which model: a checkpoint, a resume and a
+# result record stay valid when they change (a model trained longer gets new records, through the
+# step count it was trained to; see `identity`).
+RUN_ONLY_KEYS = ("num_steps", "data_dir", "progress_bar", "log_every", "eval_every", "eval_split",
+                 "eval_batch_size", "eval_max_batches", "checkpoint_every", "keep_checkpoints")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -39,6 +49,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 200
   c.keep_checkpoints = 3
   c.progress_bar = True
+  c.log_every = 50  # metrics.jsonl gets every step's losses, fetched from the device every N steps
   # Adversarial training (spec §10): 'none' | 'reference' (I-FGSM) | 'fat' (early-stopped PGD).
   c.adv = ml_collections.ConfigDict()
   c.adv.mode = "none"
@@ -58,3 +69,23 @@ def fat_config() -> ml_collections.ConfigDict:
   c.adv.mode = "fat"
   c.adv.num_steps = 20
   return c
+
+
+def identity(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+  """What defines a trained model: the training config (JSON form) minus ``RUN_ONLY_KEYS``.
+
+  The one definition used by the sweep (is this model trained?), the train loop's resume check
+  and the results' record keys (together with the step count the model was trained to).
+  """
+  values = json.loads(config.to_json() if hasattr(config, "to_json") else json.dumps(config))
+  return {k: v for k, v in values.items() if k not in RUN_ONLY_KEYS}
+
+
+def check_same_model(saved: Mapping[str, Any], config: ml_collections.ConfigDict,
+                     directory: str | Path) -> None:
+  """Raises if ``directory`` holds checkpoints of another model than ``config`` trains."""
+  now, before = identity(config), identity(saved)
+  diff = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+  if diff:
+    raise ValueError(f"{directory} holds a model trained with a different config (fields {diff}); "
+                     "use another workdir or the saved config.")

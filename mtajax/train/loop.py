@@ -1,9 +1,11 @@
 """Train loop: resumable training with periodic evaluation, JSON-lines metrics and a progress bar.
 
-``train(config, workdir)`` writes ``workdir/metrics.jsonl`` (one JSON object per logged event) and
-Orbax checkpoints to ``workdir/checkpoints``. If that folder already holds a checkpoint, training
-resumes from the latest complete one (same config required) and reaches the same parameters as an
-uninterrupted run: batches are a pure function of (seed, step) and the PRNG key is checkpointed.
+``train(config, workdir)`` writes ``workdir/metrics.jsonl`` (one JSON object per train step and per
+evaluation; the step losses are fetched from the device every ``config.log_every`` steps, so there
+is no host sync per step) and Orbax checkpoints to ``workdir/checkpoints``. If that folder already
+holds a checkpoint, training resumes from the latest complete one (same model required:
+``config.identity``) and reaches the same parameters as an uninterrupted run: batches are a pure
+function of (seed, step) and the PRNG key is checkpointed. A resumed run logs each step once.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from mtajax.data import pipeline
 from mtajax.tasks import base
 from mtajax.train import assemble
 from mtajax.train import checkpoint
+from mtajax.train import config as config_lib
 from mtajax.train import optim
 from mtajax.train import step as step_lib
 
@@ -51,16 +54,38 @@ def _predict(apply: step_lib.Apply, state: tuple[Any, Any], x: jax.Array) -> dic
 
 
 class _MetricsLog:
-  """Appends JSON lines to ``workdir/metrics.jsonl`` (process 0 only)."""
+  """``workdir/metrics.jsonl`` (process 0 only): one JSON line per logged event.
 
-  def __init__(self, path: Path):
+  On resume from checkpoint step ``start`` the records after ``start`` (logged by the killed run,
+  about to be logged again) and a torn last line are dropped, once, by an atomic rewrite.
+  """
+
+  def __init__(self, path: Path, start: int):
     self.path = path
-
-  def write(self, record: dict[str, Any]) -> None:
-    if not parallel.is_writer():
+    if not (parallel.is_writer() and path.exists()):
       return
-    with self.path.open("a") as f:
-      f.write(json.dumps(record) + "\n")
+    records = self.read(path)
+    kept = [r for r in records if r.get("step", 0) <= start]
+    if len(kept) < len(path.read_text().splitlines()):
+      tmp = path.with_name(path.name + ".tmp")
+      tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+      os.replace(tmp, path)
+
+  @staticmethod
+  def read(path: Path) -> list[dict[str, Any]]:
+    """The records of a metrics file, without a torn line (a run killed mid-write)."""
+    records = []
+    for line in path.read_text().splitlines():
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+    return records
+
+  def write(self, records: list[dict[str, Any]]) -> None:
+    if records and parallel.is_writer():
+      with self.path.open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
 
 
 def _check_finite(step: int, values: dict[str, float]) -> None:
@@ -76,18 +101,6 @@ def _meta(config: ml_collections.ConfigDict, layout: models.Layout, step: int,
           "class_weights": None if class_weights is None else class_weights.tolist()}
 
 
-def _check_resume(saved: dict[str, Any], config: ml_collections.ConfigDict,
-                  directory: Path) -> None:
-  ignored = {"num_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "progress_bar",
-             "eval_max_batches", "data_dir"}
-  now = json.loads(config.to_json())
-  diff = sorted(k for k in set(now) | set(saved["config"])
-                if k not in ignored and now.get(k) != saved["config"].get(k))
-  if diff:
-    raise ValueError(f"{directory} holds checkpoints of a different config (fields {diff}); use a "
-                     "new workdir or the saved config.")
-
-
 def train(config: ml_collections.ConfigDict, workdir: str | Path,
           mesh: jax.sharding.Mesh | None = None) -> TrainResult:
   """Trains (or resumes training) per ``config`` in ``workdir``; see the module docstring.
@@ -97,6 +110,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
   checkpoints collectively and only process 0 writes ``metrics.jsonl``.
   """
   workdir = Path(workdir)
+  if config.log_every < 1:
+    raise ValueError(f"config.log_every must be >= 1; got {config.log_every}.")
   if parallel.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)
   ckpt_dir = workdir / "checkpoints"
@@ -118,14 +133,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
   start = 0
   if checkpoint.latest_step(ckpt_dir) is not None:
     start, saved = checkpoint.restore_meta(ckpt_dir)
-    _check_resume(saved, config, ckpt_dir)
+    config_lib.check_same_model(saved["config"], config, ckpt_dir)
     state = checkpoint.restore_state(ckpt_dir, start, state)
   if mesh is not None:
     state = parallel.replicate(state, mesh)
 
   train_step = step_lib.make_train_step(apply, tasks, optimizer, config)
   predict = functools.partial(_predict, apply)  # One function object: evaluation compiles once.
-  log = _MetricsLog(workdir / "metrics.jsonl")
+  log = _MetricsLog(workdir / "metrics.jsonl", start)
   lr = optim.learning_rate(config)
   eval_metrics: dict[str, dict[str, float]] = {}
   batches = train_loader.iterate(start)
@@ -134,24 +149,40 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
   bar = tqdm.tqdm(total=config.num_steps, initial=start,
                   disable=not (config.progress_bar and parallel.is_writer()),
                   desc="train", dynamic_ncols=True)
+  pending: list[tuple[int, Any]] = []  # (step, device values) not yet fetched: no sync per step.
+
+  def flush() -> None:
+    """Fetches the pending steps' losses in one transfer, checks and logs them."""
+    fetched = jax.device_get([v for _, v in pending])
+    records = []
+    for (step, _), values in zip(pending, fetched):
+      values = {k: float(v) for k, v in values.items()}
+      _check_finite(step, values)
+      records.append({"step": step + 1, "split": "train", "lr": float(lr(step)), **values})
+    pending.clear()
+    if records:
+      bar.set_postfix(loss=f"{records[-1]['loss']:.4f}")
+      log.write(records)
+
   try:
     for step in range(start, config.num_steps):
       batch = next(batches)
       if mesh is not None:
         batch = parallel.shard_batch(batch, mesh)
       state, values = train_step(state, batch)
-      values = {k: float(v) for k, v in jax.device_get(values).items()}
-      _check_finite(step, values)
+      pending.append((step, values))
       done = step + 1
       bar.update(1)
-      bar.set_postfix(loss=f"{values['loss']:.4f}")
-      log.write({"step": done, "split": "train", "lr": float(lr(step)), **values})
-      if done % config.eval_every == 0 or done == config.num_steps:
+      evaluate = done % config.eval_every == 0 or done == config.num_steps
+      save = done % config.checkpoint_every == 0 or done == config.num_steps
+      if evaluate or save or done % config.log_every == 0:
+        flush()  # Before a save too: a non-finite loss is never checkpointed.
+      if evaluate:
         eval_metrics = evaluate_lib.evaluate(
             predict, (state["params"], state["batch_stats"]),
             itertools.islice(eval_loader, config.eval_max_batches), tasks, mesh=mesh).metrics
-        log.write({"step": done, "split": config.eval_split, **eval_metrics})
-      if done % config.checkpoint_every == 0 or done == config.num_steps:
+        log.write([{"step": done, "split": config.eval_split, **eval_metrics}])
+      if save:
         checkpointer.save(done, state, _meta(config, layout, done, train_loader.class_weights))
   finally:
     bar.close()

@@ -1,0 +1,201 @@
+"""Attack losses against NumPy transcriptions of their papers on hand-made predictions."""
+
+import functools
+import types
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.spatial import distance
+
+from mtajax import attacks
+from mtajax import directions
+from mtajax import tasks
+from mtajax import testing
+from mtajax.tasks import attack_losses as AL
+
+RNG = np.random.default_rng(0)
+B, H, W, C = 2, 3, 4, 5
+LOGITS = RNG.normal(size=(B, H, W, C)).astype(np.float32) * 2
+CLEAN = RNG.normal(size=(B, H, W, C)).astype(np.float32)
+LABELS = RNG.integers(0, C, size=(B, H, W)).astype(np.int32)
+LABELS[0, 0, :2] = 255
+LABELS[1, 1, 1] = int(np.argmax(LOGITS[1, 1, 1]))  # at least one correct pixel
+CLASS_W = (0.5, 1.0, 2.0, 1.5, 0.25)
+
+
+class Ctx(NamedTuple):
+  step: Any
+  num_steps: int
+  clean: Any
+
+
+def seg(class_weights=None):
+  return tasks.Segmentation(channels=C, class_weights=class_weights)
+
+
+def np_seg_terms(class_weights):
+  valid = LABELS != 255
+  y = np.where(valid, LABELS, 0)
+  z = LOGITS.astype(np.float64)
+  logp = z - z.max(-1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+  ce = -np.take_along_axis(logp, y[..., None], -1)[..., 0]
+  cw = np.ones(C) if class_weights is None else np.asarray(class_weights)
+  den = valid * cw[y]
+  correct = (z.argmax(-1) == y).astype(np.float64)
+  return y, np.exp(logp), ce, den, correct
+
+
+def run(name, task, pred, batch, ctx):
+  num, den = AL.get(name)(task, jnp.asarray(pred), batch, ctx)
+  return np.asarray(num, np.float64), np.asarray(den, np.float64)
+
+
+@pytest.mark.parametrize("class_weights", [None, CLASS_W])
+@pytest.mark.parametrize("step", [0, 3, 9])
+def test_segmentation_losses_against_numpy(class_weights, step):
+  task, batch = seg(class_weights), {"segment_semantic": jnp.asarray(LABELS)}
+  ctx = Ctx(jnp.int32(step), 10, {"segment_semantic": jnp.asarray(CLEAN)})
+  y, p, ce, den, correct = np_seg_terms(class_weights)
+  lam = step / 20  # SegPGD: (t - 1) / (2T) with t = step + 1, T = 10
+  cos = np.take_along_axis(p, y[..., None], -1)[..., 0] / np.linalg.norm(p, axis=-1)
+  q = np.exp(CLEAN - CLEAN.max(-1, keepdims=True))
+  q /= q.sum(-1, keepdims=True)
+  js_clean = np.array([[[distance.jensenshannon(p[b, i, j], q[b, i, j]) ** 2 for j in range(W)]
+                        for i in range(H)] for b in range(B)])
+  onehot = np.eye(C)[y]
+  js_label = np.array([[[distance.jensenshannon(p[b, i, j], onehot[b, i, j]) ** 2
+                         for j in range(W)] for i in range(H)] for b in range(B)])
+  want = {
+      "default": ce * den,
+      "segpgd": ce * den * ((1 - lam) * correct + lam * (1 - correct)),
+      "cospgd": ce * den * cos,
+      "masked_ce": ce * den * correct,
+      "js": js_clean * den,
+      "js_label": js_label * den,
+  }
+  for name, num in want.items():
+    got_num, got_den = run(name, task, LOGITS, batch, ctx)
+    np.testing.assert_allclose(got_num, num, rtol=2e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(got_den, den, rtol=1e-6, err_msg=name)
+
+
+def test_segpgd_step_is_traced_from_the_attack_loop():
+  task, batch = seg(), {"segment_semantic": jnp.asarray(LABELS)}
+  f = jax.jit(lambda s: AL.segpgd(task, jnp.asarray(LOGITS), batch, Ctx(s, 10, None))[0].sum())
+  values = [float(f(jnp.int32(s))) for s in range(3)]
+  assert values[0] != values[1] != values[2]
+
+
+def test_cospgd_regression_weights_against_numpy():
+  normals = RNG.normal(size=(B, H, W, 3)).astype(np.float32)
+  pred_n = RNG.normal(size=(B, H, W, 3)).astype(np.float32)
+  normals[1, 2, 3] = 255.0  # invalid
+  task_n = tasks.Normal(label_encoding="unit")
+  got, _ = run("cospgd", task_n, pred_n, {"normal": jnp.asarray(normals)}, None)
+  unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+  cos = np.sum(unit(pred_n.astype(np.float64)) * unit(normals.astype(np.float64)), -1)
+  valid = normals.max(-1) < 255
+  np.testing.assert_allclose(got, valid * (1 - cos) * (1 + cos) / 2, rtol=1e-5, atol=1e-6)
+
+  depth = RNG.uniform(1, 5, size=(B, H, W)).astype(np.float32)
+  depth[0] = 0.0  # image 0 has no valid pixel (depth <= min_depth)
+  pred_d = RNG.uniform(0, 6, size=(B, H, W, 1)).astype(np.float32)
+  got, _ = run("cospgd", tasks.Depth(), pred_d, {"depth_zbuffer": jnp.asarray(depth)}, None)
+  err = np.abs(pred_d[..., 0] - depth) * (depth > 3e-5)
+  mean = err[1].sum() / (depth[1] > 3e-5).sum()
+  np.testing.assert_allclose(got[1], err[1] * mean / (mean + err[1]), rtol=1e-5)
+  np.testing.assert_array_equal(got[0], 0.0)
+
+
+def _all_invalid_cases():
+  """(loss name, task, pred, batch) with image 0 carrying no valid pixel."""
+  seg_labels = LABELS.copy()
+  seg_labels[0] = 255
+  normals = RNG.normal(size=(B, H, W, 3)).astype(np.float32)
+  normals[0] = 255.0
+  keypoints = RNG.uniform(size=(B, H, W)).astype(np.float32)
+  keypoints[0] = 255.0
+  regression = [(tasks.Normal(label_encoding="unit"), {"normal": normals}, 3),
+                (tasks.MaskedL1(name="keypoints2d"), {"keypoints2d": keypoints}, 1)]
+  cases = [(n, seg(CLASS_W), LOGITS, {"segment_semantic": seg_labels}) for n in AL.names()]
+  for task, batch, ch in regression:
+    pred = RNG.normal(size=(B, H, W, ch)).astype(np.float32)
+    cases += [(n, task, pred, batch) for n in ("default", "cospgd")]
+  return cases
+
+
+@pytest.mark.parametrize("case", _all_invalid_cases(), ids=lambda c: f"{c[0]}-{c[1].name}")
+def test_finite_and_differentiable_without_valid_pixels(case):
+  name, task, pred, batch = case
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  ctx = Ctx(jnp.int32(2), 5, {task.name: jnp.asarray(pred) + 0.5})
+
+  def loss(p):
+    num, den = AL.get(name)(task, p, batch, ctx)
+    return tasks.base.safe_divide(num.sum((1, 2)), den.sum((1, 2)))
+  value = np.asarray(loss(jnp.asarray(pred)))
+  grad = np.asarray(jax.grad(lambda p: loss(p).sum())(jnp.asarray(pred)))
+  assert np.all(np.isfinite(value)) and np.all(np.isfinite(grad))
+  assert value[0] == 0 and np.all(grad[0] == 0)
+  assert np.any(grad[1] != 0)
+
+
+def test_errors_name_the_fix():
+  with pytest.raises(ValueError, match="unknown attack loss 'nope'; use one of"):
+    AL.get("nope")
+  with pytest.raises(ValueError, match="'cospgd' supports Segmentation, Normal, L1Task tasks, "
+                     "not 'mine'"):
+    AL.cospgd(types.SimpleNamespace(name="mine"), None, None, None)
+
+
+@pytest.mark.parametrize("name", ["segpgd", "masked_ce", "js", "js_label"])
+def test_segmentation_losses_use_the_task_loss_elsewhere(name):
+  task = tasks.Normal(label_encoding="unit")
+  pred = jnp.asarray(RNG.normal(size=(B, H, W, 3)), jnp.float32)
+  batch = {"normal": jnp.asarray(RNG.normal(size=(B, H, W, 3)), jnp.float32)}
+  got = AL.get(name)(task, pred, batch, Ctx(jnp.int32(1), 4, {"normal": pred}))
+  want = task.pixel_loss(pred, batch)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(got[1], want[1])
+  with pytest.raises(ValueError, match="needs the clean predictions"):
+    AL.js(seg(), jnp.asarray(LOGITS), {"segment_semantic": jnp.asarray(LABELS)}, None)
+
+
+def test_registry_is_open():
+  AL.register("half", lambda task, pred, batch, ctx: tuple(0.5 * v for v in
+                                                           task.pixel_loss(pred, batch)))
+  assert "half" in AL.names()
+  batch = {"segment_semantic": jnp.asarray(LABELS)}
+  got = AL.get("half")(seg(), jnp.asarray(LOGITS), batch, None)
+  want = AL.get("default")(seg(), jnp.asarray(LOGITS), batch, None)
+  np.testing.assert_allclose(got[0], 0.5 * want[0])
+  AL._REGISTRY.pop("half")  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("name", ["segpgd", "cospgd", "masked_ce", "js"])
+def test_attack_losses_inside_pgd_see_the_loop_context(name):
+  """make_loss_fn(attack_loss=...) inside PGD: the attack gets step and clean predictions."""
+  key = jax.random.PRNGKey(0)
+  params = testing.init(key, 3, width=4)
+  labels = testing.random_labels(key, params, 2, 16)
+  labels["segment_semantic"] = labels["segment_semantic"].astype(jnp.int32)
+  task_list = (tasks.Segmentation(channels=testing.TASK_CHANNELS["segment_semantic"]),
+               tasks.Normal(label_encoding="unit"), tasks.Depth(min_depth=-1.0))
+  loss_fn = tasks.make_loss_fn(functools.partial(testing.apply, params), task_list, "image",
+                               attack_loss=name)
+  x = jax.random.uniform(key, (2, 16, 16, 3), minval=-100.0, maxval=100.0)
+  result = attacks.pgd(loss_fn, x, labels, direction=directions.gbmta(), eps=8.0,
+                       bounds=(-128.0, 128.0), num_steps=3)
+  delta = np.asarray(result.x_adv - x)
+  assert np.all(np.isfinite(delta)) and 0 < np.abs(delta).max() <= 8.0
+  assert np.all(np.isfinite(np.asarray(result.objective)))
+  # The loss at x0 with the attack's context equals the registry entry reduced per image.
+  ctx = Ctx(jnp.int32(2), 3, loss_fn.init_context(x, labels))
+  seg = task_list[0]
+  num, den = AL.get(name)(seg, testing.apply(params, x)[seg.name], labels, ctx)
+  want = np.asarray(tasks.base.safe_divide(num.sum((1, 2)), den.sum((1, 2))))
+  np.testing.assert_allclose(loss_fn(x, labels, context=ctx)[seg.name], want, rtol=1e-5)

@@ -1,0 +1,368 @@
+"""``from_torch``: TreeMTL / MTLAttack-DGBA PyTorch checkpoints as mtajax models.
+
+The reference is TreeMTL commit 70d26aafb60031d267812b3a9bb4c4bde87e01a4
+(github.com/zhanglijun95/TreeMTL; the repository has no licence file, so none of its code is in
+mtajax). ``tests/torch_reference/treemtl.py`` is mtajax's own PyTorch transcription of its
+``Deeplab_ASPP_Layout`` and ``MTSeqModel`` (same modules, forward pass and state_dict keys);
+``tests/torch_reference/check_treemtl.py`` checked it against a clone of that commit (identical
+keys, key order, shapes and outputs for AS, IND and layout 5 of both backbones) and wrote
+``keys_layout5.json.gz``, TreeMTL's own key names and shapes.
+
+Without torch (the CI path unless torch is installed) the tests check the conversion against those
+key names and shapes, the error messages, the restricted pickle loader on a checkpoint written by
+``torch.save`` (``tiny_checkpoint.model``) and on crafted pickles, and the ``import`` command.
+With torch they also build the transcription with random weights and random BatchNorm statistics
+and compare every head's eval output and input gradients with mtajax's.
+"""
+
+import functools
+import gzip
+import json
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import zipfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtajax import models
+from mtajax.models import torch_import
+from mtajax.models import torch_pickle
+
+HERE = pathlib.Path(__file__).resolve().parent
+REFERENCE = HERE / "torch_reference"
+ROOT = HERE.parent
+TASKS = {"segment_semantic": 5, "normal": 3, "depth_zbuffer": 1}
+PROTOTXT = {"resnet34": "deeplab_resnet34_adashare", "mobilenetv2": "mobilenetv2"}
+
+
+@functools.cache
+def _golden_keys():
+  return json.loads(gzip.decompress((REFERENCE / "keys_layout5.json.gz").read_bytes()))
+
+
+def _golden_state(name: str) -> dict[str, np.ndarray]:
+  """TreeMTL's layout-5 keys and shapes with zero values (int64 for ``num_batches_tracked``)."""
+  return {k: np.zeros(s, np.int64 if k.endswith("num_batches_tracked") else np.float32)
+          for k, s in _golden_keys()[name]}
+
+
+# -- the restricted loader -----------------------------------------------------------------------
+
+def test_loader_reads_a_treemtl_checkpoint_written_by_torch():
+  ckpt = torch_pickle.load(REFERENCE / "tiny_checkpoint.model")
+  sd = ckpt["state_dict"]
+  assert list(sd) == ["conv.weight", "conv.bias", "bn.num_batches_tracked", "view", "view2",
+                      "half", "mask"]
+  np.testing.assert_array_equal(sd["conv.weight"],
+                                np.arange(54, dtype=np.float32).reshape(3, 2, 3, 3) / 10)
+  np.testing.assert_array_equal(sd["conv.bias"], [-1.0, 0.5, 2.0])
+  assert sd["bn.num_batches_tracked"].dtype == np.int64 and sd["bn.num_batches_tracked"] == 7
+  np.testing.assert_array_equal(sd["view"], [1.0, 4.0, 7.0])  # offset 1, stride 3
+  np.testing.assert_array_equal(sd["view2"], np.arange(10.0).reshape(2, 5).T)  # transposed view
+  assert sd["half"].dtype == np.float16 and sd["mask"].dtype == np.bool_
+  assert ckpt["iter"] == 20000 and ckpt["scheduler"]["step_size"] == 4000
+  assert isinstance(ckpt["layout"], torch_pickle.PickledLayout)
+  assert ckpt["layout"].state == [[{0, 1}], [{0}, {1}]]
+  assert set(ckpt["optimizer"]["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
+  read = models.read_checkpoint(REFERENCE / "tiny_checkpoint.model")
+  assert read.layout == models.Layout([[{0, 1}], [{0}, {1}]]) and "view" in read.state_dict
+
+
+class _RunsCode:
+  """Unpickling this calls os.system (or exec) with a command that creates ``marker``."""
+
+  def __init__(self, marker: pathlib.Path, how: str):
+    self.marker, self.how = marker, how
+
+  def __reduce__(self):
+    if self.how == "system":
+      return os.system, (f"touch {self.marker}",)
+    return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+def _torch_like_zip(path: pathlib.Path, payload) -> pathlib.Path:
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", pickle.dumps(payload, protocol=2))
+    z.writestr("archive/byteorder", "little")
+  return path
+
+
+@pytest.mark.parametrize("how", ["system", "exec"])
+def test_crafted_pickle_is_refused_and_nothing_runs(tmp_path, how):
+  marker = tmp_path / "pwned"
+  evil = _torch_like_zip(tmp_path / "evil.pth", {"state_dict": {"w": _RunsCode(marker, how)}})
+  for load in (torch_pickle.load, lambda p: models.from_torch(p, "resnet34", TASKS, 0)):
+    with pytest.raises(ValueError, match=r"Refusing to load .*evil.pth: it references "
+                       r"(posix\.system|__builtin__\.exec)") as e:
+      load(evil)
+    assert "\n" not in str(e.value)
+  plain = tmp_path / "plain.pkl"
+  plain.write_bytes(pickle.dumps(_RunsCode(marker, how)))
+  with pytest.raises(ValueError, match="not a zip-format PyTorch file"):
+    torch_pickle.load(plain)
+  assert not marker.exists()
+
+
+def test_loader_errors_are_one_line(tmp_path):
+  with pytest.raises(ValueError, match="No PyTorch checkpoint at"):
+    torch_pickle.load(tmp_path / "missing.pth")
+  with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+    z.writestr("a.txt", "x")
+  with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
+    torch_pickle.load(tmp_path / "other.zip")
+  # A tensor storage of 4 floats: ('storage', torch.FloatStorage, '0', 'cpu', 4), hand-assembled.
+  pid = (b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000"
+         b"X\x03\x00\x00\x00cpuK\x04tQ.")
+  for name, data, message in (("absent.pth", None, "storage 0 is missing"),
+                              ("short.pth", np.zeros(2, "<f4").tobytes(), "holds 2 of 4 values")):
+    with zipfile.ZipFile(tmp_path / name, "w") as z:
+      z.writestr("archive/data.pkl", pid)
+      if data is not None:
+        z.writestr("archive/data/0", data)
+    with pytest.raises(ValueError, match=message):
+      torch_pickle.load(tmp_path / name)
+
+
+def test_numpy_path_does_not_import_torch():
+  code = ("import sys, mtajax.models as m; "
+          f"c = m.read_checkpoint({str(REFERENCE / 'tiny_checkpoint.model')!r}); "
+          "assert c.layout is not None; assert 'torch' not in sys.modules, 'torch imported'")
+  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+  assert done.returncode == 0, done.stderr[-1000:]
+
+
+# -- key mapping against TreeMTL's key names (no torch needed) -----------------------------------
+
+# (golden key, BranchedModel path, is a conv kernel): copy K of layout 5 -> (block, group).
+_PROBES = {
+    "resnet34/Deeplab_ASPP_Layout": [
+        ("backbone.mtl_blocks.1.residual_block.0.weight", ("copies", 0, 1, "conv", "kernel"), 1),
+        ("backbone.mtl_blocks.1.residual_block.1.running_var", ("copies", 0, 1, "bn", "var"), 0),
+        ("backbone.mtl_blocks.8.residual_block.ds.0.weight",
+         ("copies", 4, 0, "down_conv", "kernel"), 1),
+        ("backbone.mtl_blocks.9.residual_block.block.bn2.weight",
+         ("copies", 4, 1, "bn2", "scale"), 0),
+        ("backbone.mtl_blocks.42.residual_block.block.conv1.weight",
+         ("copies", 16, 2, "conv1", "kernel"), 1)],
+    "resnet34/MTSeqModel": [
+        ("backbone.mtl_blocks.8.compute_nodes.0.basicOp.weight",
+         ("copies", 4, 0, "down_conv", "kernel"), 1),
+        ("backbone.mtl_blocks.8.compute_nodes.2.basicOp.weight",
+         ("copies", 4, 0, "conv1", "kernel"), 1),
+        ("backbone.mtl_blocks.9.compute_nodes.6.basicOp.running_mean",
+         ("copies", 4, 1, "bn2", "mean"), 0),
+        ("backbone.mtl_blocks.10.compute_nodes.4.basicOp.bias", ("copies", 5, 0, "bn2", "bias"),
+         0)],
+    "mobilenetv2/MTSeqModel": [
+        ("backbone.mtl_blocks.13.compute_nodes.3.basicOp.weight",
+         ("copies", 6, 1, "dw", "conv", "kernel"), 1),
+        ("backbone.mtl_blocks.13.compute_nodes.7.basicOp.running_var",
+         ("copies", 6, 1, "project", "bn", "var"), 0),
+        ("backbone.mtl_blocks.71.compute_nodes.0.basicOp.weight",
+         ("copies", 31, 1, "conv", "kernel"), 1)],
+}
+_HEAD_PROBES = [("heads.normal.fc3.conv1.weight",
+                 ("heads", 1, "branches", 2, "conv1", "kernel"), 1),
+                ("heads.depth_zbuffer.fc4.conv3.bias",
+                 ("heads", 2, "branches", 3, "conv3", "bias"), 0)]
+
+
+def _leaf(model, path):
+  node = model
+  for p in path:
+    node = node[p] if isinstance(p, int) else getattr(node, p)
+  return np.asarray(node[...])
+
+
+@pytest.mark.parametrize("name", list(_PROBES))
+def test_reference_shapes_are_treemtls(name):
+  backbone, model_class = name.split("/")
+  got = models.torch_import.reference_shapes(backbone, TASKS, 5, model_class)
+  assert [[k, list(s)] for k, s in got.items()] == _golden_keys()[name]
+
+
+@pytest.mark.parametrize("name", list(_PROBES))
+def test_treemtl_keys_map_onto_the_model(name):
+  backbone, _ = name.split("/")
+  state = _golden_state(name)
+  rng = np.random.default_rng(0)
+  probes = _PROBES[name] + _HEAD_PROBES
+  for key, _, _ in probes:
+    state[key] = rng.normal(size=state[key].shape).astype(np.float32)
+  model = models.from_torch(state, backbone, TASKS, 5)
+  assert model.layout == models.fine_layout(backbone, 5, 3)
+  for key, path, kernel in probes:
+    want = state[key].transpose(2, 3, 1, 0) if kernel else state[key]
+    np.testing.assert_array_equal(_leaf(model, path), want, err_msg=key)
+
+
+@functools.cache
+def _resnet_deeplab_state():
+  return _golden_state("resnet34/Deeplab_ASPP_Layout")
+
+
+def _without(state, key):
+  return {k: v for k, v in state.items() if k != key}
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s, a: (_without(s, "backbone.mtl_blocks.3.residual_block.block.bn1.running_var"), a),
+     "missing key backbone.mtl_blocks.3.residual_block.block.bn1.running_var"),
+    (lambda s, a: ({**s, "backbone.mtl_blocks.3.residual_block.extra.weight": np.zeros(1)}, a),
+     "unexpected key backbone.mtl_blocks.3.residual_block.extra.weight"),
+    (lambda s, a: (s, {**a, "tasks": {**TASKS, "segment_semantic": 40}}),
+     r"heads.segment_semantic.fc1.conv3.weight has shape \(5, 1024, 1, 1\) but .* needs "
+     r"\(40, 1024, 1, 1\)"),
+    (lambda s, a: (s, {**a, "layout": 2}), "holds 43 block copies but layout .* has 51"),
+    (lambda s, a: (s, {**a, "backbone": "mobilenetv2"}), "Deeplab_ASPP_Layout is a ResNet34"),
+    (lambda s, a: (s, {**a, "backbone": "small"}), "reads TreeMTL's backbones"),
+    (lambda s, a: (s, {**a, "tasks": {"segment_semantic": 5, "normal": 3}, "layout": 0}),
+     r"heads are \['segment_semantic', 'normal', 'depth_zbuffer'\] but the tasks are"),
+    (lambda s, a: (s, {**a, "tasks": dict(reversed(TASKS.items()))}), "pass them in this order"),
+    (lambda s, a: (s, {**a, "model_class": "MTSeqModel"}), "keys are those of a "
+     "Deeplab_ASPP_Layout, not of a MTSeqModel"),
+    (lambda s, a: ({**s, "backbone.mtl_blocks.0.residual_block.0.weight":
+                    np.full((64, 3, 7, 7), np.nan, np.float32)}, a), "holds non-finite values"),
+    (lambda s, a: ({"encoder.weight": np.zeros(1)}, a), "not a TreeMTL / DGBA layout model"),
+    (lambda s, a: (torch_import.Checkpoint(s, models.parse_layout(
+        str(models.fine_layout("resnet34", 5, 3)).replace("[{1, 2}, {0}]", "[{0}, {1, 2}]"))), a),
+     "set order counts"),
+    (lambda s, a: (s, {**a, "layout": None}), "stores no layout"),
+])
+def test_conversion_errors_are_one_line(change, message):
+  state, kwargs = change(_resnet_deeplab_state(), {"backbone": "resnet34", "tasks": TASKS,
+                                                   "layout": 5})
+  with pytest.raises(ValueError, match=message) as e:
+    models.from_torch(state, **kwargs)
+  assert "\n" not in str(e.value)
+
+
+# -- equivalence with the PyTorch transcription (needs torch) ------------------------------------
+
+def _reference(backbone: str, model_class: str, layout_idx: int):
+  pytest.importorskip("torch")
+  from torch_reference import treemtl  # pylint: disable=g-import-not-at-top
+  state = [[set(s) for s in block] for block in models.fine_layout(backbone, layout_idx, 3).blocks]
+  if model_class == "Deeplab_ASPP_Layout":
+    model = treemtl.Deeplab_ASPP_Layout(state, TASKS)
+  else:
+    model = treemtl.MTSeqModel(PROTOTXT[backbone], state, TASKS)
+  return treemtl.randomize(model, seed=layout_idx)
+
+
+def _rel(a, b) -> float:
+  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone,model_class,layout_idx,gradient", [
+    ("resnet34", "Deeplab_ASPP_Layout", 0, False), ("resnet34", "Deeplab_ASPP_Layout", 2, False),
+    ("resnet34", "Deeplab_ASPP_Layout", 5, True), ("resnet34", "MTSeqModel", 5, True),
+    ("mobilenetv2", "MTSeqModel", 0, False), ("mobilenetv2", "MTSeqModel", 2, False),
+    ("mobilenetv2", "MTSeqModel", 5, False)])
+def test_matches_the_pytorch_reference(backbone, model_class, layout_idx, gradient, tmp_path):
+  torch = pytest.importorskip("torch")
+  torch.set_num_threads(1)
+  reference = _reference(backbone, model_class, layout_idx)
+  state_dict = reference.state_dict()
+  if layout_idx == 5:  # The transcription has TreeMTL's keys, and a torch.save file converts too.
+    assert [[k, list(v.shape)] for k, v in state_dict.items()] == _golden_keys()[
+        f"{backbone}/{model_class}"]
+    torch.save({"iter": 1, "state_dict": state_dict}, tmp_path / "model.pth")
+    state_dict = tmp_path / "model.pth"
+  predict, state = models.pure_predict(models.from_torch(state_dict, backbone, TASKS, layout_idx))
+  rng = np.random.default_rng(layout_idx)
+  x = rng.uniform(-120.0, 130.0, (2, 33, 41, 3)).astype(np.float32)  # odd, non-square input
+  with torch.no_grad():
+    want = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+  got = jax.jit(predict)(state, x)
+  for t in TASKS:
+    ref = want[t].numpy().transpose(0, 2, 3, 1)
+    assert got[t].shape == ref.shape
+    assert _rel(np.asarray(got[t]), ref) <= 1e-4, t
+    assert _rel(ref[0], ref[1]) > 1e-2, "outputs do not depend on the input"
+  if gradient:
+    # In float64 on both sides: in float32, ReLU inputs within rounding of 0 (the wide ASPP heads
+    # have ~1e6 of them) flip a few units between PyTorch and XLA and move ~1e-3 of the gradient.
+    cotangent = {t: rng.normal(size=got[t].shape) for t in TASKS}
+    x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64)).requires_grad_(True)
+    out = reference.double()(x_torch)
+    sum((out[t] * torch.from_numpy(cotangent[t].transpose(0, 3, 1, 2).copy())).sum()
+        for t in TASKS).backward()
+    ref = x_torch.grad.numpy().transpose(0, 2, 3, 1)
+    with jax.enable_x64(True):
+      state64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state)
+      loss = lambda s, x: sum((predict(s, x)[t] * cotangent[t]).sum() for t in TASKS)  # pylint: disable=unnecessary-lambda-assignment
+      grad = np.asarray(jax.jit(jax.grad(loss, argnums=1))(state64, x.astype(np.float64)))
+    assert grad.dtype == np.float64 and np.all(np.isfinite(ref)) and np.max(np.abs(ref)) > 0
+    assert _rel(grad, ref) <= 1e-4
+
+
+def test_loader_agrees_with_torch_load(tmp_path):
+  torch = pytest.importorskip("torch")
+  base = torch.arange(24, dtype=torch.float64)
+  saved = {"a": base.reshape(4, 6)[1:, ::2], "b": base.to(torch.bfloat16)[3:7],
+           "c": torch.tensor(3, dtype=torch.int64), "d": torch.randn(2, 3, 5).permute(2, 0, 1),
+           "e": torch.tensor([[True], [False]])}
+  torch.save(saved, tmp_path / "sd.pth")
+  ours = torch_pickle.load(tmp_path / "sd.pth")
+  theirs = torch.load(tmp_path / "sd.pth", weights_only=True)
+  assert list(ours) == list(theirs)
+  for k, v in theirs.items():
+    want = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+    np.testing.assert_array_equal(np.asarray(ours[k], want.dtype), want, err_msg=k)
+
+
+# -- the import command (no torch needed: the checkpoint is an .npz of a state_dict) -------------
+
+@pytest.mark.slow
+def test_import_mode_stores_a_final_model_that_attack_and_report_use(tmp_path):
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from mtajax import run, sweep  # pylint: disable=g-import-not-at-top
+  from mtajax.train import checkpoint, load  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config("smoke")
+  config.workdir = str(tmp_path / "work")
+  t = config.train
+  t.data_dir = str(tmp_path / "tfds")
+  t.data_config = dict(resolution=32, num_train=8, num_test=2, seed=0)
+  t.backbone, t.width, t.tasks = "resnet34", None, ("depth_zbuffer",)  # the smallest real model
+  config.layouts, config.attacks, config.directions = (0,), ("fgsm",), ("total",)
+  config.eval_batch_size, config.eval_max_batches, config.examples_eps = 2, 1, (8.0,)
+  rng = np.random.default_rng(0)
+  shapes = torch_import.reference_shapes("resnet34", {"depth_zbuffer": 1}, 0, "MTSeqModel")
+  state = {k: (np.full(s, 5) if k.endswith("tracked") else
+               rng.normal(size=s) * (0.1 if "running" in k else 1.0 / np.sqrt(np.prod(s[1:]))))
+           for k, s in shapes.items()}
+  state = {k: np.abs(v) + 0.5 if k.endswith("running_var") else v for k, v in state.items()}
+  np.savez(tmp_path / "depth.npz", **state)
+  config.checkpoint = str(tmp_path / "depth.npz")
+
+  run.run("import", config)
+  model_dir = tmp_path / "work" / "models" / sweep.model_id(sweep.train_config(config, 0))
+  assert checkpoint.latest_step(model_dir / "checkpoints") == t.num_steps
+  with pytest.raises(ValueError, match="already holds a model"):
+    run.run("import", config)
+  run.run("attack", config)  # Would refuse if the model were missing; must not train it.
+  assert not (model_dir / "metrics.jsonl").exists()
+  assert checkpoint.latest_step(model_dir / "checkpoints") == t.num_steps
+  loaded = load.load_model(model_dir)
+  x = rng.uniform(-100, 100, (1, 33, 41, 3)).astype(np.float32)
+  want = models.pure_predict(models.from_torch(tmp_path / "depth.npz", "resnet34",
+                                               {"depth_zbuffer": 1}, 0))
+  np.testing.assert_array_equal(loaded.predict(x)["depth_zbuffer"],
+                                want[0](want[1], x)["depth_zbuffer"])
+  records = [json.loads(line) for line in (tmp_path / "work" / "results.jsonl").open()]
+  assert {(r["attack"], r["direction"]) for r in records} == {("clean", None), ("fgsm", "total")}
+  attacked = next(r for r in records if r["attack"] == "fgsm")
+  assert all(np.isfinite(v) for v in attacked["losses"].values())
+  assert attacked["losses"]["depth_zbuffer"] != next(
+      r for r in records if r["attack"] == "clean")["losses"]["depth_zbuffer"]
+  run.run("report", config)
+  assert (tmp_path / "work" / "report" / "report.md").exists()
