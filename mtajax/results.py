@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Iterable, Mapping
 import warnings
 
 
@@ -122,6 +122,18 @@ class Store:
                     "bytes; a run killed mid-write?). The next write moves it to "
                     f"{self.path.name}.torn.", stacklevel=3)
     return self._offset
+
+
+def write_lines(path: Path, lines: Iterable[str]) -> None:
+  """Writes ``lines`` to ``path`` atomically (the robust evaluation's per-image records)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+  with open(tmp, "w") as f:
+    for line in lines:
+      f.write(line + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def _lock(f: BinaryIO, path: Path) -> None:
