@@ -7,7 +7,8 @@ number of heads:
 * the step time of each direction relative to ``total`` (one direction evaluation = forward +
   input-gradient backward);
 * the time of a full 10-step GB-MTA PGD relative to 10x (forward + backward), for the loop forms
-  ``lax.scan`` rolled, ``lax.scan`` unrolled and a Python loop of jitted steps.
+  ``lax.scan`` rolled, ``lax.scan`` unrolled and a Python loop of jitted steps, for the L2 threat
+  model, and for 10-step APGD (reference and AutoAttack variants).
 Variants are timed interleaved (round robin) and the median of ``--repeats`` rounds is reported,
 because the machine is noisy.
 """
@@ -71,14 +72,22 @@ def loop_costs(x, labels, repeats, steps=10):
       x_ = one_step(x_, x)
     return x_
 
-  def pgd(unroll):
-    return lambda: attacks.pgd(testing.loss_fn, x, labels, direction=direction, eps=EPS,
-                               bounds=BOUNDS, num_steps=steps, unroll=unroll).x_adv
+  def pgd(unroll, norm="linf", eps=EPS):
+    return lambda: attacks.pgd(testing.loss_fn, x, labels, direction=direction, eps=eps,
+                               bounds=BOUNDS, num_steps=steps, unroll=unroll, norm=norm).x_adv
+
+  def apgd(variant):
+    return lambda: attacks.apgd(testing.loss_fn, x, labels, direction=direction, eps=EPS,
+                                bounds=BOUNDS, num_steps=steps, unroll=True,
+                                variant=variant).x_adv
   return _interleaved({
       f"{steps}x total direction": lambda: [grad(x) for _ in range(steps)][-1],
       "pgd scan rolled": pgd(1),
       "pgd scan unrolled": pgd(True),
+      "pgd scan unrolled, l2": pgd(True, "l2", EPS * x[0].size ** 0.5),
       "python loop of jitted steps": python_loop,
+      "apgd reference, unrolled": apgd("reference"),
+      "apgd autoattack, unrolled": apgd("autoattack"),
   }, repeats)
 
 

@@ -106,9 +106,14 @@ def _per_sample(w: Array, x: Array) -> Array:
 
 @dataclasses.dataclass(frozen=True)
 class Direction(abc.ABC):
-  """Base class: a named rule turning ``loss_fn`` at ``x`` into an ascent direction."""
+  """Base class: a named rule turning ``loss_fn`` at ``x`` into an ascent direction.
+
+  A direction is a frozen (hashable) object; subclass it, or write any object with these methods,
+  and :func:`register` it to use it by name in configs, records and reports.
+  """
 
   reduction = "image"  # Loss reduction the reference pairs with this direction (spec §5.5).
+  sums_task_grads = False  # D == Σ_t task_grads(...)[t] (what Auto-SAGE reweights).
 
   @property
   @abc.abstractmethod
@@ -119,9 +124,19 @@ class Direction(abc.ABC):
   def __call__(self, loss_fn: LossFn, x: Array, labels: Any) -> tuple[Array, Losses]:
     """Returns the direction (shape of ``x``) and the per-sample task losses at ``x``."""
 
-  def objective(self, losses: Losses, baselines: Mapping[str, Array] | None = None) -> Array:
+  def init(self, loss_fn: LossFn, x0: Array, labels: Any, losses0: Losses) -> Any:
+    """Start-of-attack state (a pytree) passed to :meth:`objective`; ``losses0`` are the losses
+    at the attack's start point. None by default."""
+    del loss_fn, x0, labels, losses0
+    return None
+
+  def objective(self, losses: Losses, state: Any = None) -> Array:
     """Per-sample objective (B,) whose batch mean is the reference's APGD objective F."""
     return sum(losses.values())
+
+  def descend(self, loss: Array) -> Array:
+    """A quantity that grows as ``loss`` falls (targeted attacks ascend it); an involution."""
+    return -loss
 
   def task_grads(self, loss_fn: LossFn, x: Array, labels: Any) -> tuple[Array, Losses]:
     """The per-task gradients this direction combines, (T, *x.shape), and the losses at ``x``."""
@@ -150,7 +165,7 @@ class Single(Direction):
       return jnp.mean(losses[self.task])
     return _value_and_grad(objective, loss_fn, x, labels)
 
-  def objective(self, losses, baselines=None):
+  def objective(self, losses, state=None):
     return losses[self.task]
 
   def tasks(self, losses):
@@ -161,6 +176,7 @@ class Single(Direction):
 class Total(Direction):
   """Total: the gradient of the sum of all task losses."""
   reduction = "pooled"
+  sums_task_grads = True
 
   @property
   def name(self) -> str:
@@ -196,6 +212,7 @@ class GBMTA(Direction):
   """
   min_loss: float = 0.0
   method: Literal["log", "per_task"] = "log"
+  sums_task_grads = True
 
   @property
   def name(self) -> str:
@@ -228,12 +245,32 @@ class GBMTA(Direction):
       return total
     return _value_and_grad(objective, loss_fn, x, labels)
 
+  def init(self, loss_fn, x0, labels, losses0):
+    """The baselines c_t: the losses at the start point (paper Algorithm 3), as constants."""
+    return {t: jax.lax.stop_gradient(v) for t, v in losses0.items()}
+
   def objective(self, losses, baselines=None):
-    """Σ_t (L_t − c_t) / c_t; ``baselines`` c_t default to nothing (caller must pass them)."""
+    """Σ_t (L_t − c_t) / c_t over the usable terms.
+
+    A term counts where its baseline c_t and its loss L_t are finite and c_t > ``min_loss``
+    (the direction's own rule); a task with a zero clean loss (an image without a valid pixel)
+    gets weight 0 instead of making the objective (0 − 0)/0 = NaN.
+    """
     if baselines is None:
       raise ValueError("the GB-MTA objective needs per-task baseline losses c_t; pass "
                        "baselines={task: clean loss} (the attacks default to the clean loss at x0).")
-    return sum((v - baselines[t]) / baselines[t] for t, v in losses.items())
+    total = 0
+    for t, v in losses.items():
+      c = jnp.asarray(baselines[t], v.dtype)
+      ok = self._usable(c)
+      c = jnp.where(ok, c, 1.0)
+      total = total + (jnp.where(ok & jnp.isfinite(v), v, c) - c) / c  # 0 for unusable terms.
+    return total
+
+  def descend(self, loss):
+    """1/L: GB-MTA's Σ_t ∇ log(1/L_t) then descends the balanced sum of log target losses."""
+    ok = self._usable(loss)
+    return jnp.where(ok, 1.0 / jnp.where(ok, loss, 1.0), 0.0)
 
 
 def single(task: str) -> Single:
@@ -256,12 +293,37 @@ def gbmta(min_loss: float = 0.0, method: Literal["log", "per_task"] = "log") -> 
   return GBMTA(min_loss, method)
 
 
-def by_name(name: str) -> Direction:
-  """Parses ``'total'``, ``'sign_total'``, ``'gbmta'`` or ``'single_<task>'``."""
+_REGISTRY: dict[str, Callable[..., Direction]] = {}
+
+
+def register(name: str, factory: Callable[..., Direction]) -> None:
+  """Makes ``by_name(name, **options)`` return ``factory(**options)`` (configs, records, report).
+
+  Re-registering a name replaces its factory; ``single_<task>`` is reserved.
+  """
+  if not name or name.startswith("single_") or name == "single":
+    raise ValueError(f"cannot register a direction named {name!r}; single_<task> is built in. "
+                     "Pick another name.")
+  if not callable(factory):
+    raise ValueError(f"the factory of direction {name!r} must be callable; got {factory!r}.")
+  _REGISTRY[name] = factory
+
+
+def registered() -> tuple[str, ...]:
+  """The registered direction names (``single_<task>`` is always available too)."""
+  return tuple(_REGISTRY)
+
+
+def by_name(name: str, **options: Any) -> Direction:
+  """The direction called ``name``: a registered name or ``'single_<task>'``."""
   if name.startswith("single_"):
     return single(name[len("single_"):])
-  table = {"total": total, "sign_total": sign_total, "gbmta": gbmta}
-  if name not in table:
-    raise ValueError(f"unknown direction {name!r}; use one of total, sign_total, gbmta, "
-                     "single_<task>.")
-  return table[name]()
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown direction {name!r}; use one of {', '.join(_REGISTRY)}, "
+                     "single_<task>, or directions.register() your own.")
+  return _REGISTRY[name](**options)
+
+
+register("total", total)
+register("sign_total", sign_total)
+register("gbmta", gbmta)

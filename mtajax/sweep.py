@@ -35,7 +35,6 @@ from mtajax.train import checkpoint
 from mtajax.train import load
 from mtajax.train import loop
 
-AUTO_SAGE_DIRECTIONS = ("total", "gbmta")  # The reference runs no other Auto-SAGE (spec §5.5).
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -72,7 +71,8 @@ def direction_names(config: ml_collections.ConfigDict, attack: str) -> list[str]
   for name in config.directions:
     names += [f"single_{t}" for t in config.train.tasks] if name == "single" else [name]
   if attack == "auto_sage":
-    names = [n for n in names if n in AUTO_SAGE_DIRECTIONS]
+    # Auto-SAGE reweights per-task gradients (total, gbmta; the reference runs no other, §5.5).
+    names = [n for n in names if getattr(directions_lib.by_name(n), "sums_task_grads", False)]
   return names
 
 

@@ -65,10 +65,53 @@ def test_process_sharding_partitions_the_global_batch(data_dir):
 def test_eval_is_one_ordered_pass(data_dir):
   loader = _loader(data_dir, split='test', batch_size=4)
   batches = list(loader)
-  assert [b['image'].shape[0] for b in batches] == [4, 2]
+  assert [b['image'].shape[0] for b in batches] == [4, 4]  # padded: one shape, one compile
   np.testing.assert_array_equal(loader.indices(0), np.arange(4))
+  np.testing.assert_array_equal(loader.indices(1), [4, 5, -1, -1])
+  np.testing.assert_array_equal(batches[1]['example_weight'], [1, 1, 0, 0])
+  unpadded = list(_loader(data_dir, split='test', batch_size=4, pad=False))
+  assert [b['image'].shape[0] for b in unpadded] == [4, 2] and 'example_weight' not in unpadded[0]
+  for key, value in unpadded[1].items():
+    np.testing.assert_array_equal(batches[1][key][:2], value)
   with pytest.raises(ValueError, match='past the single pass'):
     loader.batch(2)
+
+
+@pytest.mark.parametrize('processes', [2, 4])
+def test_padded_eval_gives_every_process_equal_shapes_and_each_example_once(data_dir, processes):
+  # 6 test images in batches of 4 over 4 processes: the ceil-sized shares of the short last batch
+  # gave process 2 an empty batch (IndexError) and the processes unequal shapes.
+  parts = [_loader(data_dir, split='test', batch_size=4, process_index=p,
+                   process_count=processes) for p in range(processes)]
+  whole = list(_loader(data_dir, split='test', batch_size=4, pad=False))
+  assert {len(p) for p in parts} == {2}
+  seen = []
+  for step, want in enumerate(whole):
+    local = [p.batch(step) for p in parts]
+    assert {tuple(jax_shape(l)) for l in local} == {tuple(jax_shape(local[0]))}
+    glob = {k: np.concatenate([l[k] for l in local]) for k in local[0]}
+    real = glob['example_weight'] == 1
+    assert set(np.unique(glob['example_weight'])) <= {0.0, 1.0}
+    seen += [int(i) for p in parts for i in p.indices(step) if i >= 0]
+    for key, value in want.items():
+      np.testing.assert_array_equal(glob[key][real], value)
+    blank = {k: v[~real] for k, v in glob.items()}
+    if (~real).any():  # padding: black image, no valid label anywhere
+      np.testing.assert_allclose(preprocess.decode_image(blank['image']), 0, atol=1e-4)
+      assert (blank['segment_semantic'] == 255).all() and (blank['normal'] == 255).all()
+      assert (blank['depth_zbuffer_mask'] == 0).all()
+  assert sorted(seen) == list(range(6))
+
+
+def jax_shape(batch):
+  return [(k, v.shape, v.dtype) for k, v in sorted(batch.items())]
+
+
+def test_unpadded_short_last_batch_over_processes_is_refused(data_dir):
+  with pytest.raises(ValueError, match='pad=True'):
+    _loader(data_dir, split='test', batch_size=4, pad=False, process_index=0, process_count=2)
+  with pytest.raises(ValueError, match='drop_remainder'):
+    _loader(data_dir, split='test', batch_size=4, pad=True, drop_remainder=True)
 
 
 def test_train_crop_pads_labels_with_ignore(data_dir):
@@ -141,7 +184,8 @@ def test_nyuv2_reference_test_transform(tmp_path):
   loader = pipeline.dataset('nyuv2', tmp_path / 'data', 'test', batch_size=1,
                             manual_dir=tmp_path / 'manual')
   batch = loader.batch(0)
-  assert set(batch) == {'image', 'segment_semantic', 'normal', 'depth_zbuffer'}  # no masks
+  assert set(batch) == {'image', 'segment_semantic', 'normal', 'depth_zbuffer',
+                        'example_weight'}  # no masks
   # Image: OpenCV-bilinear on the uint8 BGR image to 321x321, then minus the mean.
   bgr = image[..., ::-1]
   expected = resize.resize_bilinear(np.ascontiguousarray(bgr), (321, 321)).astype(np.float32)
@@ -157,6 +201,9 @@ def test_nyuv2_reference_test_transform(tmp_path):
   np.testing.assert_allclose(unit['normal'][0], normal[rows][:, cols] / 127.5 - 1, atol=1e-6)
   assert 'normal_mask' in unit
   train = pipeline.dataset('nyuv2', tmp_path / 'data', 'train', batch_size=1, train=True).batch(0)
+  assert 'example_weight' not in train
+  blank = preprocess.blank_like({k: v[0] for k, v in batch.items()}, pad_depth_with_zero=True)
+  assert (blank['depth_zbuffer'] == 0).all() and (blank['normal'] == 255).all()  # nothing valid
   assert train['image'].shape == (1, 321, 321, 3)
   pad = train['depth_zbuffer'][0][train['segment_semantic'][0] == 255]
   assert pad.size and (pad == 0).all()  # NYUv2 pads depth with 0 (invalid), labels with 255

@@ -165,3 +165,57 @@ if __name__ == "__main__":
   jax.config.update("jax_compilation_cache_dir", str(ROOT / ".jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   print(json.dumps(_worker(sys.argv[1])))
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+  """The smoke config's untrained model and 3 real test examples, unpadded and padded to 4."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from mtajax import models  # pylint: disable=g-import-not-at-top
+  from mtajax.data import pipeline  # pylint: disable=g-import-not-at-top
+  from mtajax.train import assemble  # pylint: disable=g-import-not-at-top
+  t = quickstart.get_config("smoke").train
+  loader = pipeline.dataset(t.dataset, tmp_path_factory.mktemp("tfds"), "test", batch_size=4,
+                            tasks=t.tasks, config=t.data_config, pad=False)
+  real = {k: v[:3] for k, v in loader.batch(0).items()}
+  padded = {k: np.concatenate([v, loader.blank()[k][None]]) for k, v in real.items()}
+  padded["example_weight"] = np.array([1, 1, 1, 0], np.float32)
+  tasks = assemble.make_tasks(t)
+  predict, state = models.pure_predict(assemble.make_model(t, tasks))
+  return jax.device_put((real, padded)), tasks, predict, state
+
+
+@pytest.mark.parametrize("direction", ["total", "gbmta"])
+def test_padded_batch_attacks_its_real_examples_like_the_unpadded_batch(small_model, direction):
+  import functools  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import directions  # pylint: disable=g-import-not-at-top
+  from mtajax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  from mtajax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
+  from mtajax.data import preprocess  # pylint: disable=g-import-not-at-top
+  (real, padded), tasks, predict, state = small_model
+  spec = evaluate_lib.AttackSpec("pgd", directions.by_name(direction), num_steps=3,
+                                 options=(("unroll", 1),))
+  bounds = preprocess.input_bounds()
+  attack = jax.jit(lambda b: spec.run(tasks_lib.make_loss_fn(
+      functools.partial(predict, state), tasks, spec.direction.reduction), b["image"], b, bounds,
+                                      8.0, None))
+  x_real, x_pad = np.asarray(attack(real)), np.asarray(attack(padded))
+  assert np.abs(x_real - real["image"]).max() > 1  # the attack moved the real images
+  np.testing.assert_array_equal(x_pad[:3], x_real)  # bit-identical real examples
+  np.testing.assert_array_equal(x_pad[3], padded["image"][3])  # padding has no gradient
+  evaluations = [evaluate_lib.evaluate(predict, state, [b], tasks, spec=spec, eps=8.0,
+                                       bounds=bounds) for b in (real, padded)]
+  assert _max_rel(evaluations[1].metrics, evaluations[0].metrics) < 1e-5  # float32 sum order
+  assert evaluations[1].losses == pytest.approx(evaluations[0].losses, rel=1e-6)
+
+
+def test_padded_clean_evaluation_equals_the_unpadded_one(small_model):
+  from mtajax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  (real, padded), tasks, predict, state = small_model
+  want = evaluate_lib.evaluate(predict, state, [real, real], tasks)
+  got = evaluate_lib.evaluate(predict, state, [real, padded], tasks)
+  assert _max_rel(got.metrics, want.metrics) < 1e-5
+  assert got.losses == pytest.approx(want.losses, rel=1e-6)
+  assert got.metrics["depth_zbuffer"]["abs_err"] > 0 and got.losses["normal"] > 0

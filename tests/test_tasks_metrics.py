@@ -248,3 +248,99 @@ def test_update_keeps_state_structure_and_dtypes():
     out = jax.eval_shape(task.metric_update, zero, pred[task.name], batch)
     assert jax.tree.map(lambda a: (a.shape, a.dtype), out) == jax.tree.map(
         lambda a: (a.shape, a.dtype), zero), task
+
+
+def pad(data, n_pad, seed=10):
+  """``data`` plus ``n_pad`` padding examples with VALID labels and predictions (weight 0)."""
+  pred, batch = data
+  extra_pred, extra_batch = make_data(seed, n_pad + 1)  # image 0 of make_data has no valid pixel
+  cat = lambda a, b: np.concatenate([a, b[1:]])  # pylint: disable=unnecessary-lambda-assignment
+  n = len(batch["depth_zbuffer"])
+  padded_batch = {k: cat(v, extra_batch[k]) for k, v in batch.items()}
+  padded_batch["example_weight"] = np.r_[np.ones(n), np.zeros(n_pad)].astype(np.float32)
+  return {k: cat(v, extra_pred[k]) for k, v in pred.items()}, padded_batch
+
+
+@pytest.mark.parametrize("definition", ["reference", "standard"])
+def test_padded_batches_give_the_metrics_of_the_unpadded_batches(definition):
+  batches = split(make_data(11, 11), [4, 4, 3])
+  padded = batches[:2] + [pad(batches[2], 1)]
+  weights = np.random.default_rng(1).uniform(0.5, 2.0, C)
+  for tasks in (mt.synthetic_tasks(num_classes=C, definition=definition),
+                taskonomy_style(definition, weights)):
+    want, got = accumulate(tasks, batches), accumulate(tasks, padded)
+    assert_metrics(got, want, median_tol=1e-6)
+    unmasked = {k: v for k, v in padded[2][1].items() if k != "example_weight"}
+    # The padding examples do have valid pixels: only their weight keeps them out.
+    assert accumulate(tasks, batches[:2] + [(padded[2][0], unmasked)]) != want
+
+
+def test_padding_examples_leave_losses_and_pooled_denominators_alone():
+  pred, batch = make_data(12, 5)
+  ppred, pbatch = pad((pred, batch), 3)
+  for task in mt.synthetic_tasks(num_classes=C):
+    for reduction in ("image", "pooled"):
+      want = task.loss(jnp.asarray(pred[task.name]), batch, reduction)
+      got = task.loss(jnp.asarray(ppred[task.name]), pbatch, reduction)
+      np.testing.assert_array_equal(got[:5], want)  # real examples: bit-identical
+      np.testing.assert_array_equal(got[5:], 0)
+      np.testing.assert_allclose(mt.base.batch_mean(got, pbatch), jnp.mean(want), rtol=1e-6)
+
+
+def normal_state(seed, n):
+  pred, batch = make_data(seed, n)
+  task = mt.Normal(label_encoding="unit")
+  return task, jax.jit(task.metric_update)(task.metric_init(), pred["normal"], batch)
+
+
+def test_int32_counters_saturate_on_the_device_and_sum_in_int64_on_the_host():
+  task, one = normal_state(9, 4)
+  k = int(one["count"])
+  update = jax.jit(task.metric_update)
+  pred, batch = make_data(9, 4)
+  below = update(dict(one, count=jnp.int32(2**31 - 2 - k)), pred["normal"], batch)
+  assert int(below["count"]) == 2**31 - 2  # the largest count that still computes
+  task.metric_compute(below)
+  near = dict(one, count=jnp.int32(2**31 - 1 - k // 2))
+  merged = mt.metrics.merge({"n": near}, {"n": one})["n"]
+  for crossed in (update(near, pred["normal"], batch), merged):
+    assert int(crossed["count"]) == 2**31 - 1  # saturated, not wrapped to a negative count
+    with pytest.raises(ValueError, match="int32 limit"):
+      task.metric_compute(crossed)
+  acc = mt.metrics.Accumulator([task])
+  acc.add({"normal": near})
+  acc.add({"normal": one})
+  count = acc.state["normal"]["count"]
+  assert count.dtype == np.int64 and int(count) == 2**31 - 1 - k // 2 + k
+  angle_sum = float(near["angle_sum"]) + float(one["angle_sum"])
+  assert acc.compute()["normal"]["Angle Mean"] == pytest.approx(angle_sum / int(count), rel=1e-12)
+
+
+def accumulate_exact(tasks, batches, sample_budget=mt.metrics.SAMPLE_BUDGET):
+  step = jax.jit(lambda p, b: (mt.metrics.update(tasks, mt.metrics.init(tasks), p, b),
+                               mt.metrics.samples(tasks, p, b)))
+  acc = mt.metrics.Accumulator(tasks, sample_budget)
+  for pred, batch in batches:
+    acc.add(*step(pred, batch))
+  return acc
+
+
+def test_angle_median_is_exact_within_the_sample_budget_and_within_1e4_beyond():
+  batches = split(make_data(13, 12), [4, 4, 4])
+  want = reference_np(batches)["normal"]["Angle Median"]
+  coarse = (mt.Normal(label_encoding="unit", histogram_bins=180),)  # 1-degree histogram bins
+  exact = accumulate_exact(coarse, batches)
+  assert abs(exact.compute()["normal"]["Angle Median"] - want) < 1e-5
+  # Even count: the mean of the two middle angles (np.median's definition).
+  assert exact.state["normal"]["angle_samples"].values().size % 2 == 0
+  fine = (mt.Normal(label_encoding="unit"),)
+  n = int(exact.state["normal"]["count"])
+  fallback = accumulate_exact(fine, batches, sample_budget=n - 1)
+  assert fallback.state["normal"]["angle_samples"].values() is None
+  assert abs(fallback.compute()["normal"]["Angle Median"] - want) <= 1e-4
+  # Exact states merge like the sums (e.g. from two hosts); over budget, they fall back.
+  a, b = accumulate_exact(coarse, batches[:1]), accumulate_exact(coarse, batches[1:])
+  merged = mt.metrics.merge(a.state, b.state)
+  assert mt.metrics.compute(coarse, merged)["normal"] == exact.compute()["normal"]
+  small = accumulate_exact(coarse, batches[:1], sample_budget=n - 1)
+  assert mt.metrics.merge(small.state, b.state)["normal"]["angle_samples"].values() is None

@@ -1,16 +1,20 @@
-"""L∞ attacks on multi-task models: FGSM, PGD (I-FGSM), APGD and Auto-SAGE.
+"""Attacks on multi-task models: FGSM/FGM, PGD (I-FGSM), APGD (reference and AutoAttack) and
+Auto-SAGE, in the L∞ and L2 threat models, untargeted or targeted.
 
 Each attack is a pure, jit-compiled function of a loss function, a batch and a direction from
-:mod:`mtajax.directions`; ε, step sizes and bounds are traced (sweeping ε never recompiles), the
-iterations run in one ``jax.lax.scan``.
+:mod:`mtajax.directions`; ε, step sizes, bounds and the arrays inside the loss function (model
+weights) are traced (sweeping ε or rebuilding the loss per batch never recompiles), the iterations
+run in one ``jax.lax.scan``.
 """
 
 from mtajax.attacks.apgd import apgd
 from mtajax.attacks.apgd import checkpoints
 from mtajax.attacks.auto_sage import auto_sage
 from mtajax.attacks.common import AttackResult
+from mtajax.attacks.common import Context
 from mtajax.attacks.fgsm import fgsm
 from mtajax.attacks.pgd import pgd
+from mtajax.attacks.threat import NORMS
 
 ATTACKS = {"fgsm": fgsm, "pgd": pgd, "apgd": apgd, "auto_sage": auto_sage}
 

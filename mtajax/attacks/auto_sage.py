@@ -16,7 +16,6 @@ the per-task, per-element weights A_t, and the signed step with S2 = Σ_t A_t·g
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal
 
 import jax
@@ -32,33 +31,37 @@ def sech2(u: jax.Array) -> jax.Array:
   return 4.0 * e / (1.0 + e) ** 2
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "direction", "num_steps", "lookahead",
-                                             "unroll"))
-def _auto_sage(loss_fn, x0, labels, eps, step_size, lr, kappa, decay, bounds, direction,
+def _auto_sage(loss_fn, direction, *, x0, labels, eps, step_size, lr, kappa, decay, bounds,
                num_steps, lookahead, unroll):
-  names = directions_lib.task_names(loss_fn, x0, labels)
+  clean = common.clean_context(loss_fn, x0, labels)
+  names = directions_lib.task_names(common.bind(loss_fn, 0, num_steps, clean), x0, labels)
   last = names[-1]
 
-  def lookahead_grad(x1):
+  def lookahead_grad(loss, x1):
     if lookahead == "all":
-      return direction(loss_fn, x1, labels)[0]
-    only_last = lambda x, l: {last: loss_fn(x, l)[last]}  # pylint: disable=unnecessary-lambda-assignment
+      return direction(loss, x1, labels)[0]
+    only_last = lambda x, l: {last: loss(x, l)[last]}  # pylint: disable=unnecessary-lambda-assignment
     return len(names) * direction(only_last, x1, labels)[0]
 
-  def body(carry, _):
+  def body(carry, k):
     x, a, g = carry
-    dm, losses = direction.task_grads(loss_fn, x, labels)
+    loss = common.bind(loss_fn, k, num_steps, clean)
+    dm, losses = direction.task_grads(loss, x, labels)
     s = jnp.sum(a * dm, axis=0)
     x1 = common.step(x, x0, s, step_size, eps, bounds)
-    dfdx = -lookahead_grad(x1)
+    dfdx = -lookahead_grad(loss, x1)
     a = a - lr * dfdx[None] * (kappa * step_size * dm * sech2(kappa * s)[None])
     g = decay * g + jnp.sum(a * dm, axis=0)
     return (common.step(x, x0, g, step_size, eps, bounds), a, g), losses
 
   init = (x0, jnp.ones((len(names),) + x0.shape, x0.dtype), jnp.zeros_like(x0))
-  (x, _, _), losses = jax.lax.scan(body, init, None, length=num_steps,
+  (x, _, _), losses = jax.lax.scan(body, init, jnp.arange(num_steps),
                                    unroll=common.resolve_unroll(unroll))
-  return common.AttackResult(x, common.objective_trace(direction, losses, None), losses)
+  state = direction.init(loss_fn, x0, labels, {t: v[0] for t, v in losses.items()})
+  batch = x0.shape[:1]
+  return common.AttackResult(x, direction.objective(losses, state), losses,
+                             jnp.full(batch, num_steps, jnp.int32),
+                             jnp.broadcast_to(step_size, (num_steps,) + batch))
 
 
 def auto_sage(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
@@ -86,15 +89,18 @@ def auto_sage(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
   Returns:
     :class:`~mtajax.attacks.common.AttackResult` (last iterate; diagnostics at iterates 0..N−1).
   """
-  if not isinstance(direction, (directions_lib.Total, directions_lib.GBMTA)):
-    raise ValueError(f"Auto-SAGE supports the directions total and gbmta, not {direction.name!r} "
-                     "(the reference runs no Single-x or SignTotal Auto-SAGE).")
+  if not getattr(direction, "sums_task_grads", False):
+    raise ValueError(f"Auto-SAGE supports directions whose D is the sum of their task_grads "
+                     f"(sums_task_grads=True: total, gbmta), not {direction.name!r} (the reference "
+                     "runs no Single-x or SignTotal Auto-SAGE).")
   if lookahead not in ("all", "last_task"):
     raise ValueError(f"unknown lookahead {lookahead!r}; use 'all' or 'last_task'.")
   common.check_inputs(x, eps, bounds, step_size=step_size)
   eps = jnp.asarray(eps, x.dtype)
   step_size = eps / num_steps if step_size is None else jnp.asarray(step_size, x.dtype)
+  common.check_steps(num_steps)
   dt = x.dtype
-  return _auto_sage(loss_fn, x, labels, eps, step_size, jnp.asarray(lr, dt),
-                    jnp.asarray(kappa, dt), jnp.asarray(decay, dt), bounds, direction, num_steps,
-                    lookahead, unroll)
+  args = dict(x0=x, labels=labels, eps=eps, step_size=step_size, lr=jnp.asarray(lr, dt),
+              kappa=jnp.asarray(kappa, dt), decay=jnp.asarray(decay, dt), bounds=bounds)
+  return common.run(_auto_sage, loss_fn, direction, args, num_steps=num_steps,
+                    lookahead=lookahead, unroll=unroll)

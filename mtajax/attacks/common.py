@@ -1,17 +1,28 @@
-"""Shared pieces of the L∞ attacks: the threat model, input checks and the result type."""
+"""What every attack shares: the result type, the loss's context, threat-model steps, starts, best
+points, input checks and the compile-once wrapper.
+
+An attack is a step rule (its own module) × a start (:func:`start`: none, uniform in the ball,
+AutoAttack's, or a given point) × a threat model (:mod:`mtajax.attacks.threat`, intersected with
+the input box) × a direction (:mod:`mtajax.directions`).
+"""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import dataclasses
+import functools
+from typing import Any, Callable, Literal, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from mtajax import platform
+from mtajax.attacks import threat as threat_lib
 
 Array = jax.Array
 Bounds = tuple[Any, Any]
+Start = Literal["none", "uniform", "autoattack", "given"]
+LINF = threat_lib.Linf()
 
 
 class AttackResult(NamedTuple):
@@ -19,39 +30,84 @@ class AttackResult(NamedTuple):
 
   Attributes:
     x_adv: the adversarial batch, same shape as the input.
-    objective: (steps, B) per-sample objective of the direction at each evaluated iterate
-      (its batch mean is the reference's objective F).
-    losses: ``{task: (steps, B)}`` per-sample task losses at the same iterates.
+    objective: (steps, B) the direction's per-sample objective at each evaluated iterate. For the
+      reference-default APGD (``per_sample=False``) every column holds the BATCH objective (the
+      mean over images, spec Q7) that its decisions use, broadcast to the B images.
+    losses: ``{task: (steps, B)}`` per-sample task losses at the same iterates (under ``targets``:
+      each targeted task's loss against its target).
+    best_step: (B,) int32, the iterate each returned image is: 0 = the start point, k = after k
+      steps (the last iterate for attacks that return it).
+    step_size: (num_steps, B) the step size each image took from iterate k (APGD's schedule;
+      constant for FGSM, PGD and Auto-SAGE).
   """
   x_adv: Array
   objective: Array
   losses: dict[str, Array]
+  best_step: Array
+  step_size: Array
+
+
+class Context(NamedTuple):
+  """What an attack loss may see besides ``(x, labels)``.
+
+  Attributes:
+    step: int32 scalar, the iteration 0..num_steps−1 (traced; from the attack loop).
+    num_steps: the attack's number of iterations (static).
+    clean: the loss's start-of-attack data, ``loss_fn.init_context(x0, labels)`` (for
+      :func:`mtajax.tasks.make_loss_fn` losses: the clean predictions at x0).
+  """
+  step: Array
+  num_steps: int
+  clean: Any
+
+
+def takes_context(loss_fn: Callable[..., Any]) -> bool:
+  """Whether ``loss_fn`` wants an attack :class:`Context` (``loss_fn.takes_context``)."""
+  return bool(getattr(loss_fn, "takes_context", False))
+
+
+def clean_context(loss_fn, x0: Array, labels: Any) -> Any:
+  """The loss's start-of-attack data (None for plain ``loss_fn(x, labels)`` functions)."""
+  if not takes_context(loss_fn):
+    return None
+  return jax.lax.stop_gradient(loss_fn.init_context(x0, labels))
+
+
+def bind(loss_fn, step: Any, num_steps: int, clean: Any):
+  """``loss_fn`` as a plain ``(x, labels) -> losses`` function at iteration ``step``."""
+  if not takes_context(loss_fn):
+    return loss_fn
+  return functools.partial(loss_fn, context=Context(jnp.asarray(step, jnp.int32), num_steps, clean))
+
+
+def targeted(loss_fn, targets: Mapping[str, Array] | None, direction, keep_untargeted: bool):
+  """The loss an attack with ``targets`` ascends.
+
+  Each targeted task's loss is computed against its target map (``labels[task]`` replaced) and
+  turned by ``direction.descend`` into a quantity that grows as that loss falls (−L, or 1/L for
+  GB-MTA, whose balanced sum of log losses then descends Σ_t log L_t); tasks without a target are
+  dropped, or kept as untargeted tasks with ``keep_untargeted``.
+  """
+  if targets is None:
+    return loss_fn
+
+  def fn(x, labels):
+    losses = loss_fn(x, {**labels, **targets})
+    return {t: direction.descend(v) if t in targets else v for t, v in losses.items()
+            if t in targets or keep_untargeted}
+  return fn
+
+
+def reported(losses: dict[str, Array], targets, direction) -> dict[str, Array]:
+  """Diagnostics in loss units: ``descend`` is an involution, so it maps targeted terms back."""
+  if targets is None:
+    return losses
+  return {t: direction.descend(v) if t in targets else v for t, v in losses.items()}
 
 
 def detached(losses: dict[str, Array]) -> dict[str, Array]:
-  """Per-task losses as constants (used as the default GB-MTA objective baselines)."""
+  """Per-task losses as constants."""
   return {t: jax.lax.stop_gradient(v) for t, v in losses.items()}
-
-
-def objective_trace(direction, losses: dict[str, Array], baselines) -> Array:
-  """(steps, B) objective from stacked (steps, B) losses; baselines default to the first step's."""
-  if baselines is None:
-    baselines = {t: v[0] for t, v in losses.items()}
-  return direction.objective(losses, baselines)
-
-
-def project(x: Array, x0: Array, eps: Array) -> Array:
-  """L∞ projection onto the ε-ball around ``x0`` (reference ``proj``).
-
-  The ball's ends are nudged by one ulp where float rounding would put them beyond ε, so the
-  computed ``|x − x0|`` never exceeds ε (the reference's plain clamp can exceed it by half an ulp of
-  ``x0``, ~1e-5 on the 0–255 scale).
-  """
-  high = x0 + eps
-  high = jnp.where(high - x0 > eps, jnp.nextafter(high, x0), high)
-  low = x0 - eps
-  low = jnp.where(x0 - low > eps, jnp.nextafter(low, x0), low)
-  return jnp.clip(x, low, high)
 
 
 def clip(x: Array, bounds: Bounds) -> Array:
@@ -60,19 +116,25 @@ def clip(x: Array, bounds: Bounds) -> Array:
   return jnp.clip(x, jnp.asarray(low, x.dtype), jnp.asarray(high, x.dtype))
 
 
-def step(x: Array, x0: Array, direction: Array, step_size: Array, eps: Array,
-         bounds: Bounds) -> Array:
-  """One signed step followed by projection and clamping: clip(proj(x + a·sign(D))).
-
-  Elements where D is NaN (a loss with a NaN gradient) do not move; the NaN stays visible in the
-  attack's loss diagnostics instead of spreading into the adversarial batch.
-  """
-  return clip(project(x + step_size * safe_sign(direction), x0, eps), bounds)
+def project(x: Array, x0: Array, eps: Array) -> Array:
+  """L∞ projection onto the ε-ball around ``x0`` (reference ``proj``; see ``threat.Linf``)."""
+  return LINF.project(x, x0, eps)
 
 
 def safe_sign(d: Array) -> Array:
   """sign(d) with sign(0) = 0 and sign(NaN) = 0."""
-  return jnp.sign(jnp.where(jnp.isnan(d), 0.0, d))
+  return LINF.unit(d)
+
+
+def step(x: Array, x0: Array, direction: Array, step_size: Array, eps: Array, bounds: Bounds,
+         threat: threat_lib.ThreatModel = LINF) -> Array:
+  """One step and the projections: clip(proj(x + a·unit(D))) (L∞: unit = sign).
+
+  Elements where D is NaN (a loss with a NaN gradient) do not move; the NaN stays visible in the
+  attack's loss diagnostics instead of spreading into the adversarial batch.
+  """
+  a = threat_lib.per_sample(step_size, x)
+  return clip(threat.project(x + a * threat.unit(direction), x0, eps), bounds)
 
 
 def per_sample(mask: Array, x: Array) -> Array:
@@ -80,10 +142,52 @@ def per_sample(mask: Array, x: Array) -> Array:
   return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
 
 
-def random_start(key: Array, x0: Array, eps: Array, bounds: Bounds) -> Array:
+def random_start(key: Array, x0: Array, eps: Array, bounds: Bounds,
+                 threat: threat_lib.ThreatModel = LINF) -> Array:
   """Uniform start in the ε-ball, clamped to the box."""
-  noise = jax.random.uniform(key, x0.shape, x0.dtype, -1.0, 1.0)
-  return clip(x0 + eps * noise, bounds)
+  return clip(threat.uniform_start(key, x0, eps), bounds)
+
+
+def start(kind: Start, key: Array | None, x0: Array, eps: Array, bounds: Bounds,
+          threat: threat_lib.ThreatModel, x_init: Array | None) -> Array:
+  """The first iterate: x0, uniform in the ball, AutoAttack's start, or ``x_init`` projected."""
+  if kind == "none":
+    return x0
+  if kind == "uniform":
+    return random_start(key, x0, eps, bounds, threat)
+  if kind == "autoattack":
+    return clip(threat.autoattack_start(key, x0, eps), bounds)
+  return clip(threat.project(x_init, x0, eps), bounds)
+
+
+def start_kind(random_start_: bool, x_init: Array | None, default: Start = "uniform") -> Start:
+  """Which :func:`start` an attack's ``random_start`` / ``x_init`` arguments select."""
+  if x_init is not None:
+    return "given"
+  return default if random_start_ else "none"
+
+
+def improve(f: Array, f_best: Array, strict: Any = True) -> tuple[Array, Array]:
+  """NaN-safe best-point update: (better, new best); a NaN objective never counts as better."""
+  f = jnp.where(jnp.isnan(f), -jnp.inf, f)
+  better = jnp.where(strict, f > f_best, f >= f_best)
+  return better, jnp.where(better, f, f_best)
+
+
+def batch_objective(f: Array, example_weight: Array | None) -> Array:
+  """Mean over the batch's real (weight > 0) images with a finite objective, broadcast to (B,).
+
+  (An image with a NaN objective would otherwise make the batch objective NaN and stop every
+  best-point update of the reference's batch-level APGD.)
+  """
+  ok = jnp.isfinite(f)
+  if example_weight is None:
+    mean = jnp.where(jnp.all(ok), jnp.mean(f),
+                     jnp.sum(jnp.where(ok, f, 0.0)) / jnp.sum(ok).astype(f.dtype))
+  else:
+    w = jnp.where(ok, jnp.asarray(example_weight, f.dtype), 0.0)
+    mean = jnp.sum(w * jnp.where(ok, f, 0.0)) / jnp.sum(w)
+  return jnp.broadcast_to(mean, f.shape)
 
 
 def resolve_unroll(unroll: bool | int | None) -> bool | int:
@@ -91,17 +195,92 @@ def resolve_unroll(unroll: bool | int | None) -> bool | int:
   return platform.default_unroll() if unroll is None else unroll
 
 
+# ------------------------------------------------------------------------------------------------
+# Compile once: a loss function or direction is split into its static structure (compared by value,
+# functions by identity) and its arrays (traced), so rebuilding ``make_loss_fn(partial(predict,
+# state), ...)`` per batch reuses the compiled attack and keeps the weights traced.
+
+@dataclasses.dataclass(frozen=True)
+class _ById:
+  """An unhashable static value, compared by identity."""
+  value: Any
+
+  def __hash__(self):
+    return id(self.value)
+
+  def __eq__(self, other):
+    return isinstance(other, _ById) and other.value is self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  treedef: Any
+  leaves: tuple[Any, ...]  # None where an array leaf goes.
+
+
+def _is_array(v: Any) -> bool:
+  return isinstance(v, (jax.Array, np.ndarray))
+
+
+def _hashable(v: Any) -> Any:
+  try:
+    hash(v)
+    return v
+  except TypeError:
+    return _ById(v)
+
+
+def split(obj: Any) -> tuple[_Static, list[Array]]:
+  """(static structure, array leaves) of a callable; ``functools.partial`` counts as a pytree."""
+  if isinstance(obj, functools.partial) and not isinstance(obj, jax.tree_util.Partial):
+    obj = jax.tree_util.Partial(obj.func, *obj.args, **obj.keywords)
+  leaves, treedef = jax.tree.flatten(obj)
+  static = tuple(None if _is_array(v) else _hashable(v) for v in leaves)
+  return _Static(treedef, static), [v for v in leaves if _is_array(v)]
+
+
+def merge(static: _Static, arrays: list[Array]) -> Any:
+  """Inverse of :func:`split`."""
+  it = iter(arrays)
+  leaves = [next(it) if v is None else (v.value if isinstance(v, _ById) else v)
+            for v in static.leaves]
+  return jax.tree.unflatten(static.treedef, leaves)
+
+
+@functools.partial(jax.jit, static_argnames=("impl", "loss_static", "dir_static", "options"))
+def _compiled(loss_arrays, dir_arrays, args, *, impl, loss_static, dir_static, options):
+  return impl(merge(loss_static, loss_arrays), merge(dir_static, dir_arrays), **args,
+              **dict(options))
+
+
+def run(impl: Callable[..., AttackResult], loss_fn, direction, args: dict[str, Any],
+        **options: Any) -> AttackResult:
+  """Calls ``impl(loss_fn, direction, **args, **options)`` jit-compiled.
+
+  ``args`` are traced (arrays, pytrees, None); ``options`` are static (hashable). The compiled
+  program is reused whenever the loss function's and direction's static structure and the options
+  are equal, whatever their arrays hold.
+  """
+  loss_static, loss_arrays = split(loss_fn)
+  dir_static, dir_arrays = split(direction)
+  return _compiled(loss_arrays, dir_arrays, args, impl=impl, loss_static=loss_static,
+                   dir_static=dir_static, options=tuple(sorted(options.items())))
+
+
 def _is_concrete(v: Any) -> bool:
   return not isinstance(v, jax.core.Tracer)
 
 
 def check_inputs(x: Array, eps: Any, bounds: Bounds, *, step_size: Any = None,
-                 random_start_: bool = False, key: Array | None = None) -> None:
+                 random_start_: bool = False, key: Array | None = None, norm: str = "linf",
+                 labels: Any = None, targets: Mapping[str, Any] | None = None,
+                 x_init: Array | None = None) -> threat_lib.ThreatModel:
   """Validates attack inputs; raises a one-line ValueError naming the problem and the fix.
 
   Value checks (finite input inside the box, ε ≥ 0) run only on concrete arrays; under an outer
-  ``jit`` the caller is responsible for them.
+  ``jit`` the caller is responsible for them. Returns the threat model of ``norm``.
   """
+  threat = threat_lib.by_name(norm)
   if x.ndim < 2:
     raise ValueError(f"x must be a batch (B, ...); got shape {x.shape}.")
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -112,8 +291,15 @@ def check_inputs(x: Array, eps: Any, bounds: Bounds, *, step_size: Any = None,
     if shape not in ((), (x.shape[-1],)):
       raise ValueError(f"bounds {name} must be a scalar or one value per channel "
                        f"({x.shape[-1]},); got shape {shape}.")
+  if np.shape(eps) not in ((), (x.shape[0],)):
+    raise ValueError(f"eps must be a scalar or one radius per image ({x.shape[0]},); got shape "
+                     f"{np.shape(eps)}.")
   if random_start_ and key is None:
     raise ValueError("random_start=True needs a PRNG key; pass key=jax.random.key(seed).")
+  if x_init is not None and np.shape(x_init) != x.shape:
+    raise ValueError(f"x_init must have the shape of x {x.shape}; got {np.shape(x_init)}.")
+  if targets is not None:
+    _check_targets(targets, labels)
   if _is_concrete(eps) and not float(np.min(eps)) >= 0:
     raise ValueError(f"eps must be >= 0; got {eps}.")
   if step_size is not None and _is_concrete(step_size) and not float(np.min(step_size)) > 0:
@@ -130,3 +316,23 @@ def check_inputs(x: Array, eps: Any, bounds: Bounds, *, step_size: Any = None,
       if bool(jnp.any((x < lo - 1e-4) | (x > hi + 1e-4))):
         raise ValueError("x lies outside the input bounds; pass the bounds of the model's input "
                          "encoding (mtajax.data.preprocess.input_bounds() for the reference one).")
+  return threat
+
+
+def _check_targets(targets: Mapping[str, Any], labels: Any) -> None:
+  if not isinstance(labels, Mapping):
+    raise ValueError("targets= needs labels as a dict {task: label map, ...} (the batch of "
+                     f"mtajax.tasks.make_loss_fn); got {type(labels).__name__}.")
+  for task, target in targets.items():
+    if task not in labels:
+      raise ValueError(f"targets has task {task!r} but the labels have {sorted(labels)}; pass "
+                       "one target map per task the loss reads from labels[task].")
+    if np.shape(target) != np.shape(labels[task]):
+      raise ValueError(f"target map for {task!r} has shape {np.shape(target)}; it must have the "
+                       f"shape of labels[{task!r}], {np.shape(labels[task])}.")
+
+
+def check_steps(num_steps: int) -> None:
+  """num_steps must be a positive int (it is static)."""
+  if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+    raise ValueError(f"num_steps must be an int >= 1; got {num_steps!r}.")

@@ -6,6 +6,12 @@ embedded benchmark is generated locally; the real ones need `manual_dir`), reads
 step k is a pure function of (seed, k): shuffling permutes the examples with a per-epoch seed, and
 augmentation draws from a generator seeded by (seed, epoch, example index), so resuming at step k
 (`loader.iterate(k)`) continues exactly. Each process reads only its slice of every global batch.
+
+Evaluation loaders pad (`pad=True`, the default without `train`): the last global batch is filled
+up with blank examples (black image, every label ignored) and every batch carries
+`example_weight`, float32 (B,), 1 for a real example and 0 for padding (as big_vision does). So
+every process gets the same local shape at every step, the evaluation compiles once, and every real
+example is seen exactly once; losses and metrics skip weight-0 examples.
 """
 from __future__ import annotations
 
@@ -105,7 +111,8 @@ class Loader:
   def __init__(self, name: str, source: Sequence[Mapping[str, np.ndarray]], *,
                batch_size: int, tasks: Sequence[str], train: bool, seed: int,
                options: Options, shuffle: bool, drop_remainder: bool,
-               process_index: int, process_count: int, class_weights: np.ndarray | None):
+               process_index: int, process_count: int, class_weights: np.ndarray | None,
+               pad: bool = False):
     if batch_size < 1 or batch_size % process_count:
       raise ValueError(f'batch_size {batch_size} must be a positive multiple of the process '
                        f'count {process_count}.')
@@ -117,7 +124,7 @@ class Loader:
                        f'from {default_tasks(name)}.')
     self.name, self.source, self.tasks = name, source, tuple(tasks)
     self.batch_size, self.train, self.seed, self.options = batch_size, train, seed, options
-    self.shuffle, self.drop_remainder = shuffle, drop_remainder
+    self.shuffle, self.drop_remainder, self.pad = shuffle, drop_remainder, pad
     self.process_index, self.process_count = process_index, process_count
     self.local_batch_size = batch_size // process_count
     self.num_classes = num_classes(name)
@@ -128,6 +135,14 @@ class Loader:
     if self.steps_per_epoch == 0:
       raise ValueError(f'{self.num_examples} examples give no full batch of {batch_size}; lower '
                        'batch_size or set drop_remainder=False.')
+    if pad and drop_remainder:
+      raise ValueError('pad=True fills up the last batch that drop_remainder=True drops; set one '
+                       'of them to False.')
+    if not (pad or drop_remainder) and process_count > 1 and self.num_examples % batch_size:
+      raise ValueError(f'{self.num_examples} examples in batches of {batch_size} leave a short '
+                       f'last batch that does not split equally over {process_count} processes; '
+                       'set pad=True (the evaluation default) or drop_remainder=True.')
+    self._blank: dict[str, np.ndarray] | None = None
 
   @property
   def crop_size(self) -> tuple[int, int] | None:
@@ -136,13 +151,19 @@ class Loader:
     return {'nyuv2': (321, 321), 'taskonomy': (224, 224)}.get(self.name)
 
   def indices(self, step: int) -> np.ndarray:
-    """Source indices of this process's share of the global batch at `step`."""
+    """Source indices of this process's share of the global batch at `step` (-1: padding).
+
+    Process p gets positions [p L, (p + 1) L) of the global batch, L = `local_batch_size`; with
+    `pad` the global batch is filled up to `batch_size` with -1 first.
+    """
     epoch, pos = divmod(step, self.steps_per_epoch)
     order = np.arange(self.num_examples)
     if self.shuffle:
       order = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
     batch = order[pos * self.batch_size:(pos + 1) * self.batch_size]
-    share = math.ceil(len(batch) / self.process_count)
+    if self.pad:
+      batch = np.pad(batch, (0, self.batch_size - len(batch)), constant_values=-1)
+    share = self.local_batch_size
     return batch[self.process_index * share:(self.process_index + 1) * share]
 
   def example(self, index: int, epoch: int = 0) -> dict[str, np.ndarray]:
@@ -188,8 +209,18 @@ class Loader:
       raise ValueError(f'Step {step} is past the single pass of {self.steps_per_epoch} steps of an '
                        'evaluation loader; use train=True to repeat.')
     epoch = step // self.steps_per_epoch
-    examples = [self.example(i, epoch) for i in self.indices(step)]
-    return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    indices = self.indices(step)
+    examples = [self.example(i, epoch) if i >= 0 else self.blank() for i in indices]
+    batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+    if self.pad:
+      batch['example_weight'] = (indices >= 0).astype(np.float32)
+    return batch
+
+  def blank(self) -> dict[str, np.ndarray]:
+    """The padding example: shaped like example 0, black image, every label ignored."""
+    if self._blank is None:
+      self._blank = preprocess.blank_like(self.example(0), pad_depth_with_zero=self.name == 'nyuv2')
+    return self._blank
 
   def iterate(self, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
     """Batches from `start_step` on: forever when training, to the end of the pass otherwise."""
@@ -210,7 +241,7 @@ def dataset(name: str, data_dir: str | Path, split: str = 'test', *, batch_size:
             shuffle: bool | None = None, drop_remainder: bool | None = None,
             manual_dir: str | Path | None = None, config: Any = None,
             options: Options | None = None, process_index: int | None = None,
-            process_count: int | None = None) -> Loader:
+            process_count: int | None = None, pad: bool | None = None) -> Loader:
   """Loader of `split` of dataset `name` ('synthetic', 'nyuv2' or 'taskonomy').
 
   Args:
@@ -224,6 +255,8 @@ def dataset(name: str, data_dir: str | Path, split: str = 'test', *, batch_size:
     seed: seed of the shuffling and of the augmentation.
     shuffle: default `train`.
     drop_remainder: default `train`.
+    pad: fill the last batch up with weight-0 blank examples and add `example_weight` to every
+      batch; default `not train` (see the module docstring).
     manual_dir: folder with the downloaded files (NYUv2, Taskonomy), needed to prepare once.
     config: synthetic only: a `SyntheticConfig` or kwargs of `synthetic_builder.make_config`.
     options: preprocessing options (`Options`).
@@ -243,4 +276,4 @@ def dataset(name: str, data_dir: str | Path, split: str = 'test', *, batch_size:
       drop_remainder=train if drop_remainder is None else drop_remainder,
       process_index=jax.process_index() if process_index is None else process_index,
       process_count=jax.process_count() if process_count is None else process_count,
-      class_weights=weights)
+      class_weights=weights, pad=not train if pad is None else pad)

@@ -125,3 +125,16 @@ def test_transform(example: Mapping[str, np.ndarray], crop: tuple[int, int]
                    ) -> dict[str, np.ndarray]:
   """Reference test transform: resize everything to the crop size (aspect not kept, Q27)."""
   return resize_example(example, crop)
+
+
+def blank_like(example: Mapping[str, np.ndarray], pad_depth_with_zero: bool
+               ) -> dict[str, np.ndarray]:
+  """A padding example shaped like the batch-ready `example`: black image, labels as padded.
+
+  Every label carries the value the crop padding gives it (255, or 0 for NYUv2 depth) and every
+  mask is 0, so the example has no valid pixel for any task.
+  """
+  out = {k: np.full_like(v, _pad_value(k, pad_depth_with_zero)) for k, v in example.items()}
+  out['image'] = np.broadcast_to(encode_image(np.zeros((1, 1, 3), np.uint8)),
+                                 example['image'].shape).astype(example['image'].dtype)
+  return out

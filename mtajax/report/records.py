@@ -82,9 +82,11 @@ def check(records: Iterable[Record]) -> list[dict[str, Any]]:
     _finite(rec["eps"], f"eps of {name}")
     if rec["attack"] != CLEAN:
       direction = rec["direction"]
-      if direction not in SHARED_DIRECTIONS and single_task(direction) not in rec["tasks"]:
-        raise ValueError(f"{name} has direction {direction!r}; use total, sign_total, gbmta or "
-                         f"single_<task> with a task in {rec['tasks']}.")
+      if not isinstance(direction, str) or not direction or (
+          single_task(direction) is not None and single_task(direction) not in rec["tasks"]):
+        raise ValueError(f"{name} has direction {direction!r}; use a direction name "
+                         f"(mtajax.directions.registered()) or single_<task> with a task in "
+                         f"{rec['tasks']}.")
       _finite(rec["arp"], f"ARP of {name}")
       per_task = rec["arp_per_task"]
       if not isinstance(per_task, Mapping) or set(per_task) != set(rec["tasks"]):
@@ -173,10 +175,11 @@ def attacks_present(records: Iterable[Record]) -> list[str]:
 
 
 def directions_present(records: Iterable[Record], tasks: Sequence[str]) -> list[str]:
-  """Directions of the records: Single-x in task order, then Total, SignTotal, GB-MTA."""
+  """Directions of the records: Single-x in task order, Total, SignTotal, GB-MTA, then the
+  other (registered) directions by name."""
   names = {r["direction"] for r in attacked(records)}
   order = [f"single_{t}" for t in tasks] + list(SHARED_DIRECTIONS)
-  return [d for d in order if d in names]
+  return [d for d in order if d in names] + sorted(names - set(order) - {None})
 
 
 def select(records: Iterable[Record], *, model: str | None = None, attack: str | None = None,

@@ -65,12 +65,13 @@ class Depth(l1.L1Task):
     p = resize_nearest(pred[..., 0].astype(jnp.float32), g.shape[1:3])
     if self.metric_set == "nyuv2":
       valid &= g > self.min_depth
+    valid, size = base.real_pixels(valid, batch)
     g = jnp.where(valid, g, 1)
     err = jnp.where(valid, jnp.abs(p - g), 0)
     counts = jnp.sum(valid, axis=(1, 2))
-    update = base.mean_state("abs_err", jnp.sum(err, axis=(1, 2)), counts)
+    update = base.mean_state("abs_err", jnp.sum(err, axis=(1, 2)), counts, size)
     if self.metric_set == "nyuv2":
-      update |= base.mean_state("rel_err", jnp.sum(err / g, axis=(1, 2)), counts)
+      update |= base.mean_state("rel_err", jnp.sum(err / g, axis=(1, 2)), counts, size)
       if self.definition == "reference":
         # Q20: max(p/g, g/p); a negative p gives a negative ratio that counts as within.
         ratio = jnp.maximum(p / g, g / p)
@@ -79,10 +80,10 @@ class Depth(l1.L1Task):
       thresholds = jnp.asarray(SIGMA_THRESHOLDS, jnp.float32)
       update["within"] = jnp.sum((ratio[..., None] <= thresholds) & valid[..., None],
                                  axis=(0, 1, 2), dtype=jnp.int32)
-    return jax.tree.map(jnp.add, state, update)
+    return base.add_states(state, update)
 
   def metric_compute(self, state: base.MetricState) -> dict[str, float]:
-    state = jax.device_get(state)
+    state = base.host_state(self.name, state)
     out = {"abs_err": base.mean_value(state, "abs_err", self.definition, self.name)}
     if self.metric_set == "nyuv2":
       out["rel_err"] = base.mean_value(state, "rel_err", self.definition, self.name)

@@ -60,12 +60,13 @@ class MaskedL1(L1Task):
                     batch: base.Batch) -> base.MetricState:
     self.check_pred(pred)
     g, valid = self._labels(batch, None)
+    valid, size = base.real_pixels(valid, batch)
     p = resize_nearest(pred[..., 0].astype(jnp.float32), g.shape[1:3])
     err = jnp.where(valid, jnp.abs(p - g), 0)
     update = base.mean_state(self.metric_name, jnp.sum(err, axis=(1, 2)),
-                             jnp.sum(valid, axis=(1, 2)))
-    return jax.tree.map(jnp.add, state, update)
+                             jnp.sum(valid, axis=(1, 2)), size)
+    return base.add_states(state, update)
 
   def metric_compute(self, state: base.MetricState) -> dict[str, float]:
     return base.check_finite(self.name, {self.metric_name: base.mean_value(
-        jax.device_get(state), self.metric_name, self.definition, self.name)})
+        base.host_state(self.name, state), self.metric_name, self.definition, self.name)})

@@ -2,41 +2,89 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from mtajax.tasks import attack_losses
 from mtajax.tasks import base
 
 Predict = Callable[[jax.Array], Mapping[str, jax.Array]]
-LossFn = Callable[[jax.Array, base.Batch], dict[str, jax.Array]]
+LossFunction = Callable[[jax.Array, base.Batch], dict[str, jax.Array]]
 
 
-def make_loss_fn(predict: Predict, tasks: Sequence[base.Task],
-                 reduction: base.Reduction) -> LossFn:
-  """Builds ``loss_fn(x, batch) -> {task.name: (B,) per-sample loss}`` from ``predict(x)``.
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["predict"],
+                   meta_fields=["tasks", "reduction", "attack_loss"])
+@dataclasses.dataclass(frozen=True)
+class LossFn:
+  """``loss_fn(x, batch) -> {task.name: (B,) per-sample loss}`` of ``predict(x)``.
 
-  Args:
-    predict: pure function mapping the model input to ``{task name: (B, h, w, C)}``.
+  A pytree whose leaves are the arrays inside ``predict`` (when it is a ``functools.partial``,
+  e.g. ``partial(predict, state)``): the attacks trace them, so a loss function rebuilt per batch
+  around unchanged weights reuses the compiled attack, and the weights are never baked into it.
+
+  Attributes:
+    predict: maps the model input to ``{task name: (B, h, w, C)}``.
     tasks: the tasks to score, in order.
-    reduction: ``'image'`` (reference ``'none'``: GB-MTA, SignTotal) or ``'pooled'`` (batch mean ==
-      reference ``'mean'``: Single-x, Total, training).
+    reduction: ``'image'`` or ``'pooled'`` (see :func:`make_loss_fn`).
+    attack_loss: a name from :mod:`mtajax.tasks.attack_losses` (``'default'``: the task losses).
   """
-  base.check_choice("reduction", reduction, base.REDUCTIONS)
-  tasks = tuple(tasks)
-  if not tasks:
-    raise ValueError("make_loss_fn needs at least one task.")
+  predict: Predict
+  tasks: tuple[base.Task, ...]
+  reduction: base.Reduction
+  attack_loss: str = attack_losses.DEFAULT
 
-  def loss_fn(x: jax.Array, batch: base.Batch) -> dict[str, jax.Array]:
-    preds = predict(x)
-    missing = [t.name for t in tasks if t.name not in preds]
+  @property
+  def takes_context(self) -> bool:
+    """Attack losses other than the default see the attack's context (step, clean prediction)."""
+    return self.attack_loss != attack_losses.DEFAULT
+
+  def init_context(self, x0: jax.Array, batch: base.Batch) -> Mapping[str, jax.Array]:
+    """The clean predictions at ``x0`` (an attack's :attr:`Context.clean`)."""
+    del batch
+    return self.predict(x0)
+
+  def __call__(self, x: jax.Array, batch: base.Batch, context: Any = None
+               ) -> dict[str, jax.Array]:
+    preds = self.predict(x)
+    missing = [t.name for t in self.tasks if t.name not in preds]
     if missing:
       raise ValueError(f"predict() returned no output for tasks {missing}; it returned "
                        f"{sorted(preds)}.")
-    return {t.name: t.loss(preds[t.name], batch, reduction) for t in tasks}
+    if not self.takes_context:
+      return {t.name: t.loss(preds[t.name], batch, self.reduction) for t in self.tasks}
+    fn = attack_losses.get(self.attack_loss)
+    out = {}
+    for t in self.tasks:
+      t.check_pred(preds[t.name])
+      num, den = fn(t, preds[t.name], batch, context)
+      out[t.name] = base.reduce_loss(num, den, self.reduction, batch)
+    return out
 
-  return loss_fn
+
+def make_loss_fn(predict: Predict, tasks: Sequence[base.Task], reduction: base.Reduction,
+                 attack_loss: str = attack_losses.DEFAULT) -> LossFn:
+  """Builds ``loss_fn(x, batch) -> {task.name: (B,) per-sample loss}`` from ``predict(x)``.
+
+  Args:
+    predict: pure function mapping the model input to ``{task name: (B, h, w, C)}``; pass
+      ``functools.partial(predict, state)`` to keep the weights traced.
+    tasks: the tasks to score, in order.
+    reduction: ``'image'`` (reference ``'none'``: GB-MTA, SignTotal) or ``'pooled'`` (batch mean ==
+      reference ``'mean'``: Single-x, Total, training).
+    attack_loss: the per-pixel loss attacks ascend (:mod:`mtajax.tasks.attack_losses`).
+  """
+  base.check_choice("reduction", reduction, base.REDUCTIONS)
+  attack_losses.get(attack_loss)
+  tasks = tuple(tasks)
+  if not tasks:
+    raise ValueError("make_loss_fn needs at least one task.")
+  if isinstance(predict, functools.partial) and not isinstance(predict, jax.tree_util.Partial):
+    predict = jax.tree_util.Partial(predict.func, *predict.args, **predict.keywords)
+  return LossFn(predict, tasks, reduction, attack_loss)
 
 
 def total_loss(losses: Mapping[str, jax.Array],

@@ -88,6 +88,7 @@ class Segmentation(base.Task):
                     batch: base.Batch) -> base.MetricState:
     self.check_pred(pred)
     y, valid = self._labels(batch, None)
+    valid, size = base.real_pixels(valid, batch)
     hw = y.shape[1:3]
     if self.metric_set == "nyuv2":
       # argmax then nearest upsampling == argmax of the nearest-upsampled logits.
@@ -97,16 +98,17 @@ class Segmentation(base.Task):
                                length=c * c).reshape(c, c)
       correct = jnp.sum((p == y) & valid, axis=(1, 2))
       update = {"confusion": confusion.astype(jnp.int32),
-                **base.mean_state("Pixel Acc", correct, jnp.sum(valid, axis=(1, 2)))}
+                **base.mean_state("Pixel Acc", correct, jnp.sum(valid, axis=(1, 2)), size)}
     else:
       # The reference upsamples logits before the CE; the per-pixel CE commutes with the gather.
       logits = resize_nearest(pred, hw)
       num, den = self._weighted_nll(logits, y, valid)
-      update = base.mean_state("err", jnp.sum(num, axis=(1, 2)), jnp.sum(den, axis=(1, 2)))
-    return jax.tree.map(jnp.add, state, update)
+      update = base.mean_state("err", jnp.sum(num, axis=(1, 2)), jnp.sum(den, axis=(1, 2)),
+                               size)
+    return base.add_states(state, update)
 
   def metric_compute(self, state: base.MetricState) -> dict[str, float]:
-    state = jax.device_get(state)
+    state = base.host_state(self.name, state)
     if self.metric_set == "taskonomy":
       return base.check_finite(self.name, {
           "err": base.mean_value(state, "err", self.definition, self.name)})

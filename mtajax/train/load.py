@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,22 +40,35 @@ class LoadedModel:
   batch_stats: Any
   step: int
   _apply: Callable[..., Any]
+  _pure: Callable[..., Any] | None = dataclasses.field(default=None, repr=False, compare=False)
 
   def predict(self, x: jax.Array) -> dict[str, jax.Array]:
     """Eval-mode predictions ``{task: (B, h, w, C)}`` (BatchNorm running statistics)."""
     return self._apply(self.params, self.batch_stats, x, train=False)[0]
 
   def pure_predict(self) -> tuple[Callable[[Any, jax.Array], dict[str, jax.Array]], Any]:
-    """``(predict, state)``: ``predict(state, x)`` is pure, so weights stay traced under ``jit``."""
-    apply = self._apply
+    """``(predict, state)``: ``predict(state, x)`` is pure, so weights stay traced under ``jit``.
 
-    def predict(state: Any, x: jax.Array) -> dict[str, jax.Array]:
-      return apply(state[0], state[1], x, train=False)[0]
-    return predict, (self.params, self.batch_stats)
+    ``predict`` is the same function object on every call (jitted callers compile once).
+    """
+    if self._pure is None:
+      apply = self._apply
 
-  def loss_fn(self, reduction: base.Reduction = "image") -> loss_fn_lib.LossFn:
-    """``loss_fn(x, batch) -> {task: (B,)}``; use ``direction.reduction`` to match the reference."""
-    return loss_fn_lib.make_loss_fn(self.predict, self.tasks, reduction)
+      def predict(state: Any, x: jax.Array) -> dict[str, jax.Array]:
+        return apply(state[0], state[1], x, train=False)[0]
+      self._pure = predict
+    return self._pure, (self.params, self.batch_stats)
+
+  def loss_fn(self, reduction: base.Reduction = "image",
+              attack_loss: str = "default") -> loss_fn_lib.LossFn:
+    """``loss_fn(x, batch) -> {task: (B,)}``; use ``direction.reduction`` to match the reference.
+
+    The weights are traced leaves of the returned loss function (not compile-time constants), so
+    calling it afresh per batch reuses the compiled attack.
+    """
+    predict, state = self.pure_predict()
+    return loss_fn_lib.make_loss_fn(functools.partial(predict, state), self.tasks, reduction,
+                                    attack_loss)
 
 
 def load_model(checkpoint_dir: str | Path, step: int | None = None) -> LoadedModel:

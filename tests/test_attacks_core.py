@@ -1,0 +1,510 @@
+"""Attack core, second pass: NaN-safe objectives, compile once on the README's paths, open
+directions, attack-loss context, L2 and targeted threat models, AutoAttack's APGD, result fields."""
+
+import functools
+
+from flax import nnx
+from hypothesis import given, settings, strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mtajax import attacks
+from mtajax import directions as D
+from mtajax import models
+from mtajax import tasks as tasks_lib
+from mtajax import testing
+from mtajax.attacks import apgd as apgd_lib
+from mtajax.attacks import common
+from mtajax.train import load
+
+EPS = 8.0
+BOUNDS = (np.array([-104.0, -116.7, -122.7], np.float32),
+          np.array([151.0, 138.3, 132.3], np.float32))
+
+
+@pytest.fixture(scope="module", name="setup")
+def fixture_setup():
+  key = jax.random.PRNGKey(0)
+  params = testing.init(key, 3, width=4)
+  labels = (params, testing.random_labels(key, params, 3, 8))
+  x = jax.random.uniform(key, (3, 8, 8, 3), minval=-100.0, maxval=100.0)
+  return x, labels
+
+
+def masked_loss(x, labels):
+  """Two tasks on a cheap net; the first a masked mean (0 for an image with an empty mask)."""
+  m, target, mask = labels["m"], labels["target"], labels["mask"]
+  h = jnp.tanh(x / 50.0) @ m  # (B, H, W, 2)
+  err = jnp.abs(h[..., 0] - target)
+  count = jnp.sum(mask, axis=(1, 2))
+  masked = jnp.sum(err * mask, axis=(1, 2)) / jnp.maximum(count, 1.0)
+  return {"masked": masked, "plain": jnp.mean((h[..., 1] + target) ** 2, axis=(1, 2))}
+
+
+def masked_problem(b=3, hw=4, seed=0, empty=(0,)):
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(-1, 1, (b, hw, hw, 3)).astype(np.float32)
+  mask = np.ones((b, hw, hw), np.float32)
+  mask[list(empty)] = 0.0
+  labels = {"m": rng.normal(size=(3, 2)).astype(np.float32),
+            "target": rng.normal(size=(b, hw, hw)).astype(np.float32), "mask": mask}
+  return x, labels
+
+
+def test_gbmta_apgd_with_an_image_without_valid_pixels_attacks_every_image():
+  """The issue's repro: one image's first task has no valid pixel (loss 0, baseline 0)."""
+  x, labels = masked_problem()
+  out = attacks.apgd(masked_loss, x, labels, direction=D.gbmta(), eps=0.3, bounds=(-2.0, 2.0),
+                     num_steps=10)
+  assert np.all(np.isfinite(out.objective))
+  moved = np.max(np.abs(np.asarray(out.x_adv) - x), axis=(1, 2, 3))
+  assert np.all(moved > 0.1), moved
+  assert out.objective[-1, 0] > out.objective[0, 0]
+  best = attacks.pgd(masked_loss, x, labels, direction=D.gbmta(), eps=0.3, bounds=(-2.0, 2.0),
+                     num_steps=5, return_best=True)
+  assert np.all(np.isfinite(best.objective))
+  assert np.all(np.max(np.abs(np.asarray(best.x_adv) - x), axis=(1, 2, 3)) > 0.1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Properties of every attack x direction on a loss with an identically-zero task and images
+# without a valid pixel.
+
+def zero_task_loss(x, labels):
+  return {**masked_loss(x, labels), "zero": 0.0 * jnp.mean(x, axis=(1, 2, 3))}
+
+
+BEST = [("pgd", {"return_best": True}), ("apgd", {}), ("apgd", {"per_sample": True}),
+        ("apgd", {"variant": "autoattack"})]
+DIRECTIONS = ["single_plain", "total", "sign_total", "gbmta"]
+
+
+def objective_at(direction, x, labels, x0):
+  """Per-image objective at x with the attack's default state (the losses at x0)."""
+  losses0 = zero_task_loss(x0, labels)
+  state = direction.init(zero_task_loss, x0, labels, losses0)
+  return np.asarray(direction.objective(zero_task_loss(jnp.asarray(x), labels), state))
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("attack,options", BEST, ids=lambda v: str(v))
+@settings(max_examples=3, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2 ** 16), eps=st.floats(0.05, 0.5), empty=st.sampled_from([(), (0,)]))
+def test_best_point_attacks_never_lower_the_objective(attack, options, direction, seed, eps,
+                                                      empty):
+  x, labels = masked_problem(seed=seed, empty=empty)
+  d = D.by_name(direction)
+  out = attacks.by_name(attack)(zero_task_loss, x, labels, direction=d, eps=eps,
+                                bounds=(-2.0, 2.0), num_steps=4, **options)
+  assert np.all(np.isfinite(out.objective))  # "plain" is usable for every image.
+  f0, f = objective_at(d, x, labels, x), objective_at(d, out.x_adv, labels, x)
+  if attack == "apgd" and not options:  # The reference's batch objective (Q7).
+    assert f.mean() >= f0.mean() - 1e-5 * abs(f0.mean()) - 1e-6
+  else:
+    assert np.all(f >= f0 - 1e-5 * np.abs(f0) - 1e-6), (f, f0)
+  moved = np.max(np.abs(np.asarray(out.x_adv) - x), axis=(1, 2, 3))
+  if direction == "sign_total":  # A vote can cancel (no ascent): then nothing better was found.
+    assert np.all((moved > 0) | np.isclose(f, f0)), moved
+  else:  # Gradients of their objective: every image with a usable task moves.
+    assert np.all(moved > 0), moved
+  assert np.max(np.abs(np.asarray(out.x_adv) - x)) <= eps + 1e-6
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+@pytest.mark.parametrize("attack", ["fgsm", "pgd"])
+def test_last_iterate_attacks_move_every_image_with_a_usable_task(attack, direction):
+  x, labels = masked_problem(empty=(0, 2))
+  d = D.by_name(direction)
+  out = attacks.by_name(attack)(zero_task_loss, x, labels, direction=d, eps=0.2,
+                                bounds=(-2.0, 2.0))
+  assert np.all(np.isfinite(out.objective))
+  moved = np.max(np.abs(np.asarray(out.x_adv) - x), axis=(1, 2, 3)) > 0
+  ascent = np.max(np.abs(np.asarray(d(zero_task_loss, jnp.asarray(x), labels)[0])),
+                  axis=(1, 2, 3)) > 0
+  assert np.all(moved | ~ascent) and np.sum(ascent) >= 2  # (A SignTotal vote can cancel.)
+
+
+# ------------------------------------------------------------------------------------------------
+# Compile once on the README's own paths; weights traced, never baked in.
+
+def small_model():
+  model = models.build_model("small", {"segment_semantic": 4, "depth_zbuffer": 1}, 0, width=4,
+                             rngs=nnx.Rngs(0))
+  tasks = (tasks_lib.Segmentation(name="segment_semantic", channels=4),
+           tasks_lib.Depth(name="depth_zbuffer", channels=1))
+  return model, tasks
+
+
+def small_batch(seed, b=2, size=16):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.uniform(-50, 50, (b, size, size, 3)).astype(np.float32),
+          "segment_semantic": rng.integers(0, 4, (b, size, size)).astype(np.int32),
+          "depth_zbuffer": rng.uniform(0.5, 3, (b, size, size)).astype(np.float32),
+          "depth_zbuffer_mask": np.ones((b, size, size), np.float32)}
+
+
+@pytest.mark.parametrize("attack", ["pgd", "apgd"])
+def test_readme_loss_fn_rebuilt_per_batch_compiles_once_and_keeps_weights_traced(attack):
+  model, tasks = small_model()
+  predict, state = models.pure_predict(model)
+  traces = []
+
+  def counted(state_, x):
+    traces.append(1)
+    return predict(state_, x)
+  direction = D.gbmta()
+  outs = []
+  for seed in range(3):
+    batch = small_batch(seed)
+    loss_fn = tasks_lib.make_loss_fn(functools.partial(counted, state), tasks, direction.reduction)
+    outs.append(attacks.by_name(attack)(loss_fn, batch["image"], batch, direction=direction,
+                                        eps=4.0, bounds=BOUNDS, num_steps=2).x_adv)
+    if seed == 0:
+      first = len(traces)
+  assert len(traces) == first
+  # New weights of the same shapes: no recompile, and a different result (weights are traced).
+  state2 = jax.tree.map(lambda v: v * 1.5, state)
+  batch = small_batch(2)
+  loss_fn = tasks_lib.make_loss_fn(functools.partial(counted, state2), tasks, direction.reduction)
+  out2 = attacks.by_name(attack)(loss_fn, batch["image"], batch, direction=direction, eps=4.0,
+                                 bounds=BOUNDS, num_steps=2).x_adv
+  assert len(traces) == first
+  assert not np.array_equal(np.asarray(out2), np.asarray(outs[2]))
+
+
+def test_loaded_model_loss_fn_per_batch_compiles_once():
+  model, tasks = small_model()
+  apply, params, batch_stats = models.pure_apply(model)
+  calls = []
+
+  def counted_apply(*args, **kwargs):
+    calls.append(1)
+    return apply(*args, **kwargs)
+  loaded = load.LoadedModel(None, tasks, None, model, nnx.to_pure_dict(params),
+                            nnx.to_pure_dict(batch_stats), 0, counted_apply)
+  for seed in range(3):
+    batch = small_batch(seed)
+    attacks.pgd(loaded.loss_fn("pooled"), batch["image"], batch, direction=D.total(), eps=4.0,
+                bounds=BOUNDS, num_steps=2)
+    if seed == 0:
+      first = len(calls)
+  assert len(calls) == first
+  leaves = jax.tree.leaves(loaded.loss_fn())
+  assert leaves and all(isinstance(v, (jax.Array, np.ndarray)) for v in leaves)
+
+
+# ------------------------------------------------------------------------------------------------
+# Open directions.
+
+class FixedWeights(D.Direction):
+  """A user direction with start-of-attack state: Σ_t ∇L_t / c_t, c_t fixed at the start."""
+
+  @property
+  def name(self):
+    return "fixed_weights"
+
+  def init(self, loss_fn, x0, labels, losses0):
+    return {t: jnp.maximum(v, 1e-6) for t, v in losses0.items()}
+
+  def __call__(self, loss_fn, x, labels):
+    grads, losses = D.per_task_grads(loss_fn, x, labels)
+    return jnp.sum(grads, axis=0), losses
+
+  def objective(self, losses, state=None):
+    if state is None:
+      return sum(losses.values())
+    return sum(v / state[t] for t, v in losses.items())
+
+
+def test_a_registered_user_direction_works_by_name_in_every_attack(setup):
+  x0, labels = setup
+  D.register("fixed_weights", FixedWeights)
+  assert "fixed_weights" in D.registered()
+  direction = D.by_name("fixed_weights")
+  for name in ("fgsm", "pgd", "apgd"):
+    kw = {} if name == "fgsm" else {"num_steps": 3}
+    out = attacks.by_name(name)(testing.loss_fn, x0, labels, direction=direction, eps=EPS,
+                                bounds=BOUNDS, **kw)
+    assert np.max(np.abs(np.asarray(out.x_adv - x0))) > 0
+    assert np.all(np.isfinite(out.objective))
+  # APGD ascends the direction's own objective with its own start state.
+  out = attacks.apgd(testing.loss_fn, x0, labels, direction=direction, eps=EPS, bounds=BOUNDS,
+                     num_steps=5, per_sample=True)
+  state = direction.init(testing.loss_fn, x0, labels, testing.loss_fn(x0, labels))
+  np.testing.assert_allclose(out.objective[0], direction.objective(testing.loss_fn(x0, labels),
+                                                                   state), rtol=1e-5)
+  with pytest.raises(ValueError, match="Auto-SAGE supports directions"):
+    attacks.auto_sage(testing.loss_fn, x0, labels, direction=direction, eps=EPS, bounds=BOUNDS)
+
+
+def test_direction_registry_errors():
+  with pytest.raises(ValueError, match="unknown direction 'nosuch'.*register"):
+    D.by_name("nosuch")
+  with pytest.raises(ValueError, match="single_<task> is built in"):
+    D.register("single_x", D.total)
+
+
+# ------------------------------------------------------------------------------------------------
+# The attack's context: iteration index and clean prediction.
+
+class StepLoss:
+  """A context-taking loss: reports the step weight 1 + k/N and the drift from the clean data."""
+  takes_context = True
+
+  def init_context(self, x0, labels):
+    return {"mean": jnp.mean(x0, axis=(1, 2, 3))}
+
+  def __call__(self, x, labels, context=None):
+    losses = testing.loss_fn(x, labels)
+    w = 1.0 + context.step.astype(x.dtype) / context.num_steps
+    drift = jnp.abs(jnp.mean(x, axis=(1, 2, 3)) - context.clean["mean"])
+    return {**losses, "weight": w * jnp.ones(x.shape[:1]), "drift": drift}
+
+
+@pytest.mark.parametrize("attack", ["pgd", "apgd"])
+def test_attack_losses_see_the_iteration_index_and_clean_data(setup, attack):
+  x0, labels = setup
+  n = 3
+  out = getattr(attacks, attack)(StepLoss(), x0, labels, direction=D.total(), eps=EPS,
+                                 bounds=BOUNDS, num_steps=n)
+  weight = np.asarray(out.losses["weight"])[:n, 0]
+  np.testing.assert_allclose(weight, 1.0 + np.arange(n) / n, rtol=1e-6)  # Iterate k sees step k.
+  drift = np.asarray(out.losses["drift"])
+  np.testing.assert_array_equal(drift[0], 0.0)  # At x0 the clean data is x0's own.
+  assert np.all(drift[1:] > 0)
+  plain = attacks.pgd(testing.loss_fn, x0, labels, direction=D.total(), eps=EPS, bounds=BOUNDS,
+                      num_steps=n)
+  for t, v in plain.losses.items():
+    np.testing.assert_allclose(out.losses[t][0], v[0], rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
+# L2.
+
+def test_l2_pgd_and_fgm_match_an_eager_numpy_transcription(setup):
+  x0, labels = setup
+  x0n = np.asarray(x0)
+  eps = np.array([50.0, 120.0, 300.0], np.float32)  # One radius per image.
+  direction = D.gbmta()
+
+  def unit(d):
+    n = np.sqrt(np.sum(d * d, axis=(1, 2, 3), keepdims=True))
+    return np.where(n > 0, d / np.where(n > 0, n, 1), 0)
+
+  def project(x):
+    delta = x - x0n
+    n = np.sqrt(np.sum(delta * delta, axis=(1, 2, 3), keepdims=True))
+    e = eps[:, None, None, None]
+    return np.clip(x0n + delta * np.where(n > e, e / np.maximum(n, 1e-30), 1.0), *BOUNDS)
+  n_steps, x = 4, x0n
+  for _ in range(n_steps):
+    d = np.asarray(direction(testing.loss_fn, jnp.asarray(x), labels)[0])
+    x = project(x + (eps / n_steps)[:, None, None, None] * unit(d))
+  got = attacks.pgd(testing.loss_fn, x0, labels, direction=direction, eps=eps, bounds=BOUNDS,
+                    num_steps=n_steps, norm="l2", step_size=eps / n_steps)
+  np.testing.assert_allclose(got.x_adv, x, atol=1e-3)
+  d = np.asarray(direction(testing.loss_fn, x0, labels)[0])
+  fgm = attacks.fgsm(testing.loss_fn, x0, labels, direction=direction, eps=eps, bounds=BOUNDS,
+                     norm="l2")
+  np.testing.assert_allclose(fgm.x_adv, project(x0n + eps[:, None, None, None] * unit(d)),
+                             atol=1e-3)
+
+
+@pytest.mark.parametrize("attack,options", [("fgsm", {}), ("pgd", {"random_start": True}),
+                                            ("apgd", {}), ("apgd", {"variant": "autoattack",
+                                                                    "random_start": True})],
+                         ids=str)
+@settings(max_examples=3, deadline=None, derandomize=True)
+@given(seed=st.integers(0, 2 ** 16))
+def test_l2_attacks_stay_in_the_ball_and_the_box(attack, options, seed):
+  x, labels = masked_problem(b=3, hw=5, seed=seed, empty=())
+  rng = np.random.default_rng(seed)
+  eps = rng.uniform(0.1, 3.0, 3).astype(np.float32)
+  bounds = (np.float32(-1.2), np.float32(1.1))
+  x = np.clip(x, *bounds)
+  kw = {} if attack == "fgsm" else {"num_steps": 4, "key": jax.random.key(seed)}
+  out = attacks.by_name(attack)(masked_loss, x, labels, direction=D.gbmta(), eps=eps,
+                                bounds=bounds, norm="l2", **kw, **options)
+  delta = np.asarray(out.x_adv) - x
+  norms = np.sqrt(np.sum(delta.astype(np.float64) ** 2, axis=(1, 2, 3)))
+  assert np.all(norms <= eps * (1 + 1e-5) + 1e-6), (norms, eps)
+  assert np.all(norms > 0)
+  assert np.all(np.asarray(out.x_adv) >= bounds[0]) and np.all(np.asarray(out.x_adv) <= bounds[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Targeted.
+
+@pytest.mark.parametrize("direction", ["total", "gbmta", "single_depth_zbuffer"])
+@pytest.mark.parametrize("attack", ["pgd", "apgd"])
+def test_targeted_attacks_decrease_every_targeted_loss(attack, direction):
+  model, tasks = small_model()
+  predict, state = models.pure_predict(model)
+  d = D.by_name(direction)
+  loss_fn = tasks_lib.make_loss_fn(functools.partial(predict, state), tasks, d.reduction)
+  batch = small_batch(0)
+  targets = {"depth_zbuffer": np.full_like(batch["depth_zbuffer"], 0.5)}
+  if direction != "single_depth_zbuffer":
+    targets["segment_semantic"] = np.zeros_like(batch["segment_semantic"])
+  out = getattr(attacks, attack)(loss_fn, batch["image"], batch, direction=d, eps=8.0,
+                                 bounds=BOUNDS, num_steps=5, targets=targets)
+  before = loss_fn(jnp.asarray(batch["image"]), {**batch, **targets})
+  after = loss_fn(out.x_adv, {**batch, **targets})
+  for t in targets:
+    assert np.all(np.asarray(after[t]) < np.asarray(before[t])), (t, after[t], before[t])
+    np.testing.assert_allclose(out.losses[t][0], before[t], rtol=1e-4)  # Reported in loss units.
+  assert set(out.losses) == set(targets)
+
+
+def test_targeted_keep_untargeted_attacks_the_other_tasks():
+  model, tasks = small_model()
+  predict, state = models.pure_predict(model)
+  loss_fn = tasks_lib.make_loss_fn(functools.partial(predict, state), tasks, "image")
+  batch = small_batch(1)
+  targets = {"depth_zbuffer": np.full_like(batch["depth_zbuffer"], 0.5)}
+  out = attacks.pgd(loss_fn, batch["image"], batch, direction=D.gbmta(), eps=8.0, bounds=BOUNDS,
+                    num_steps=5, targets=targets, keep_untargeted=True)
+  before, after = loss_fn(jnp.asarray(batch["image"]), batch), loss_fn(out.x_adv, batch)
+  assert np.all(np.asarray(after["segment_semantic"]) > np.asarray(before["segment_semantic"]))
+
+
+def test_target_errors():
+  batch = small_batch(0)
+  model, tasks = small_model()
+  predict, state = models.pure_predict(model)
+  loss_fn = tasks_lib.make_loss_fn(functools.partial(predict, state), tasks, "image")
+  kw = dict(direction=D.gbmta(), eps=1.0, bounds=BOUNDS)
+  with pytest.raises(ValueError, match="target map for 'depth_zbuffer' has shape"):
+    attacks.pgd(loss_fn, batch["image"], batch, targets={"depth_zbuffer": np.zeros((2, 3))}, **kw)
+  with pytest.raises(ValueError, match="targets has task 'nosuch'"):
+    attacks.pgd(loss_fn, batch["image"], batch, targets={"nosuch": np.zeros((2, 3))}, **kw)
+  with pytest.raises(ValueError, match="needs labels as a dict"):
+    attacks.pgd(testing.loss_fn, batch["image"], (1, 2), targets={"a": np.zeros(2)}, **kw)
+  with pytest.raises(ValueError, match="unknown norm 'l1'"):
+    attacks.pgd(loss_fn, batch["image"], batch, norm="l1", **kw)
+  with pytest.raises(ValueError, match="unknown APGD variant"):
+    attacks.apgd(loss_fn, batch["image"], batch, variant="fast", **kw)
+
+
+# ------------------------------------------------------------------------------------------------
+# APGD as AutoAttack has it: an eager transcription of fra31/auto-attack's attack_single_run.
+
+def eager_autoattack_apgd(direction, x0, labels, n, x_start, norm, eps):
+  """fra31/auto-attack ``APGDAttack.attack_single_run`` (L∞/L2 branches), loss = objective."""
+  x0 = np.asarray(x0, np.float32)
+  ndim = (1, 2, 3)
+
+  def grad_and_f(x):
+    d, losses = direction(testing.loss_fn, jnp.asarray(x), labels)
+    return np.array(d), losses
+
+  def unit(g):
+    if norm == "linf":
+      return np.sign(g)
+    return g / (np.sqrt(np.sum(g ** 2, axis=ndim, keepdims=True)) + 1e-12)
+
+  def proj(x):
+    if norm == "linf":
+      return np.clip(np.minimum(np.maximum(x, x0 - eps), x0 + eps), *BOUNDS)
+    delta = x - x0
+    nrm = np.sqrt(np.sum(delta ** 2, axis=ndim, keepdims=True))
+    return np.clip(x0 + delta / (nrm + 1e-12) * np.minimum(eps, nrm), *BOUNDS)
+  n_iter_2, n_iter_min, size_decr = max(int(0.22 * n), 1), max(int(0.06 * n), 1), max(
+      int(0.03 * n), 1)
+  x_adv = np.array(x_start)
+  grad, losses0 = grad_and_f(x_adv)
+  baselines = direction.init(testing.loss_fn, x_adv, labels, losses0)
+
+  def objective(losses):
+    return np.array(direction.objective(losses, baselines))
+  loss_best = objective(losses0)
+  x_best, grad_best = x_adv.copy(), grad.copy()
+  step = 2 * eps * np.ones((x0.shape[0], 1, 1, 1), np.float32)
+  x_old = x_adv.copy()
+  k, counter3 = n_iter_2, 0
+  loss_steps = np.zeros((n, x0.shape[0]), np.float32)
+  best_last, reduced_last = loss_best.copy(), np.ones_like(loss_best)
+  steps = []
+  for i in range(n):
+    grad2 = x_adv - x_old
+    x_old = x_adv.copy()
+    a = 0.75 if i > 0 else 1.0
+    steps.append(step[:, 0, 0, 0].copy())
+    x1 = proj(x_adv + step * unit(grad))
+    x1 = proj(x_adv + (x1 - x_adv) * a + grad2 * (1 - a))
+    x_adv = x1
+    grad, losses = grad_and_f(x_adv)
+    y1 = objective(losses)
+    loss_steps[i] = y1
+    ind = y1 > loss_best
+    x_best[ind], grad_best[ind], loss_best[ind] = x_adv[ind], grad[ind], y1[ind]
+    counter3 += 1
+    if counter3 == k:
+      t = np.zeros(x0.shape[0])
+      for c in range(k):
+        t += loss_steps[i - c] > loss_steps[i - c - 1]
+      fl = (t <= k * 0.75).astype(np.float32)
+      fl = np.maximum(fl, (1 - reduced_last) * (best_last >= loss_best))
+      reduced_last, best_last = fl.copy(), loss_best.copy()
+      idx = fl > 0
+      step[idx] /= 2.0
+      x_adv[idx], grad[idx] = x_best[idx], grad_best[idx]
+      k = max(k - size_decr, n_iter_min)
+      counter3 = 0
+  return x_best, loss_best, np.stack(steps)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", 200.0)])
+@pytest.mark.parametrize("direction", [D.total(), D.gbmta()], ids=lambda d: d.name)
+def test_autoattack_apgd_matches_an_eager_transcription_of_fra31(setup, direction, norm, eps):
+  x0, labels = setup
+  n, key = 10, jax.random.key(5)
+  x_start = common.clip(attacks.NORMS[norm].autoattack_start(key, x0, jnp.float32(eps)), BOUNDS)
+  want_x, want_f, want_steps = eager_autoattack_apgd(direction, x0, labels, n, x_start, norm, eps)
+  got = attacks.apgd(testing.loss_fn, x0, labels, direction=direction, eps=eps, bounds=BOUNDS,
+                     num_steps=n, variant="autoattack", random_start=True, key=key, norm=norm)
+  np.testing.assert_allclose(got.step_size, want_steps, rtol=1e-6)
+  np.testing.assert_allclose(np.max(got.objective, axis=0), want_f, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got.x_adv, want_x, atol=1e-2)
+  assert np.any(want_steps[-1] < want_steps[0])  # The schedule halved at least once.
+
+
+def test_autoattack_schedule_matches_its_counter_rule():
+  is_check, window = apgd_lib.autoattack_schedule(100)
+  assert list(np.flatnonzero(is_check)[:4]) == [21, 40, 56, 69]  # k = 22, 19, 16, 13, ...
+  assert list(window[is_check][:4]) == [22, 19, 16, 13]
+
+
+# ------------------------------------------------------------------------------------------------
+# What the result tells: best_step, step sizes, padding.
+
+def test_best_step_is_the_iterate_returned(setup):
+  x0, labels = setup
+  out = attacks.pgd(testing.loss_fn, x0, labels, direction=D.total(), eps=EPS, bounds=BOUNDS,
+                    num_steps=6, step_size=4.0, return_best=True)
+  f = np.asarray(out.objective)
+  np.testing.assert_array_equal(out.best_step, np.argmax(f, axis=0))
+  last = attacks.pgd(testing.loss_fn, x0, labels, direction=D.total(), eps=EPS, bounds=BOUNDS,
+                     num_steps=6)
+  np.testing.assert_array_equal(last.best_step, [6, 6, 6])
+  ref = attacks.apgd(testing.loss_fn, x0, labels, direction=D.total(), eps=EPS, bounds=BOUNDS,
+                     num_steps=10, per_sample=True)
+  k = np.asarray(ref.best_step)
+  np.testing.assert_allclose(np.asarray(ref.objective)[k, np.arange(3)],
+                             np.max(ref.objective, axis=0), rtol=1e-6)
+  assert ref.step_size.shape == (10, 3)
+
+
+def test_padding_takes_no_part_in_the_reference_batch_objective(setup):
+  x0, labels = setup
+  params, y = labels
+  x_pad = jnp.concatenate([x0, jnp.clip(-x0[:1], BOUNDS[0], BOUNDS[1])])  # A padding image.
+  labels_pad = (params, jax.tree.map(lambda v: jnp.concatenate([v, v[-1:]]), y))
+  kw = dict(direction=D.gbmta(), eps=EPS, bounds=BOUNDS, num_steps=10)
+  plain = attacks.apgd(testing.loss_fn, x0, labels, **kw)
+  padded = attacks.apgd(testing.loss_fn, x_pad, labels_pad,
+                        example_weight=jnp.array([1.0, 1.0, 1.0, 0.0]), **kw)
+  np.testing.assert_allclose(padded.objective[:, 0], plain.objective[:, 0], rtol=1e-5)
+  np.testing.assert_allclose(padded.x_adv[:3], plain.x_adv, atol=1e-3)
