@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import time
 from pathlib import Path
@@ -40,8 +41,8 @@ from mtajax.tasks import per_image
 
 Member = tuple[str, str, Mapping[str, Any]]  # (attack, direction, options)
 
-# AutoAttack's APGD (per-sample bookkeeping, random start, restart from the best point on halving).
-APGD_AA = {"per_sample": True, "random_start": True, "restart_from_best": True}
+# fra31/auto-attack's APGD: 2ε initial step, per-sample, restart from the best point, random start.
+APGD_AA = {"variant": "autoattack", "random_start": True}
 SUITES: dict[str, tuple[Member, ...]] = {
     # Within the compute of the paper grid at one ε (PGD + APGD, 10 steps, every direction).
     "standard": (
@@ -70,11 +71,15 @@ class Program:
   options: tuple[tuple[str, Any], ...]
 
   def run(self, loss_fn, x, batch, eps, bounds, key):
+    """The attack's result on one chunk (its padding rows marked by ``example_weight``)."""
+    attack = attacks.by_name(self.attack)
     kwargs = dict(self.options)
+    accepts = inspect.signature(attack).parameters
     if kwargs.get("random_start"):
       kwargs["key"] = key
-    return attacks.by_name(self.attack)(loss_fn, x, batch, direction=self.direction, eps=eps,
-                                        bounds=bounds, **kwargs).x_adv
+    if "example_weight" in accepts:
+      kwargs["example_weight"] = batch["example_weight"]
+    return attack(loss_fn, x, batch, direction=self.direction, eps=eps, bounds=bounds, **kwargs)
 
   def passes(self, num_tasks: int) -> int:
     """Forward + backward passes per image, including the forward that scores the result.
@@ -144,13 +149,14 @@ def _step(state, batch, eps, bounds, key, clean, reference, *, predict, tasks, p
   x = batch["image"]
   if program is not None:
     loss_fn = tasks_lib.make_loss_fn(forward, tasks, program.direction.reduction)
-    x = jax.lax.stop_gradient(program.run(loss_fn, x, batch, eps, bounds, key))
+    result = program.run(loss_fn, x, batch, eps, bounds, key)
+    x = jax.lax.stop_gradient(result.x_adv)
   preds = forward(x)
   states = {t.name: per_image.states(t, preds[t.name], batch) for t in tasks}
   metrics = {t.name: per_image.metrics(t, states[t.name], preds[t.name], batch) for t in tasks}
   if program is None:
     return states, metrics, None
-  return states, metrics, per_image.score(tasks, metrics, clean, reference)
+  return states, metrics, (*per_image.score(tasks, metrics, clean, reference), result.best_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +298,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   scores = np.zeros((num_c, n), np.float32)
   drops = {t.name: np.zeros((num_c, n), np.float32) for t in tasks}
   available = np.zeros((num_c, n), bool)
+  best_step = np.zeros((num_c, n), np.int32)  # iteration of each returned point (clean: 0)
   available[0] = True
   passes = n  # the clean pass
   for ci, cand in enumerate(cands, 1):
@@ -303,7 +310,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
       passes += len(idx) * cand.program.passes(len(tasks))
     metrics_c = {t.name: {m: np.zeros(n, np.float32) for m in t.metrics} for t in tasks}
     if len(todo):
-      st, ms, (s, d) = gather(outputs, len(todo))
+      st, ms, (s, d, steps) = gather(outputs, len(todo))
       for t, leaves in st.items():
         for lk, v in leaves.items():
           states[t][lk][ci, todo] = v
@@ -311,6 +318,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
         for m, v in m_.items():
           metrics_c[t][m][todo] = v
       scores[ci, todo] = s
+      best_step[ci, todo] = steps
       for t, v in d.items():
         drops[t][ci, todo] = v
       available[ci, todo] = True
@@ -335,6 +343,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
         continue
       images.append({
           "image": b, "batch": int(groups[b]), "candidate": names[c], "s": float(scores[c, b]),
+          "best_step": int(best_step[c, b]),
           "chosen": bool(multi.choice[b] == c),
           **{f"drop/{t}": float(drops[t][c, b]) for t in drops},
           **{f"envelope/{t}": bool(env_choice[t][b] == c) for t in drops},
