@@ -224,7 +224,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
              key: jax.Array, mesh: jax.sharding.Mesh | None = None,
              threshold: float | None = None, unroll: bool | int | None = 1,
              records: str | Path | None = None) -> RobustEvaluation:
-  """Robust evaluation of ``predict(state, x)`` on ``batches`` under the L∞ ball of radius ``eps``.
+  """Robust evaluation of ``predict(state, x)`` on ``batches`` in the ε-ball (L∞ by default).
 
   Args:
     predict: any pure forward ``predict(state, x) -> {task: (B, h, w, C)}``.

@@ -3,9 +3,10 @@
     python -m mtajax.run [MODE] [--config configs/FILE.py[:ARG]] [--config.KEY=VALUE ...]
 
 Modes: ``sweep`` (the default: train missing models, attack them, robust-evaluate them
-(``config.robust``), write the report), ``robust`` (train missing models, robust-evaluate), ``train``,
-``attack`` (models must be trained), ``advtrain`` (adversarially train the config's layouts, then
-attack them next to their clean-trained versions), ``report``, ``layouts`` (paper Tables 16/17).
+(``config.robust``), write the report), ``robust`` (train missing models, robust-evaluate them),
+``train``, ``attack`` (models must be trained), ``advtrain`` (adversarially train the config's
+layouts, then attack them next to their clean-trained versions), ``report``, ``layouts`` (paper
+Tables 16/17).
 With no arguments it runs the quickstart on the embedded benchmark (``configs/quickstart.py``).
 Bad input exits with status 2 and a one-line ``error:`` message; results already stored are kept.
 """
