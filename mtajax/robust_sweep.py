@@ -3,8 +3,8 @@
 ``python -m mtajax.run robust`` trains the config's missing models (as ``sweep`` does), runs
 :func:`mtajax.robust.evaluate` on the same test images as the grid and stores one record per
 (model, ε) in ``results.jsonl``, next to the grid's records; stored records are skipped, so a
-killed run resumes where it stopped. Each record also states the compute of the paper grid at that ε
-(forward + backward passes per image), and the per-image records go to
+killed run resumes where it stopped. Each record also states the compute of the paper grid at
+that ε (forward + backward passes per image), and the per-image records go to
 ``<workdir>/robust/<model>_eps<ε>.jsonl``.
 """
 
