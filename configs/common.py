@@ -40,6 +40,13 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   c.examples_eps = (4.0, 8.0, 16.0)  # Fig. 6 perturbations
   # `import` mode: a TreeMTL / DGBA PyTorch checkpoint (.model / .pth, or an .npz state_dict).
   c.checkpoint = ml_collections.config_dict.placeholder(str)
+  # Robust evaluation (mtajax.robust): the `robust` mode, and the sweep when `enabled`.
+  c.robust = ml_collections.ConfigDict()
+  c.robust.enabled = True
+  c.robust.suite = "standard"  # a name in mtajax.robust.SUITES
+  c.robust.eps = ml_collections.config_dict.placeholder(tuple)  # None: the grid's eps
+  c.robust.threshold = ml_collections.config_dict.placeholder(float)  # stop at s_b >= threshold
+  c.robust.seed = 0  # random starts
   c.advtrain = ml_collections.ConfigDict()  # `advtrain` mode: overrides of train.adv
   c.advtrain.mode = "reference"
   c.advtrain.direction = "gbmta"
@@ -75,3 +82,4 @@ def smoke(c: ml_collections.ConfigDict, num_tasks: int = 3) -> None:
   c.unroll = 1
   c.eval_batch_size, c.eval_max_batches = 4, 1
   c.examples_eps = (8.0,)
+  c.robust.suite = "smoke"

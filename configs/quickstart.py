@@ -34,4 +34,5 @@ def get_config(arg: str | None = None):
     c.num_steps = 2
     c.eval_batch_size = 8
     c.examples_eps = (8.0,)
+    c.robust.suite = "smoke"
   return c

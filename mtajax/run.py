@@ -2,11 +2,12 @@
 
     python -m mtajax.run [MODE] [--config configs/FILE.py[:ARG]] [--config.KEY=VALUE ...]
 
-Modes: ``sweep`` (the default: train missing models, attack them, write the report), ``train``,
-``attack`` (models must be trained), ``advtrain`` (adversarially train the config's layouts, then
-attack them next to their clean-trained versions), ``report``, ``layouts`` (paper Tables 16/17),
-``import`` (store a TreeMTL / DGBA PyTorch checkpoint, ``--config.checkpoint=PATH``, as the final
-model of its layout, which the other modes then use without training).
+Modes: ``sweep`` (the default: train missing models, attack them, robust-evaluate them
+(``config.robust``), write the report), ``robust`` (train missing models, robust-evaluate them),
+``train``, ``attack`` (models must be trained), ``advtrain`` (adversarially train the config's
+layouts, then attack them next to their clean-trained versions), ``report``, ``layouts`` (paper
+Tables 16/17), ``import`` (store a TreeMTL / DGBA PyTorch checkpoint, ``--config.checkpoint=PATH``,
+as the final model of its layout, which the other modes then use without training).
 With no arguments it runs the quickstart on the embedded benchmark (``configs/quickstart.py``).
 Bad input exits with status 2 and a one-line ``error:`` message; results already stored are kept.
 """
@@ -28,10 +29,11 @@ import mtajax  # noqa: F401  (XLA:CPU workaround before JAX starts)
 from mtajax import models
 from mtajax import parallel
 from mtajax import results
+from mtajax import robust_sweep
 from mtajax import sweep
 from mtajax.train import imported
 
-MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts", "import")
+MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts", "import", "robust")
 
 
 def config_path(path: str) -> str:
@@ -74,7 +76,7 @@ def report(config, store: results.Store, examples=None) -> pathlib.Path:
     examples = _load_examples(saved)
   records = store.records()
   if not config.report_history:
-    current = sweep.current_keys(config)
+    current = sweep.current_keys(config) | robust_sweep.current_keys(config)
     records = [r for r in records if r["key"] in current]
     if len(records) < len(store):
       print(f"report: {len(store) - len(records)} records of other configs (another ε grid, "
@@ -135,8 +137,15 @@ def run(mode: str, config) -> None:
       if not (pathlib.Path(config.workdir) / "models" / sweep.model_id(t)).is_dir():
         raise ValueError(f"model {sweep.model_id(t)} is not trained in {config.workdir}; run the "
                          "'train' or 'sweep' mode first.")
-  store, targets = sweep.run(config, train_only=mode == "train",
-                             adversarial=mode == "advtrain")
+  if mode == "robust":
+    store, targets = robust_sweep.run(config)
+  else:
+    if mode == "sweep" and config.robust.enabled:
+      robust_sweep.validate(config)
+    store, targets = sweep.run(config, train_only=mode == "train",
+                               adversarial=mode == "advtrain")
+    if mode == "sweep" and config.robust.enabled:
+      robust_sweep.evaluate_models(config, targets, store, parallel.make_mesh(config.mesh))
   if mode == "train" or not parallel.is_writer():
     return
   path = report(config, store, sweep.examples(config, targets[0]))

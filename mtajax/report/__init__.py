@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from mtajax.report import records as rec_lib
 from mtajax.report import study
+from mtajax.report import robust as robust_lib
 from mtajax.report import tables
 from mtajax.report.figures import (figure_arp_vs_eps, figure_examples, figure_per_task,
                                    figure_transfer, save_png)
@@ -73,7 +74,8 @@ def _at_attack(records: list[Record], eps: float) -> str:
 
 
 def _group_section(records: list[Record], out_dir: pathlib.Path, prefix: str,
-                   eps: float | None, attack_for_transfer: str | None) -> list[str]:
+                   eps: float | None, attack_for_transfer: str | None,
+                   robust: list[Record]) -> list[str]:
   try:
     eps = rec_lib.default_eps(records) if eps is None else eps
   except MissingData:
@@ -83,7 +85,8 @@ def _group_section(records: list[Record], out_dir: pathlib.Path, prefix: str,
           "Rows: clean-trained models by sharing level (leading coarse blocks shared by all tasks; "
           "AS = all-shared, IND = independent); Single-x columns are named by the task; the "
           "strongest direction per (model, attack) is bold. For Auto-SAGE, Total is the "
-          "reference's baseline (AS_Ori).", "", _piece(lambda: arp_table(records, eps))]
+          "reference's baseline (AS_Ori). Robust ARP: the robust evaluation's worst case.", "",
+          _piece(lambda: arp_table(records, eps, robust))]
   at_records = [r for r in records if r["adv_training"] != rec_lib.NO_AT]
   if at_records:
     out += [f"### Table 3 layout: adversarially trained models, ε={eps:g}", ""]
@@ -118,6 +121,21 @@ def _group_section(records: list[Record], out_dir: pathlib.Path, prefix: str,
                     "Fig. 4: transferability vs sharing level",
                     lambda: figure_transfer(records, attack_for_transfer, eps)), ""]
   return out
+
+
+def _robust_section(robust: list[Record], grid: list[Record], out_dir: pathlib.Path, prefix: str,
+                    eps: float | None) -> list[str]:
+  if not robust:
+    return []
+  eps = rec_lib.default_eps(robust) if eps is None else eps
+  return [f"### Robust evaluation: leaderboard, ε={eps:g}", "",
+          "Robust ARP: the dataset ARP of the worst case per image over the suite's attacks "
+          "(never below any of them alone); envelope: per task, the ARP-x of that task's own "
+          "worst case.", "",
+          _piece(lambda: robust_lib.leaderboard(robust, grid, eps)),
+          _piece(lambda: robust_lib.compute_note(robust, grid, eps)),
+          _figure(out_dir, f"{prefix}robust_arp.png", "Robust ARP vs sharing level and ε",
+                  lambda: robust_lib.figure_robust(robust)), ""]
 
 
 def _has_variants(records: list[Record], model: str) -> bool:
@@ -169,6 +187,7 @@ def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
     attack_for_transfer: base attack of Table 12 / Fig. 4; default APGD, else PGD.
     examples: keyword arguments of ``figure_examples`` for Fig. 6 (optional).
   """
+  records, robust = robust_lib.split(records)
   records = check(records)
   out_dir = pathlib.Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
@@ -182,13 +201,18 @@ def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
            "ARP (paper Eq. 10) in %, higher = stronger attack.", ""]
   if not records:
     lines += ["_No records yet: run an attack or a sweep first._", ""]
-  for (dataset, backbone, tasks), group in rec_lib.groups(records).items():
+  robust_groups = rec_lib.groups(robust)
+  for (dataset, backbone, tasks), group in rec_lib.groups(records + robust).items():
     short = [rec_lib.task_label(t) for t in tasks]
     prefix = _slug(dataset, backbone, *short) + "_"
     lines += [f"## {dataset} / {backbone} / {', '.join(short)}", ""]
-    lines += _group_section(study.default_loss(group), out_dir, prefix, eps, attack_for_transfer)
+    grid = [r for r in study.default_loss(group) if r["attack"] != robust_lib.ROBUST]
+    of_group = robust_groups.get((dataset, backbone, tasks), [])
+    lines += _group_section(grid, out_dir, prefix, eps, attack_for_transfer, of_group)
+    lines += _robust_section(of_group, grid, out_dir, prefix, eps)
     if study.applies(group):
-      lines += _study_section(group, out_dir, prefix, eps)
+      lines += _study_section([r for r in group if r["attack"] != robust_lib.ROBUST], out_dir,
+                              prefix, eps)
   if example_fig is not None:
     save_png(example_fig, out_dir / "fig6_examples.png")
     lines += ["## Fig. 6: an image, its adversarial versions and the predictions", "",

@@ -47,11 +47,19 @@ def _arp(records: Sequence[Record], model: str, attack: str, direction: str,
   return None if found is None else float(found["arp"])
 
 
-def arp_table(records: Sequence[Record], eps: float | None = None) -> str:
+def robust_arp(robust: Sequence[Record], model: str, eps: float) -> float | None:
+  """The robust ARP of ``model`` at ``eps`` (the last record wins), or None."""
+  found = [r for r in robust if r["model"] == model and rec_lib.same_eps(r["eps"], eps)]
+  return float(found[-1]["arp"]) if found else None
+
+
+def arp_table(records: Sequence[Record], eps: float | None = None,
+              robust: Sequence[Record] = ()) -> str:
   """Paper Tables 1/2: ARP of every clean-trained model × base attack × direction at one ε.
 
   Rows are models by sharing level (high → low); Single-x columns are named by the task, as in
-  the paper; the strongest direction per (model, attack) is bold.
+  the paper; the strongest direction per (model, attack) is bold. With ``robust`` records, a last
+  column **Robust ARP** gives each model's robust evaluation.
   """
   eps = rec_lib.default_eps(records) if eps is None else eps
   at_eps = rec_lib.select(rec_lib.attacked(records), eps=eps, adv_training=rec_lib.NO_AT)
@@ -62,11 +70,14 @@ def arp_table(records: Sequence[Record], eps: float | None = None) -> str:
              for d in rec_lib.directions_present(rec_lib.select(at_eps, attack=a), tasks)]
   header = ["Model", "Sharing"] + [
       f"{rec_lib.attack_label(a)} {rec_lib.direction_label(d, short=True)}" for a, d in columns]
+  header += ["**Robust ARP**"] if robust else []
   rows = []
   for info in rec_lib.models(at_eps):
     row = [info.label, f"{info.sharing_level}L"]
     for attack in dict.fromkeys(a for a, _ in columns):
       row += _cells([_arp(at_eps, info.model, attack, d, eps) for a, d in columns if a == attack])
+    if robust:
+      row.append(rec_lib.fmt(robust_arp(robust, info.model, eps)))
     rows.append(row)
   return markdown(header, rows)
 

@@ -1,0 +1,114 @@
+"""The robust evaluation in the report: leaderboard, Robust ARP column values, figure, compute.
+
+Robust records (``"attack": "robust"``, written by :mod:`mtajax.robust_sweep`) carry the robust
+ARP, the per-task envelope, the clean and worst-case metrics and the compute of the suite and of
+the paper grid (forward + backward passes per image at one ε).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+from matplotlib import figure as mpl_figure
+import numpy as np
+
+from mtajax.report import figures
+from mtajax.report import records as rec_lib
+from mtajax.report import tables
+from mtajax.report.records import Record
+
+ROBUST = "robust"
+REQUIRED = ("model", "eps", "tasks", "arp", "envelope", "clean_metrics", "passes_per_image",
+            "grid_passes_per_image", "sharing_level", "layout", "adv_training")
+
+
+def split(records: Iterable[Record]) -> tuple[list[Record], list[Record]]:
+  """(grid and clean records, checked robust records)."""
+  grid, robust = [], []
+  for rec in records:
+    if isinstance(rec, dict) and rec.get("attack") == ROBUST:
+      missing = [k for k in REQUIRED if k not in rec]
+      if missing:
+        raise ValueError(f"robust record {rec.get('key')!r} lacks {missing}; write it with "
+                         "mtajax.robust_sweep.")
+      if not math.isfinite(float(rec["arp"])):
+        raise ValueError(f"robust record {rec.get('key')!r} has ARP {rec['arp']}; re-run it.")
+      robust.append(rec)
+    else:
+      grid.append(rec)
+  return grid, robust
+
+
+def _best_cell(grid: Sequence[Record], model: str, eps: float) -> Record | None:
+  cells = [r for r in rec_lib.select(rec_lib.attacked(grid), model=model, eps=eps)
+           if r["arp"] is not None]
+  return max(cells, key=lambda r: r["arp"]) if cells else None
+
+
+def leaderboard(robust: Sequence[Record], grid: Sequence[Record], eps: float) -> str:
+  """One row per model at ``eps``: sharing, clean metrics, Robust ARP, best grid cell, envelope."""
+  at_eps = [r for r in robust if rec_lib.same_eps(r["eps"], eps)]
+  if not at_eps:
+    raise rec_lib.MissingData(f"no robust records at ε={eps:g}")
+  last = {r["model"]: r for r in at_eps}
+  tasks = at_eps[0]["tasks"]
+  clean_cols = [(t, m) for t in tasks for m in at_eps[0]["clean_metrics"][t]]
+  header = (["Model", "Sharing"] +
+            [f"{rec_lib.task_label(t)} {m}" for t, m in clean_cols] +
+            ["**Robust ARP**", "Best grid cell"] +
+            [f"Envelope {rec_lib.task_label(t)}" for t in tasks] + ["Passes/img (grid)"])
+  rows = []
+  order = sorted(last.values(), key=lambda r: (-int(r["sharing_level"]), rec_lib.model_label(r)))
+  for r in order:
+    best = _best_cell(grid, r["model"], eps)
+    cell = "–" if best is None else (f"{rec_lib.fmt(best['arp'])} "
+                                    f"({rec_lib.attack_label(best['attack'])} "
+                                    f"{rec_lib.direction_label(best['direction'])})")
+    label = rec_lib.model_label(r)
+    if r["adv_training"] != rec_lib.NO_AT:
+      label += f" {rec_lib.adv_training_label(r['adv_training'])}"
+    rows.append([label, f"{r['sharing_level']}L"] +
+                [f"{r['clean_metrics'][t][m]:.4g}" for t, m in clean_cols] +
+                [f"**{rec_lib.fmt(r['arp'])}**", cell] +
+                [rec_lib.fmt(r["envelope"][t]) for t in tasks] +
+                [f"{r['passes_per_image']:.0f} ({r['grid_passes_per_image']:.0f})"])
+  return tables.markdown(header, rows)
+
+
+def compute_note(robust: Sequence[Record], grid: Sequence[Record], eps: float) -> str:
+  """One sentence: the suite's compute next to the grid's at ``eps``."""
+  at_eps = [r for r in robust if rec_lib.same_eps(r["eps"], eps)]
+  if not at_eps:
+    raise rec_lib.MissingData(f"no robust records at ε={eps:g}")
+  suite = np.mean([r["passes_per_image"] for r in at_eps])
+  grid_passes = np.mean([r["grid_passes_per_image"] for r in at_eps])
+  seconds = sum(float(r.get("time_s", 0.0)) for r in at_eps)
+  grid_seconds = sum(float(r.get("time_s", 0.0)) for r in rec_lib.attacked(grid)
+                     if rec_lib.same_eps(r["eps"], eps))
+  return (f"Compute at ε={eps:g}: the suite ({at_eps[0].get('suite', '?')}) spent {suite:.0f} "
+          f"forward + backward passes per image, the paper grid {grid_passes:.0f} "
+          f"(ratio {suite / grid_passes:.2f}); wall time {seconds:.0f} s vs {grid_seconds:.0f} s "
+          f"for the grid's attacked records, over {len(at_eps)} models. The robust ARP is the "
+          "worst case per image over the suite's candidates (never an average).\n")
+
+
+def figure_robust(robust: Sequence[Record]) -> mpl_figure.Figure:
+  """Robust ARP against sharing level, one line per ε (clean-trained models; mean per level)."""
+  clean_trained = [r for r in robust if r["adv_training"] == rec_lib.NO_AT]
+  if not clean_trained:
+    raise rec_lib.MissingData("no robust records of clean-trained models")
+  fig = figures._figure(4.2, 3.3)  # pylint: disable=protected-access
+  ax = fig.add_subplot()
+  for eps in sorted({float(r["eps"]) for r in clean_trained}):
+    last = {r["model"]: r for r in clean_trained if rec_lib.same_eps(r["eps"], eps)}
+    levels = sorted({int(r["sharing_level"]) for r in last.values()})
+    ys = [np.mean([r["arp"] for r in last.values() if int(r["sharing_level"]) == lvl])
+          for lvl in levels]
+    ax.plot(levels, ys, marker="o", label=f"ε={eps:g}")
+  ax.set_xlabel("sharing level (shared blocks)")
+  ax.set_ylabel("robust ARP (%)")
+  ax.set_title("Robust ARP vs sharing level", fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return fig

@@ -1,0 +1,359 @@
+"""Robust evaluation of a multi-task model: an attack suite, the worst case per image and per task.
+
+``robust.evaluate(predict, state, batches, tasks, eps=..., bounds=..., key=...)`` runs every
+candidate of a *suite* (a list of ``(attack, direction, options)``) on every image, scores each
+image with ``s_b`` (:func:`mtajax.tasks.per_image.score`) and keeps, per image, the candidate with
+the largest ``s_b`` where that raises the dataset ARP (:func:`mtajax.worst_case.select`: the robust
+ARP is never below the ARP of any candidate run alone on the same images). The clean input is a
+candidate too (it lies in the ε-ball). Per task, the same search over that task's drops gives the
+*per-task envelope*: how far each task alone can be pushed. **Nothing is averaged over candidates:
+the rule is the worst case, per image.**
+
+Compile once: one compiled program per (model, attack, direction, options); ε and the PRNG key are
+traced, so restarts and an ε sweep reuse it, and the attack loops are rolled (``unroll=1``) by
+default, since on CPU compiling unrolled loops costs more than they save at this size.
+
+Candidates run cheapest first, batched over the images still under attack (like AutoAttack): with
+``threshold``, an image whose best ``s_b`` reaches it is not attacked again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtajax import attacks
+from mtajax import directions as directions_lib
+from mtajax import parallel
+from mtajax import results
+from mtajax import tasks as tasks_lib
+from mtajax import worst_case
+from mtajax.tasks import per_image
+
+Member = tuple[str, str, Mapping[str, Any]]  # (attack, direction, options)
+
+# fra31/auto-attack's APGD: 2ε initial step, per-sample, restart from the best point, random start.
+APGD_AA = {"variant": "autoattack", "random_start": True}
+SUITES: dict[str, tuple[Member, ...]] = {
+    # Within the compute of the paper grid at one ε (PGD + APGD, 10 steps, every direction).
+    "standard": (
+        ("apgd", "gbmta", {**APGD_AA, "num_steps": 20, "restarts": 2}),
+        ("apgd", "total", {**APGD_AA, "num_steps": 20}),
+        ("apgd", "single", {**APGD_AA, "num_steps": 20}),
+    ),
+    # CI-sized: two short runs.
+    "smoke": (
+        ("apgd", "gbmta", {**APGD_AA, "num_steps": 2}),
+        ("apgd", "total", {**APGD_AA, "num_steps": 2}),
+    ),
+}
+
+
+def register_suite(name: str, members: Sequence[Member]) -> None:
+  """Adds a named suite; ``'single'`` as a direction expands to ``single_<task>`` for every task."""
+  SUITES[name] = tuple(members)
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+  """One compiled attack: an attack, a direction and its static options (ε and key are traced)."""
+  attack: str
+  direction: directions_lib.Direction
+  options: tuple[tuple[str, Any], ...]
+
+  def run(self, loss_fn, x, batch, eps, bounds, key):
+    """The attack's result on one chunk (its padding rows marked by ``example_weight``)."""
+    attack = attacks.by_name(self.attack)
+    kwargs = dict(self.options)
+    accepts = inspect.signature(attack).parameters
+    if kwargs.get("random_start"):
+      kwargs["key"] = key
+    if "example_weight" in accepts:
+      kwargs["example_weight"] = batch["example_weight"]
+    return attack(loss_fn, x, batch, direction=self.direction, eps=eps, bounds=bounds, **kwargs)
+
+  def passes(self, num_tasks: int) -> int:
+    """Forward + backward passes per image, including the forward that scores the result.
+
+    A direction costs one forward and one backward pass (Single, Total, GB-MTA's log form) or one
+    forward and T backward passes (every direction built on per-task gradients).
+    """
+    d = self.direction
+    one = isinstance(d, (directions_lib.Single, directions_lib.Total)) or (
+        isinstance(d, directions_lib.GBMTA) and d.method == "log")
+    step = 2 if one else 1 + num_tasks
+    opts = dict(self.options)
+    n = opts.get("num_steps", 10)
+    per_attack = {"fgsm": step, "apgd": n * step + 1,
+                  "pgd": n * step + int(bool(opts.get("return_best"))),
+                  "auto_sage": n * (1 + num_tasks + step)}[self.attack]
+    return per_attack + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+  name: str
+  program: Program
+  restart: int
+
+
+def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
+               unroll: bool | int | None = 1) -> list[Candidate]:
+  """The suite's candidates, cheapest first (restarts of a member share its program)."""
+  if isinstance(suite, str):
+    if suite not in SUITES:
+      raise ValueError(f"unknown suite {suite!r}; use one of {sorted(SUITES)} or register one with "
+                       "mtajax.robust.register_suite.")
+    suite = SUITES[suite]
+  if not suite:
+    raise ValueError("the suite is empty; give at least one (attack, direction, options).")
+  out = []
+  for member in suite:
+    try:
+      attack, direction, options = member
+      attacks.by_name(attack)
+      options = dict(options)
+      restarts = int(options.pop("restarts", 1))
+      names = [f"single_{t}" for t in task_names] if direction == "single" else [direction]
+      dirs = [directions_lib.by_name(n) for n in names]
+    except (ValueError, TypeError) as e:
+      raise ValueError(f"suite member {member!r}: {e}".splitlines()[0]) from None
+    if attack != "fgsm":
+      options.setdefault("unroll", unroll)
+    for name, d in zip(names, dirs):
+      program = Program(attack, d, tuple(sorted(options.items())))
+      for r in range(restarts):
+        label = f"{attack}:{name}" + (f"#{r}" if restarts > 1 else "")
+        out.append(Candidate(label, program, r))
+  seen = {}
+  for i, c in enumerate(out):  # Same attack and direction with other options: number them.
+    seen[c.name] = seen.get(c.name, -1) + 1
+    if seen[c.name]:
+      out[i] = dataclasses.replace(c, name=f"{c.name}~{seen[c.name]}")
+  return sorted(out, key=lambda c: c.program.passes(len(task_names)))
+
+
+@functools.partial(jax.jit, static_argnames=("predict", "tasks", "program"))
+def _step(state, batch, eps, bounds, key, clean, reference, *, predict, tasks, program):
+  """Attack one chunk (or not), then per-image states, metrics and (attacked) scores."""
+  forward = functools.partial(predict, state)
+  x = batch["image"]
+  if program is not None:
+    loss_fn = tasks_lib.make_loss_fn(forward, tasks, program.direction.reduction)
+    result = program.run(loss_fn, x, batch, eps, bounds, key)
+    x = jax.lax.stop_gradient(result.x_adv)
+  preds = forward(x)
+  states = {t.name: per_image.states(t, preds[t.name], batch) for t in tasks}
+  metrics = {t.name: per_image.metrics(t, states[t.name], preds[t.name], batch) for t in tasks}
+  if program is None:
+    return states, metrics, None
+  return states, metrics, (*per_image.score(tasks, metrics, clean, reference), result.best_step)
+
+
+@dataclasses.dataclass(frozen=True)
+class RobustEvaluation:
+  """What :func:`evaluate` measured.
+
+  Attributes:
+    clean: clean dataset metrics ``{task: {metric: value}}``.
+    worst_case: dataset metrics of the worst-case set (one candidate per image).
+    arp: the robust ARP (percent): the ARP of ``worst_case``.
+    arp_per_task: ARP-t of the worst-case set.
+    envelope: per task, the ARP-t of that task's own worst-case set (≥ ``arp_per_task``).
+    candidate_arp: ARP of each candidate alone (None where it did not run on every image).
+    wins: per candidate, the images whose worst case it is.
+    passes_per_image: forward + backward passes per image spent by the suite (clean pass included).
+    seconds: wall time of the evaluation.
+    images: one record per (image, candidate): scores, per-task drops, metrics, chosen flags.
+  """
+  clean: dict[str, dict[str, float]]
+  worst_case: dict[str, dict[str, float]]
+  arp: float
+  arp_per_task: dict[str, float]
+  envelope: dict[str, float]
+  candidate_arp: dict[str, float | None]
+  wins: dict[str, int]
+  passes_per_image: float
+  seconds: float
+  images: list[dict[str, Any]]
+
+  def write_images(self, path: str | Path) -> Path:
+    """Writes :attr:`images` as JSON lines (``pandas.read_json(path, lines=True)``), atomically."""
+    path = Path(path)
+    results.write_lines(path, (json.dumps(r, sort_keys=True) for r in self.images))
+    return path
+
+
+def _collect(batches: Iterable[Mapping[str, np.ndarray]]) -> tuple[dict[str, np.ndarray],
+                                                                  np.ndarray, int]:
+  """All real images in host memory, each image's batch index, and the batch size.
+
+  Padding examples (``example_weight == 0``, the evaluation loaders' padded last batch) are dropped.
+  """
+  items = []
+  for b in batches:
+    b = {k: np.asarray(v) for k, v in b.items()}
+    real = b.pop("example_weight", np.ones(len(b["image"]))) > 0
+    items.append({k: v[real] for k, v in b.items()})
+  if not any(len(b["image"]) for b in items):
+    raise ValueError("robust.evaluate() got no batches; check the dataset split and batch size.")
+  data = {k: np.concatenate([b[k] for b in items]) for k in items[0]}
+  groups = np.concatenate([np.full(len(b["image"]), i) for i, b in enumerate(items)])
+  return data, groups, len(items[0]["image"])
+
+
+def _chunks(indices: np.ndarray, size: int) -> Iterable[tuple[np.ndarray, int]]:
+  """Fixed-size chunks of ``indices``, the last one padded by repeating its last image."""
+  for start in range(0, len(indices), size):
+    idx = indices[start:start + size]
+    yield np.concatenate([idx, np.full(size - len(idx), idx[-1])]), len(idx)
+
+
+def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state: Any,
+             batches: Iterable[Mapping[str, np.ndarray]], tasks: Sequence[tasks_lib.Task], *,
+             eps: float, bounds: tuple[Any, Any], suite: str | Sequence[Member] = "standard",
+             key: jax.Array, mesh: jax.sharding.Mesh | None = None,
+             threshold: float | None = None, unroll: bool | int | None = 1,
+             records: str | Path | None = None) -> RobustEvaluation:
+  """Robust evaluation of ``predict(state, x)`` on ``batches`` in the ε-ball (L∞ by default).
+
+  Args:
+    predict: any pure forward ``predict(state, x) -> {task: (B, h, w, C)}``.
+    state: its parameters / model state.
+    batches: batches in the CONVENTIONS.md format, all of one size but maybe the last; the
+      reference's batch-weighted metrics keep this batching.
+    tasks: the tasks to score (each needs a per-image metric, :mod:`mtajax.tasks.per_image`).
+    eps: L∞ radius in input units.
+    bounds: per-channel input box ``(low, high)``.
+    suite: a name in :data:`SUITES` or a list of ``(attack, direction, options)``; options go to
+      the attack, plus ``restarts`` (runs with different random starts).
+    key: PRNG key of the random starts.
+    mesh: data-parallel ``mtajax.parallel.make_mesh`` (None: default device).
+    threshold: stop attacking an image once its best ``s_b`` reaches this value (percent).
+    unroll: ``lax.scan`` unroll of the attack loops (1 = rolled: compile time stays flat).
+    records: also write the per-image records (JSON lines) there.
+  """
+  if not eps >= 0:
+    raise ValueError(f"eps must be >= 0; got {eps}.")
+  tasks = tuple(tasks)
+  per_image.check(tasks)
+  cands = candidates(suite, [t.name for t in tasks], unroll=unroll)
+  start_time = time.perf_counter()
+  data, groups, size = _collect(batches)
+  n = len(groups)
+  eps_ = jnp.asarray(eps, jnp.float32)
+  if mesh is not None:
+    state, eps_, bounds = parallel.replicate((state, eps_, bounds), mesh)
+
+  def run(program, idx, k, clean_img=None, reference=None, chunk_key=None):
+    batch = {name: v[idx] for name, v in data.items()}
+    batch["example_weight"] = (np.arange(len(idx)) < k).astype(np.float32)  # chunk padding: 0
+    extra = None if clean_img is None else {
+        f"{t}/{m}": v[idx] for t, ms in clean_img.items() for m, v in ms.items()}
+    if mesh is None:
+      batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    else:
+      batch = parallel.shard_batch(batch, mesh)
+      extra = None if extra is None else parallel.shard_batch(extra, mesh)
+    if extra is not None:
+      clean_img = {t: {m: extra[f"{t}/{m}"] for m in ms} for t, ms in clean_img.items()}
+    return parallel.to_host(_step(state, batch, eps_, bounds, chunk_key, clean_img, reference,
+                                  predict=predict, tasks=tasks, program=program))
+
+  def gather(outputs, num):
+    """Per-image outputs of the chunks into (num, ...) arrays in image order."""
+    parts = [jax.tree.map(lambda v, k=k: v[:k], out) for out, k in outputs]
+    return jax.tree.map(lambda *v: np.concatenate(v)[:num], *parts)
+
+  everything = np.arange(n)
+  clean_states, clean_img, _ = gather(
+      [(run(None, idx, k), k) for idx, k in _chunks(everything, size)], n)
+  clean = tasks_lib.metrics.compute(tasks, worst_case.dataset_state(tasks, clean_states, groups))
+  for t in tasks:
+    for m in t.metrics:
+      if clean[t.name][m] == 0:
+        raise ValueError(f"clean {t.name!r}/{m!r} is 0, so the ARP is undefined; evaluate a "
+                         "trained model on data where the metric is non-zero.")
+  reference = {t: {m: jnp.float32(v) for m, v in ms.items()} for t, ms in clean.items()}
+  if mesh is not None:
+    reference = parallel.replicate(reference, mesh)
+
+  names = ["clean"] + [c.name for c in cands]
+  num_c = len(names)
+  states = {t: {k: np.zeros((num_c,) + v.shape, v.dtype) for k, v in s.items()}
+            for t, s in clean_states.items()}
+  for t, s in clean_states.items():
+    for k, v in s.items():
+      states[t][k][0] = v
+  metrics_all = [clean_img]
+  scores = np.zeros((num_c, n), np.float32)
+  drops = {t.name: np.zeros((num_c, n), np.float32) for t in tasks}
+  available = np.zeros((num_c, n), bool)
+  best_step = np.zeros((num_c, n), np.int32)  # iteration of each returned point (clean: 0)
+  available[0] = True
+  passes = n  # the clean pass
+  for ci, cand in enumerate(cands, 1):
+    todo = everything if threshold is None else everything[scores[:ci].max(0) < threshold]
+    outputs = []
+    for j, (idx, k) in enumerate(_chunks(todo, size)):
+      chunk_key = jax.random.fold_in(jax.random.fold_in(key, cand.restart), j)
+      outputs.append((run(cand.program, idx, k, clean_img, reference, chunk_key), k))
+      passes += len(idx) * cand.program.passes(len(tasks))
+    metrics_c = {t.name: {m: np.zeros(n, np.float32) for m in t.metrics} for t in tasks}
+    if len(todo):
+      st, ms, (s, d, steps) = gather(outputs, len(todo))
+      for t, leaves in st.items():
+        for lk, v in leaves.items():
+          states[t][lk][ci, todo] = v
+      for t, m_ in ms.items():
+        for m, v in m_.items():
+          metrics_c[t][m][todo] = v
+      scores[ci, todo] = s
+      best_step[ci, todo] = steps
+      for t, v in d.items():
+        drops[t][ci, todo] = v
+      available[ci, todo] = True
+    metrics_all.append(metrics_c)
+    if not np.all(np.isfinite(scores[ci, todo])):
+      raise ValueError(f"candidate {cand.name} produced non-finite scores; the model gives NaN/inf "
+                       "under attack.")
+
+  select = functools.partial(worst_case.select, tasks, states, groups, available=available)
+  multi = select(scores, objective=worst_case.arp_objective(tasks, clean))
+  arp = tasks_lib.arp(clean, multi.metrics, tasks)
+  envelope, env_choice = {}, {}
+  for t in tasks:
+    sel = select(drops[t.name], objective=worst_case.arp_objective(tasks, clean, t.name),
+                 starts=[multi.choice])
+    envelope[t.name], env_choice[t.name] = sel.value[0], sel.choice
+
+  images = []
+  for b in range(n):
+    for c in range(num_c):
+      if not available[c, b]:
+        continue
+      images.append({
+          "image": b, "batch": int(groups[b]), "candidate": names[c], "s": float(scores[c, b]),
+          "best_step": int(best_step[c, b]),
+          "chosen": bool(multi.choice[b] == c),
+          **{f"drop/{t}": float(drops[t][c, b]) for t in drops},
+          **{f"envelope/{t}": bool(env_choice[t][b] == c) for t in drops},
+          **{f"{t}/{m}": float(v[b]) for t, ms in metrics_all[c].items() for m, v in ms.items()}})
+  out = RobustEvaluation(
+      clean=clean, worst_case=multi.metrics, arp=arp.total, arp_per_task=dict(arp.per_task),
+      envelope=envelope,
+      candidate_arp={name: None if v is None else v[0] for name, v in zip(names, multi.alone)},
+      wins={name: int(np.sum(multi.choice == c)) for c, name in enumerate(names)},
+      passes_per_image=passes / n, seconds=time.perf_counter() - start_time, images=images)
+  if records is not None:
+    out.write_images(records)
+  return out

@@ -1,0 +1,122 @@
+"""The robust evaluation of the sweep's models: one ``"attack": "robust"`` record per model and ε.
+
+``python -m mtajax.run robust`` trains the config's missing models (as ``sweep`` does), runs
+:func:`mtajax.robust.evaluate` on the same test images as the grid and stores one record per
+(model, ε) in ``results.jsonl``, next to the grid's records; stored records are skipped, so a
+killed run resumes where it stopped. Each record also states the compute of the paper grid at
+that ε (forward + backward passes per image), and the per-image records go to
+``<workdir>/robust/<model>_eps<ε>.jsonl``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from mtajax import directions as directions_lib
+from mtajax import models
+from mtajax import parallel
+from mtajax import results
+from mtajax import robust
+from mtajax import sweep
+from mtajax.data import preprocess
+
+ROBUST = "robust"
+
+
+def eps_values(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+  """``config.robust.eps``, or the grid's ε when unset."""
+  eps = config.robust.eps if config.robust.eps is not None else config.eps
+  return tuple(float(e) for e in eps)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Rejects a bad ``config.robust`` with a one-line error naming the key."""
+  bad = [e for e in eps_values(config) if not e >= 0]
+  if bad:
+    raise ValueError(f"config.robust.eps must hold values >= 0; got {bad}.")
+  try:
+    robust.candidates(config.robust.suite, list(config.train.tasks))
+  except ValueError as e:
+    raise ValueError(f"config.robust.suite: {e}") from None
+
+
+def grid_passes(config: ml_collections.ConfigDict, num_tasks: int) -> int:
+  """Forward + backward passes per image of the paper grid at one ε (clean pass included)."""
+  total = 1
+  for attack in config.attacks:
+    for name in sweep.direction_names(config, attack):
+      program = robust.Program(attack, directions_lib.by_name(name),
+                               (("num_steps", 1 if attack == "fgsm" else config.num_steps),))
+      total += program.passes(num_tasks)
+  return total
+
+
+def _hash(config, t) -> str:
+  r = config.robust
+  return results.digest([sweep.config_hash(config, t), r.suite, r.threshold, r.seed])
+
+
+def record_key(config, t, eps: float) -> str:
+  return results.record_key(sweep.model_id(t), ROBUST, config.robust.suite, eps, 0,
+                            _hash(config, t))
+
+
+def current_keys(config: ml_collections.ConfigDict) -> set[str]:
+  """The keys of the robust records this config makes (what the report shows by default)."""
+  return {record_key(config, sweep.train_config(config, layout, adv), eps)
+          for adv in (False, True) for layout in config.layouts for eps in eps_values(config)}
+
+
+def _record(config, target: sweep.Target, eps: float, ev: robust.RobustEvaluation,
+            devices: int) -> dict[str, Any]:
+  t, layout = target.t, target.loaded.layout
+  return {
+      "key": record_key(config, t, eps), "model": sweep.model_id(t), "dataset": t.dataset,
+      "backbone": t.backbone, "layout_idx": t.layout if isinstance(t.layout, int) else None,
+      "layout": str(layout), "sharing_level": models.sharing_level(layout),
+      "adv_training": sweep.adv_label(t), "attack": ROBUST, "direction": None,
+      "suite": config.robust.suite, "eps": float(eps), "num_steps": 0, "tasks": list(t.tasks),
+      "metrics": ev.worst_case, "clean_metrics": ev.clean, "arp": ev.arp,
+      "arp_per_task": ev.arp_per_task, "envelope": ev.envelope, "candidate_arp": ev.candidate_arp,
+      "wins": ev.wins, "passes_per_image": ev.passes_per_image,
+      "grid_passes_per_image": grid_passes(config, len(t.tasks)),
+      "config_hash": _hash(config, t), "devices": devices, "time_s": ev.seconds,
+  }
+
+
+def evaluate_models(config: ml_collections.ConfigDict, targets: list[sweep.Target],
+                    store: results.Store, mesh: jax.sharding.Mesh | None = None) -> None:
+  """Stores the robust record of every (model, ε) not yet in ``store``."""
+  validate(config)
+  workdir = Path(config.workdir)
+  for target in targets:
+    for eps in eps_values(config):
+      key = record_key(config, target.t, eps)
+      if key in store:
+        continue
+      model = sweep.model_id(target.t)
+      print(f"robust: {model} eps={eps:g} suite={config.robust.suite}")
+      start = time.perf_counter()
+      ev = robust.evaluate(
+          target.predict, target.state,
+          sweep._batches(config, target.t),  # pylint: disable=protected-access
+          target.loaded.tasks,
+          eps=eps, bounds=preprocess.input_bounds(), suite=config.robust.suite,
+          key=jax.random.key(config.robust.seed), mesh=mesh, threshold=config.robust.threshold,
+          records=workdir / ROBUST / f"{model}_eps{eps:g}.jsonl" if parallel.is_writer() else None)
+      store.add(_record(config, target, eps, ev, 1 if mesh is None else mesh.size))
+      print(f"robust: {model} eps={eps:g}: robust ARP {ev.arp:.2f}, "
+            f"{ev.passes_per_image:.0f} passes/image, {time.perf_counter() - start:.1f}s")
+
+
+def run(config: ml_collections.ConfigDict) -> tuple[results.Store, list[sweep.Target]]:
+  """Trains the config's missing models and robust-evaluates them (the ``robust`` mode)."""
+  validate(config)
+  store, targets = sweep.run(config, train_only=True)
+  evaluate_models(config, targets, store, parallel.make_mesh(config.mesh))
+  return store, targets

@@ -1,0 +1,191 @@
+"""robust.evaluate on a plain-JAX model (not mtajax.models): worst case, guarantee, cost, records,
+threshold, bad input, and equal results on 1 and 8 (forced CPU) devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+S, B, N = 16, 4, 8  # image size, batch size, images
+
+
+def problem():
+  """A random plain-JAX net (mtajax.testing) with labels near its own clean predictions."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mtajax import tasks as mt  # pylint: disable=g-import-not-at-top
+  from mtajax import testing  # pylint: disable=g-import-not-at-top
+  params = testing.init(jax.random.key(0), 3, width=4)
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-100, 100, (N, S, S, 3)).astype(np.float32)
+  pred = testing.apply(params, jnp.asarray(x))
+  seg = np.asarray(jnp.argmax(pred["segment_semantic"], -1)).astype(np.int32)
+  seg[:, 0] = 255  # ignored pixels
+  labels = {"segment_semantic": seg,
+            "normal": np.asarray(pred["normal"]) + rng.normal(0, .3, (N, S // 4, S // 4, 3)),
+            "depth_zbuffer": np.abs(np.asarray(pred["depth_zbuffer"][..., 0])) + 0.5}
+  labels = {k: v.astype(np.int32 if k == "segment_semantic" else np.float32)
+            for k, v in labels.items()}
+  batches = [{"image": x[i:i + B], **{k: v[i:i + B] for k, v in labels.items()}}
+             for i in range(0, N, B)]
+  tasks = (mt.Segmentation(channels=13), mt.Normal(label_encoding="unit"), mt.Depth())
+  return testing.apply, params, batches, tasks
+
+
+def run(**kwargs):
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  predict, params, batches, tasks = problem()
+  kwargs = {"suite": "smoke", **kwargs}
+  return robust.evaluate(predict, params, batches, tasks, eps=8.0, bounds=(-128.0, 128.0),
+                         key=jax.random.key(1), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+  path = tmp_path_factory.mktemp("robust") / "images.jsonl"
+  return run(records=path), path
+
+
+def test_one_call_on_a_plain_jax_model(result):
+  from mtajax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  r, _ = result
+  predict, params, batches, tasks = problem()
+  want = evaluate_lib.evaluate(predict, params, batches, tasks).metrics  # independent path
+  for t in want:
+    for m in want[t]:
+      assert r.clean[t][m] == pytest.approx(want[t][m], rel=1e-5, abs=1e-6), (t, m)
+  assert r.arp > 5  # the attacks did their job
+  assert all(np.isfinite(v) for ms in r.worst_case.values() for v in ms.values())
+
+
+def test_worst_case_is_never_below_any_candidate_and_envelope_above_joint(result):
+  r, _ = result
+  assert set(r.candidate_arp) == {"clean", "apgd:gbmta", "apgd:total"}
+  assert r.candidate_arp["clean"] == 0
+  assert all(r.arp >= v for v in r.candidate_arp.values())
+  assert sum(r.wins.values()) == N
+  for t, v in r.envelope.items():
+    assert v >= r.arp_per_task[t] - 1e-9
+
+
+def test_cost_and_per_image_records(result):
+  r, path = result
+  # Clean forward + 2 candidates x (2 steps x (forward + backward) + last + scoring forward).
+  assert r.passes_per_image == 1 + 2 * (2 * 2 + 1 + 1)
+  assert r.seconds > 0
+  rows = [json.loads(line) for line in path.read_text().splitlines()]
+  assert len(rows) == 3 * N and rows == r.images
+  chosen = [row for row in rows if row["chosen"]]
+  assert sorted(row["image"] for row in chosen) == list(range(N))
+  for row in rows:
+    want = np.mean([row[f"drop/{t}"] for t in ("segment_semantic", "normal", "depth_zbuffer")])
+    assert row["s"] == pytest.approx(want, rel=1e-5, abs=1e-5)
+    assert "normal/Angle Median" in row
+
+
+def test_threshold_stops_attacking_images_that_passed(result):
+  r, _ = result
+  first = sorted((row for row in r.images if row["candidate"] == "apgd:gbmta"),
+                 key=lambda row: row["image"])
+  threshold = float(np.median([row["s"] for row in first]))
+  t = run(threshold=threshold)
+  passed = {row["image"] for row in first if row["s"] >= threshold}
+  assert 0 < len(passed) < N
+  later = {row["image"] for row in t.images if row["candidate"] == "apgd:total"}
+  assert later == set(range(N)) - passed
+  assert t.passes_per_image < r.passes_per_image
+  assert t.candidate_arp["apgd:total"] is None  # it did not run alone on every image
+  assert t.arp >= t.candidate_arp["apgd:gbmta"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"suite": [("apgd", "nope", {})]}, "suite member.*unknown direction"),
+    ({"suite": [("bim", "total", {})]}, "suite member.*unknown attack"),
+    ({"suite": "strongest"}, "unknown suite.*register_suite"),
+    ({"eps": -1.0}, "eps must be >= 0"),
+    ({"batches": []}, "no batches"),
+    ({"tasks": "custom"}, "no per-image metric.*register"),
+])
+def test_bad_input_is_one_line_naming_the_fix(kwargs, match):
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  from mtajax import tasks as mt  # pylint: disable=g-import-not-at-top
+  predict, params, batches, tasks = problem()
+
+  class Custom(mt.Task):
+    metrics = {"x": True}
+    valid = pixel_loss = metric_init = metric_update = metric_compute = None
+  args = {"batches": batches, "tasks": tasks, "eps": 8.0, "suite": "smoke", **kwargs}
+  if args["tasks"] == "custom":
+    args["tasks"] = (*tasks, Custom(name="custom", channels=1))
+  with pytest.raises(ValueError, match=match) as e:
+    robust.evaluate(predict, params, args.pop("batches"), args.pop("tasks"),
+                    bounds=(-128.0, 128.0), key=jax.random.key(0), **args)
+  assert "\n" not in str(e.value)
+
+
+def _worker() -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import parallel  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 8
+  one = run(mesh=parallel.make_mesh(1))
+  eight = run(mesh=parallel.make_mesh())
+  return {k: [getattr(one, k), getattr(eight, k)] for k in ("arp", "envelope", "wins", "clean")} | {
+      "s": [[row["s"] for row in one.images], [row["s"] for row in eight.images]]}
+
+
+def test_equal_results_on_1_and_8_devices(tmp_path):
+  env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+         "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"}
+  proc = subprocess.run([sys.executable, __file__], env=env, cwd=ROOT, capture_output=True,
+                        text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.strip().splitlines()[-1])
+  one, eight = out["arp"]
+  assert one > 5 and eight == pytest.approx(one, abs=1e-3)
+  assert out["wins"][0] == out["wins"][1]
+  np.testing.assert_allclose(out["s"][1], out["s"][0], rtol=1e-4, atol=1e-4)
+  for t, v in out["envelope"][0].items():
+    assert out["envelope"][1][t] == pytest.approx(v, abs=1e-3)
+
+
+if __name__ == "__main__":
+  import mtajax  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  print(json.dumps(_worker()))
+
+
+def test_readme_robust_example_runs(tmp_path, monkeypatch, capsys):
+  import re  # pylint: disable=g-import-not-at-top
+  text = (ROOT / "README.md").read_text()
+  code = re.search(r"<!-- readme-robust-example -->\s*```python\n(.*?)```", text, re.S).group(1)
+  monkeypatch.chdir(tmp_path)
+  exec(compile(code, "README robust example", "exec"), {})  # pylint: disable=exec-used
+  out = capsys.readouterr().out
+  arp = float(re.search(r"robust ARP (-?[0-9.]+)", out).group(1))
+  assert arp > 0
+  rows = [json.loads(line) for line in (tmp_path / "robust_images.jsonl").read_text().splitlines()]
+  assert len(rows) == 3 * 8
+
+
+def test_padding_examples_of_the_loader_are_left_out(result):
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  r, _ = result
+  predict, params, batches, tasks = problem()
+  padded = []
+  for b in batches:  # each batch grows by two blank weight-0 examples
+    b = {k: np.concatenate([v, np.zeros((2,) + v.shape[1:], v.dtype)]) for k, v in b.items()}
+    b["example_weight"] = np.array([1.0] * B + [0.0, 0.0], np.float32)
+    padded.append(b)
+  got = robust.evaluate(predict, params, padded, tasks, eps=8.0, bounds=(-128.0, 128.0),
+                        suite="smoke", key=jax.random.key(1))
+  assert got.clean == r.clean
+  assert len(got.images) == len(r.images)
