@@ -49,6 +49,8 @@ SUITES: dict[str, tuple[Member, ...]] = {
         ("apgd", "gbmta", {**APGD_AA, "num_steps": 20, "restarts": 2}),
         ("apgd", "total", {**APGD_AA, "num_steps": 20}),
         ("apgd", "single", {**APGD_AA, "num_steps": 20}),
+        # SegPGD's weighting on the segmentation head (the other heads keep their own loss).
+        ("apgd", "gbmta", {**APGD_AA, "num_steps": 20, "attack_loss": "segpgd"}),
     ),
     # CI-sized: two short runs.
     "smoke": (
@@ -69,6 +71,7 @@ class Program:
   attack: str
   direction: directions_lib.Direction
   options: tuple[tuple[str, Any], ...]
+  attack_loss: str = "default"  # a name in mtajax.tasks.attack_losses
 
   def run(self, loss_fn, x, batch, eps, bounds, key):
     """The attack's result on one chunk (its padding rows marked by ``example_weight``)."""
@@ -123,6 +126,8 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
       attacks.by_name(attack)
       options = dict(options)
       restarts = int(options.pop("restarts", 1))
+      attack_loss = options.pop("attack_loss", "default")
+      tasks_lib.attack_losses.get(attack_loss)
       names = [f"single_{t}" for t in task_names] if direction == "single" else [direction]
       dirs = [directions_lib.by_name(n) for n in names]
     except (ValueError, TypeError) as e:
@@ -130,9 +135,10 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
     if attack != "fgsm":
       options.setdefault("unroll", unroll)
     for name, d in zip(names, dirs):
-      program = Program(attack, d, tuple(sorted(options.items())))
+      program = Program(attack, d, tuple(sorted(options.items())), attack_loss)
       for r in range(restarts):
-        label = f"{attack}:{name}" + (f"#{r}" if restarts > 1 else "")
+        label = f"{attack}:{name}" + ("" if attack_loss == "default" else f":{attack_loss}") + (
+            f"#{r}" if restarts > 1 else "")
         out.append(Candidate(label, program, r))
   seen = {}
   for i, c in enumerate(out):  # Same attack and direction with other options: number them.
@@ -148,7 +154,8 @@ def _step(state, batch, eps, bounds, key, clean, reference, *, predict, tasks, p
   forward = functools.partial(predict, state)
   x = batch["image"]
   if program is not None:
-    loss_fn = tasks_lib.make_loss_fn(forward, tasks, program.direction.reduction)
+    loss_fn = tasks_lib.make_loss_fn(forward, tasks, program.direction.reduction,
+                                     program.attack_loss)
     result = program.run(loss_fn, x, batch, eps, bounds, key)
     x = jax.lax.stop_gradient(result.x_adv)
   preds = forward(x)
