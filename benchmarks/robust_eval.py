@@ -22,14 +22,14 @@ import tqdm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-import mtajax  # noqa: E402,F401  pylint: disable=g-import-not-at-top,wrong-import-position
-from configs import quickstart  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from mtajax import results  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from mtajax import robust  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from mtajax import robust_sweep  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from mtajax import sweep  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
-from mtajax.data import preprocess  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import mtajax  # noqa: E402,F401
+from configs import quickstart  # noqa: E402
+from mtajax import results  # noqa: E402
+from mtajax import robust  # noqa: E402
+from mtajax import robust_sweep  # noqa: E402
+from mtajax import sweep  # noqa: E402
+from mtajax.data import preprocess  # noqa: E402
 
 
 def main() -> None:

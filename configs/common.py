@@ -42,6 +42,8 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   c.report_eps = 8.0
   c.report_history = False  # True: the report also shows records of earlier configs in the workdir
   c.examples_eps = (4.0, 8.0, 16.0)  # Fig. 6 perturbations
+  # `import` mode: a TreeMTL / DGBA PyTorch checkpoint (.model / .pth, or an .npz state_dict).
+  c.checkpoint = ml_collections.config_dict.placeholder(str)
   # Robust evaluation (mtajax.robust): the `robust` mode, and the sweep when `enabled`.
   c.robust = ml_collections.ConfigDict()
   c.robust.enabled = True
@@ -49,8 +51,6 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   c.robust.eps = ml_collections.config_dict.placeholder(tuple)  # None: the grid's eps
   c.robust.threshold = ml_collections.config_dict.placeholder(float)  # stop at s_b >= threshold
   c.robust.seed = 0  # random starts
-  # `import` mode: a TreeMTL / DGBA PyTorch checkpoint (.model / .pth, or an .npz state_dict).
-  c.checkpoint = ml_collections.config_dict.placeholder(str)
   c.advtrain = ml_collections.ConfigDict()  # `advtrain` mode: overrides of train.adv
   c.advtrain.mode = "reference"
   c.advtrain.direction = "gbmta"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import json
 import time
 from pathlib import Path
@@ -40,14 +41,16 @@ from mtajax.tasks import per_image
 
 Member = tuple[str, str, Mapping[str, Any]]  # (attack, direction, options)
 
-# AutoAttack's APGD (per-sample bookkeeping, random start, restart from the best point on halving).
-APGD_AA = {"per_sample": True, "random_start": True, "restart_from_best": True}
+# fra31/auto-attack's APGD: 2ε initial step, per-sample, restart from the best point, random start.
+APGD_AA = {"variant": "autoattack", "random_start": True}
 SUITES: dict[str, tuple[Member, ...]] = {
     # Within the compute of the paper grid at one ε (PGD + APGD, 10 steps, every direction).
     "standard": (
         ("apgd", "gbmta", {**APGD_AA, "num_steps": 20, "restarts": 2}),
         ("apgd", "total", {**APGD_AA, "num_steps": 20}),
         ("apgd", "single", {**APGD_AA, "num_steps": 20}),
+        # SegPGD's weighting on the segmentation head (the other heads keep their own loss).
+        ("apgd", "gbmta", {**APGD_AA, "num_steps": 20, "attack_loss": "segpgd"}),
     ),
     # CI-sized: two short runs.
     "smoke": (
@@ -68,13 +71,18 @@ class Program:
   attack: str
   direction: directions_lib.Direction
   options: tuple[tuple[str, Any], ...]
+  attack_loss: str = "default"  # a name in mtajax.tasks.attack_losses
 
   def run(self, loss_fn, x, batch, eps, bounds, key):
+    """The attack's result on one chunk (its padding rows marked by ``example_weight``)."""
+    attack = attacks.by_name(self.attack)
     kwargs = dict(self.options)
+    accepts = inspect.signature(attack).parameters
     if kwargs.get("random_start"):
       kwargs["key"] = key
-    return attacks.by_name(self.attack)(loss_fn, x, batch, direction=self.direction, eps=eps,
-                                        bounds=bounds, **kwargs).x_adv
+    if "example_weight" in accepts:
+      kwargs["example_weight"] = batch["example_weight"]
+    return attack(loss_fn, x, batch, direction=self.direction, eps=eps, bounds=bounds, **kwargs)
 
   def passes(self, num_tasks: int) -> int:
     """Forward + backward passes per image, including the forward that scores the result.
@@ -118,6 +126,8 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
       attacks.by_name(attack)
       options = dict(options)
       restarts = int(options.pop("restarts", 1))
+      attack_loss = options.pop("attack_loss", "default")
+      tasks_lib.attack_losses.get(attack_loss)
       names = [f"single_{t}" for t in task_names] if direction == "single" else [direction]
       dirs = [directions_lib.by_name(n) for n in names]
     except (ValueError, TypeError) as e:
@@ -125,9 +135,10 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
     if attack != "fgsm":
       options.setdefault("unroll", unroll)
     for name, d in zip(names, dirs):
-      program = Program(attack, d, tuple(sorted(options.items())))
+      program = Program(attack, d, tuple(sorted(options.items())), attack_loss)
       for r in range(restarts):
-        label = f"{attack}:{name}" + (f"#{r}" if restarts > 1 else "")
+        label = f"{attack}:{name}" + ("" if attack_loss == "default" else f":{attack_loss}") + (
+            f"#{r}" if restarts > 1 else "")
         out.append(Candidate(label, program, r))
   seen = {}
   for i, c in enumerate(out):  # Same attack and direction with other options: number them.
@@ -143,14 +154,16 @@ def _step(state, batch, eps, bounds, key, clean, reference, *, predict, tasks, p
   forward = functools.partial(predict, state)
   x = batch["image"]
   if program is not None:
-    loss_fn = tasks_lib.make_loss_fn(forward, tasks, program.direction.reduction)
-    x = jax.lax.stop_gradient(program.run(loss_fn, x, batch, eps, bounds, key))
+    loss_fn = tasks_lib.make_loss_fn(forward, tasks, program.direction.reduction,
+                                     program.attack_loss)
+    result = program.run(loss_fn, x, batch, eps, bounds, key)
+    x = jax.lax.stop_gradient(result.x_adv)
   preds = forward(x)
   states = {t.name: per_image.states(t, preds[t.name], batch) for t in tasks}
   metrics = {t.name: per_image.metrics(t, states[t.name], preds[t.name], batch) for t in tasks}
   if program is None:
     return states, metrics, None
-  return states, metrics, per_image.score(tasks, metrics, clean, reference)
+  return states, metrics, (*per_image.score(tasks, metrics, clean, reference), result.best_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,7 +231,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
              key: jax.Array, mesh: jax.sharding.Mesh | None = None,
              threshold: float | None = None, unroll: bool | int | None = 1,
              records: str | Path | None = None) -> RobustEvaluation:
-  """Robust evaluation of ``predict(state, x)`` on ``batches`` under the L∞ ball of radius ``eps``.
+  """Robust evaluation of ``predict(state, x)`` on ``batches`` in the ε-ball (L∞ by default).
 
   Args:
     predict: any pure forward ``predict(state, x) -> {task: (B, h, w, C)}``.
@@ -292,6 +305,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   scores = np.zeros((num_c, n), np.float32)
   drops = {t.name: np.zeros((num_c, n), np.float32) for t in tasks}
   available = np.zeros((num_c, n), bool)
+  best_step = np.zeros((num_c, n), np.int32)  # iteration of each returned point (clean: 0)
   available[0] = True
   passes = n  # the clean pass
   for ci, cand in enumerate(cands, 1):
@@ -303,7 +317,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
       passes += len(idx) * cand.program.passes(len(tasks))
     metrics_c = {t.name: {m: np.zeros(n, np.float32) for m in t.metrics} for t in tasks}
     if len(todo):
-      st, ms, (s, d) = gather(outputs, len(todo))
+      st, ms, (s, d, steps) = gather(outputs, len(todo))
       for t, leaves in st.items():
         for lk, v in leaves.items():
           states[t][lk][ci, todo] = v
@@ -311,6 +325,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
         for m, v in m_.items():
           metrics_c[t][m][todo] = v
       scores[ci, todo] = s
+      best_step[ci, todo] = steps
       for t, v in d.items():
         drops[t][ci, todo] = v
       available[ci, todo] = True
@@ -335,6 +350,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
         continue
       images.append({
           "image": b, "batch": int(groups[b]), "candidate": names[c], "s": float(scores[c, b]),
+          "best_step": int(best_step[c, b]),
           "chosen": bool(multi.choice[b] == c),
           **{f"drop/{t}": float(drops[t][c, b]) for t in drops},
           **{f"envelope/{t}": bool(env_choice[t][b] == c) for t in drops},

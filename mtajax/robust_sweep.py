@@ -2,9 +2,9 @@
 
 ``python -m mtajax.run robust`` trains the config's missing models (as ``sweep`` does), runs
 :func:`mtajax.robust.evaluate` on the same test images as the grid and stores one record per
-(model, ε) in ``results.jsonl``, next to the grid's records; stored records are skipped, so a killed
-run resumes where it stopped. Each record also states the compute of the paper grid at that ε
-(forward + backward passes per image), and the per-image records go to
+(model, ε) in ``results.jsonl``, next to the grid's records; stored records are skipped, so a
+killed run resumes where it stopped. Each record also states the compute of the paper grid at
+that ε (forward + backward passes per image), and the per-image records go to
 ``<workdir>/robust/<model>_eps<ε>.jsonl``.
 """
 
@@ -66,6 +66,12 @@ def record_key(config, t, eps: float) -> str:
                             _hash(config, t))
 
 
+def current_keys(config: ml_collections.ConfigDict) -> set[str]:
+  """The keys of the robust records this config makes (what the report shows by default)."""
+  return {record_key(config, sweep.train_config(config, layout, adv), eps)
+          for adv in (False, True) for layout in config.layouts for eps in eps_values(config)}
+
+
 def _record(config, target: sweep.Target, eps: float, ev: robust.RobustEvaluation,
             devices: int) -> dict[str, Any]:
   t, layout = target.t, target.loaded.layout
@@ -97,7 +103,8 @@ def evaluate_models(config: ml_collections.ConfigDict, targets: list[sweep.Targe
       print(f"robust: {model} eps={eps:g} suite={config.robust.suite}")
       start = time.perf_counter()
       ev = robust.evaluate(
-          target.predict, target.state, sweep._batches(config, target.t),  # pylint: disable=protected-access
+          target.predict, target.state,
+          sweep._batches(config, target.t),  # pylint: disable=protected-access
           target.loaded.tasks,
           eps=eps, bounds=preprocess.input_bounds(), suite=config.robust.suite,
           key=jax.random.key(config.robust.seed), mesh=mesh, threshold=config.robust.threshold,

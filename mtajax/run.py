@@ -3,11 +3,11 @@
     python -m mtajax.run [MODE] [--config configs/FILE.py[:ARG]] [--config.KEY=VALUE ...]
 
 Modes: ``sweep`` (the default: train missing models, attack them, robust-evaluate them
-(``config.robust``), write the report), ``robust`` (train missing models, robust-evaluate), ``train``,
-``attack`` (models must be trained), ``advtrain`` (adversarially train the config's layouts, then
-attack them next to their clean-trained versions), ``report``, ``layouts`` (paper Tables 16/17),
-``import`` (store a TreeMTL / DGBA PyTorch checkpoint, ``--config.checkpoint=PATH``, as the final
-model of its layout, which the other modes then use without training).
+(``config.robust``), write the report), ``robust`` (train missing models, robust-evaluate them),
+``train``, ``attack`` (models must be trained), ``advtrain`` (adversarially train the config's
+layouts, then attack them next to their clean-trained versions), ``report``, ``layouts`` (paper
+Tables 16/17), ``import`` (store a TreeMTL / DGBA PyTorch checkpoint, ``--config.checkpoint=PATH``,
+as the final model of its layout, which the other modes then use without training).
 With no arguments it runs the quickstart on the embedded benchmark (``configs/quickstart.py``).
 Bad input exits with status 2 and a one-line ``error:`` message; results already stored are kept.
 """
@@ -76,10 +76,7 @@ def report(config, store: results.Store, examples=None) -> pathlib.Path:
     examples = _load_examples(saved)
   records = store.records()
   if not config.report_history:
-    current = sweep.current_keys(config) | {  # and the robust records of the config's models
-        robust_sweep.record_key(config, sweep.train_config(config, layout, adv), eps)
-        for adv in (False, True) for layout in config.layouts
-        for eps in robust_sweep.eps_values(config)}
+    current = sweep.current_keys(config) | robust_sweep.current_keys(config)
     records = [r for r in records if r["key"] in current]
     if len(records) < len(store):
       print(f"report: {len(store) - len(records)} records of other configs (another ε grid, "

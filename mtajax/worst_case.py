@@ -1,4 +1,4 @@
-"""Worst case over attack candidates: per image, per task, with a dataset-level guarantee (host side).
+"""Worst case over attack candidates: per image, per task, with a dataset-level guarantee (host).
 
 Every candidate (an attack run, or the clean input, which also lies in the ε-ball) leaves for every
 image its per-image metric states (:func:`mtajax.tasks.per_image.states`), its score ``s_b`` and its

@@ -78,7 +78,7 @@ def test_worst_case_is_never_below_any_candidate_and_envelope_above_joint(result
 
 def test_cost_and_per_image_records(result):
   r, path = result
-  # Clean forward + 2 candidates x (2 steps x (forward + backward) + last forward + scoring forward).
+  # Clean forward + 2 candidates x (2 steps x (forward + backward) + last + scoring forward).
   assert r.passes_per_image == 1 + 2 * (2 * 2 + 1 + 1)
   assert r.seconds > 0
   rows = [json.loads(line) for line in path.read_text().splitlines()]

@@ -31,9 +31,11 @@ def make_data(seed):
            "normal_mask": (rng.random((N, H, W)) > 0.2).astype(np.float32),
            "depth_zbuffer": dep.astype(np.float32), "keypoints2d": key.astype(np.float32),
            "edge_texture": edge.astype(np.float32)}
-  pred = {"segment_semantic": rng.normal(size=(N, h, w, C)), "normal": rng.normal(size=(N, h, w, 3)),
+  pred = {"segment_semantic": rng.normal(size=(N, h, w, C)),
+          "normal": rng.normal(size=(N, h, w, 3)),
           "depth_zbuffer": rng.uniform(-0.5, 4.0, (N, h, w, 1)),
-          "keypoints2d": rng.normal(size=(N, h, w, 1)), "edge_texture": rng.normal(size=(N, h, w, 1))}
+          "keypoints2d": rng.normal(size=(N, h, w, 1)),
+          "edge_texture": rng.normal(size=(N, h, w, 1))}
   return {k: v.astype(np.float32) for k, v in pred.items()}, batch
 
 
@@ -48,7 +50,8 @@ def image_metrics(task, pred, batch):
   return jax.jit(lambda s, p, b: per_image.metrics(task, s, p, b))(s, p, b), s
 
 
-TASK_SETS = [mt.synthetic_tasks(num_classes=C), mt.synthetic_tasks(num_classes=C, definition="standard"),
+TASK_SETS = [mt.synthetic_tasks(num_classes=C),
+             mt.synthetic_tasks(num_classes=C, definition="standard"),
              mt.taskonomy_tasks()[1:], (mt.Segmentation(channels=C, metric_set="taskonomy",
                                                         class_weights=(1.0, 2.0, 0.5, 1.0)),)]
 
@@ -65,7 +68,8 @@ def test_each_image_equals_the_dataset_metric_of_that_image_alone(tasks):
       want = task.metric_compute(one)
       for m, v in want.items():
         tol = 0.01 if m == "Angle Median" else 1e-4  # the dataset median is a histogram's
-        np.testing.assert_allclose(float(got[m][i]), v, rtol=1e-4, atol=tol, err_msg=f"{task.name} {m}")
+        np.testing.assert_allclose(float(got[m][i]), v, rtol=1e-4, atol=tol,
+                                   err_msg=f"{task.name} {m}")
     for m, v in got.items():  # image 0 has no valid pixel
       assert float(v[0]) == 0.0, (task.name, m)
 
@@ -118,8 +122,9 @@ def test_depth_against_numpy():
 def test_score_against_numpy():
   tasks = mt.synthetic_tasks(3, num_classes=C)
   rng = np.random.default_rng(3)
-  mk = lambda: {t.name: {m: rng.uniform(0.1, 1, N).astype(np.float32) for m in t.metrics}  # pylint: disable=unnecessary-lambda-assignment
-                for t in tasks}
+  def mk():
+    return {t.name: {m: rng.uniform(0.1, 1, N).astype(np.float32) for m in t.metrics}
+            for t in tasks}
   adv, clean = mk(), mk()
   ref = {t.name: {m: float(rng.uniform(0.2, 1)) for m in t.metrics} for t in tasks}
   s, drops = per_image.score(tasks, adv, clean, ref)
@@ -131,7 +136,8 @@ def test_score_against_numpy():
     np.testing.assert_allclose(drops[t.name], want_t[t.name], rtol=1e-5)
   np.testing.assert_allclose(s, np.mean(list(want_t.values()), axis=0), rtol=1e-5)
   # Same signs as the ARP: on one image with the reference as its own clean value, s == ARP.
-  one = lambda d: {t: {m: float(v[0]) for m, v in ms.items()} for t, ms in d.items()}  # pylint: disable=unnecessary-lambda-assignment
+  def one(d):
+    return {t: {m: float(v[0]) for m, v in ms.items()} for t, ms in d.items()}
   s1, _ = per_image.score(tasks, adv, clean, one(clean))
   np.testing.assert_allclose(s1[0], mt.arp(one(clean), one(adv), tasks,
                                            reference_rounding=False).total, rtol=1e-4)

@@ -43,7 +43,7 @@ def candidates(tasks, batch, preds):
 
 
 def streaming(tasks, batch, pred):
-  """Dataset metrics of ``pred`` fed batch by batch as GROUPS says (independent of the regrouping)."""
+  """Dataset metrics of ``pred`` fed batch by batch as GROUPS says (independent of regrouping)."""
   state = mt.metrics.init(tasks)
   for g in np.unique(GROUPS):
     idx = GROUPS == g

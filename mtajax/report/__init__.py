@@ -14,8 +14,8 @@ import tempfile
 from typing import Any, Callable, Iterable, Mapping
 
 from mtajax.report import records as rec_lib
-from mtajax.report import robust as robust_lib
 from mtajax.report import study
+from mtajax.report import robust as robust_lib
 from mtajax.report import tables
 from mtajax.report.figures import (figure_arp_vs_eps, figure_examples, figure_per_task,
                                    figure_transfer, save_png)
@@ -206,13 +206,13 @@ def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
     short = [rec_lib.task_label(t) for t in tasks]
     prefix = _slug(dataset, backbone, *short) + "_"
     lines += [f"## {dataset} / {backbone} / {', '.join(short)}", ""]
-    grid = [r for r in group if r["attack"] != robust_lib.ROBUST]
+    grid = [r for r in study.default_loss(group) if r["attack"] != robust_lib.ROBUST]
     of_group = robust_groups.get((dataset, backbone, tasks), [])
-    lines += _group_section(study.default_loss(grid), out_dir, prefix, eps, attack_for_transfer,
-                            of_group)
+    lines += _group_section(grid, out_dir, prefix, eps, attack_for_transfer, of_group)
     lines += _robust_section(of_group, grid, out_dir, prefix, eps)
-    if study.applies(grid):
-      lines += _study_section(grid, out_dir, prefix, eps)
+    if study.applies(group):
+      lines += _study_section([r for r in group if r["attack"] != robust_lib.ROBUST], out_dir,
+                              prefix, eps)
   if example_fig is not None:
     save_png(example_fig, out_dir / "fig6_examples.png")
     lines += ["## Fig. 6: an image, its adversarial versions and the predictions", "",

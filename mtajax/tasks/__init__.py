@@ -1,5 +1,6 @@
 """Tasks: dense-prediction losses, streaming metrics, ARP and attack transferability."""
 
+from mtajax.tasks import attack_losses
 from mtajax.tasks import metrics
 from mtajax.tasks.base import Task
 from mtajax.tasks.depth import Depth

@@ -10,9 +10,9 @@
   its depth errors and ratios, its L1 / cross-entropy errors. An image without a valid pixel gets 0.
 * :func:`score`: the per-image relative drop of every metric, with the signs of the ARP (paper
   Eq. 10), normalised by the dataset-level clean metric (one image's clean mIoU or δ ratio is often
-  0): ``100 (m_b − m'_b) / M`` (higher is better) or ``100 (m'_b − m_b) / M``, averaged over a task's
-  metrics (its per-task drop) and then over tasks (``s_b``). The dataset ARP is the same formula on
-  dataset metrics.
+  0): ``100 (m_b − m'_b) / M`` (higher is better) or ``100 (m'_b − m_b) / M``, averaged over a
+  task's metrics (its per-task drop) and then over tasks (``s_b``). The dataset ARP is the same
+  formula on dataset metrics.
 
 Per-image metrics of a task type come from an open registry (:func:`register`).
 """
