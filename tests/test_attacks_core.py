@@ -512,3 +512,23 @@ def test_padding_takes_no_part_in_the_reference_batch_objective(setup):
                         example_weight=jnp.array([1.0, 1.0, 1.0, 0.0]), **kw)
   np.testing.assert_allclose(padded.objective[:, 0], plain.objective[:, 0], rtol=1e-5)
   np.testing.assert_allclose(padded.x_adv[:3], plain.x_adv, atol=1e-3)
+
+
+def test_static_options_of_equal_value_but_other_type_compile_separately(setup):
+  """unroll=True (unrolled) and unroll=1 (rolled) are equal in Python but distinct programs."""
+  x0, labels = setup
+  traces = []
+
+  def counted(x, labels_):
+    traces.append(1)
+    return testing.loss_fn(x, labels_)
+  attacks.pgd(counted, x0, labels, direction=D.total(), eps=EPS, bounds=BOUNDS, num_steps=2,
+              unroll=1)
+  rolled = len(traces)
+  attacks.pgd(counted, x0, labels, direction=D.total(), eps=EPS, bounds=BOUNDS, num_steps=2,
+              unroll=True)
+  unrolled = len(traces)
+  assert unrolled > rolled  # A program of its own.
+  attacks.pgd(counted, x0, labels, direction=D.total(), eps=EPS, bounds=BOUNDS, num_steps=2,
+              unroll=True)
+  assert len(traces) == unrolled  # And reused.

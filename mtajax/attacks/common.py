@@ -262,7 +262,7 @@ def merge(static: _Static, arrays: list[Array]) -> Any:
 @functools.partial(jax.jit, static_argnames=("impl", "loss_static", "dir_static", "options"))
 def _compiled(loss_arrays, dir_arrays, args, *, impl, loss_static, dir_static, options):
   return impl(merge(loss_static, loss_arrays), merge(dir_static, dir_arrays), **args,
-              **dict(options))
+              **{k: v for k, _, v in options})
 
 
 def run(impl: Callable[..., AttackResult], loss_fn, direction, args: dict[str, Any],
@@ -276,7 +276,9 @@ def run(impl: Callable[..., AttackResult], loss_fn, direction, args: dict[str, A
   loss_static, loss_arrays = split(loss_fn)
   dir_static, dir_arrays = split(direction)
   return _compiled(loss_arrays, dir_arrays, args, impl=impl, loss_static=loss_static,
-                   dir_static=dir_static, options=tuple(sorted(options.items())))
+                   dir_static=dir_static,
+                   # Typed, so that unroll=True and unroll=1 (equal in Python) are two programs.
+                   options=tuple((k, type(v), v) for k, v in sorted(options.items())))
 
 
 def _is_concrete(v: Any) -> bool:
