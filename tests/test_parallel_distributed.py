@@ -19,7 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARGS = ["--config", f"{ROOT}/configs/quickstart.py:smoke", "--config.layouts=(0,)",
         "--config.attacks=('fgsm',)", "--config.directions=('total',)", "--config.eps=(8.0,)",
         "--config.train.num_steps=2", "--config.train.eval_every=2",
-        "--config.train.checkpoint_every=2", "--config.train.progress_bar=False"]
+        "--config.train.checkpoint_every=2", "--config.train.progress_bar=False",
+        "--config.robust.enabled=False"]  # 2-step models: clean metrics can be 0 (no robust ARP).
 # Runs mtajax.run, logging write-mode opens and renames under the workdir to WRITE_LOG.
 HOOKED = """
 import json, os, runpy, sys

@@ -65,7 +65,7 @@ def test_sweep_killed_in_every_phase_ends_with_the_same_records(tmp_path):
   done = _run(SMALL + ["--config.workdir=uninterrupted"], tmp_path, env)
   assert done.returncode == 0, done.stderr[-2000:]
   want = _records(tmp_path / "uninterrupted")
-  assert len(want) == 7  # clean + 2 directions x 2 eps + robust x 2 eps
+  assert len(want) == 6  # clean + 2 directions x 2 eps + robust at the quickstart's robust ε
   assert (tmp_path / "uninterrupted" / "report" / "report.md").exists()
 
   args = [sys.executable, "-m", "mtajax.run", *SMALL, "--config.workdir=killed"]
