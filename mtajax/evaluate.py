@@ -22,6 +22,7 @@ import numpy as np
 
 from mtajax import attacks
 from mtajax import directions as directions_lib
+from mtajax import host_loop
 from mtajax import parallel
 from mtajax import tasks as tasks_lib
 from mtajax.tasks import base
@@ -135,7 +136,6 @@ class AttackSpec:
                                         bounds=bounds, **kwargs).x_adv
 
 
-@functools.partial(jax.jit, static_argnames=("predict", "tasks", "spec"))
 def _step(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec):
   forward = functools.partial(predict, state)
   x = batch["image"]
@@ -148,6 +148,10 @@ def _step(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec):
   samples = tasks_lib.metrics.samples(tasks, preds, batch)
   losses = {t.name: base.batch_mean(t.loss(preds[t.name], batch, "pooled"), batch) for t in tasks}
   return update, samples, losses
+
+
+_compiled = jax.jit(_step, static_argnames=("predict", "tasks", "spec"))
+_hosted = host_loop.jit(_step, static_argnames=("predict", "tasks", "spec"))
 
 
 def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state: Any,
@@ -191,6 +195,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   if mesh is not None:
     state, eps, bounds, baselines, index = parallel.replicate(
         (state, eps, bounds, baselines, index), mesh)
+  step = _hosted if spec is not None and host_loop.requested(spec.options) else _compiled
   accumulator = tasks_lib.metrics.Accumulator(tasks, sample_budget)
   sums = {t.name: 0.0 for t in tasks}
   count, pending = 0, None
@@ -206,8 +211,8 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
       batch = {k: jnp.asarray(v) for k, v in batch.items()}
     else:
       batch = parallel.shard_batch(batch, mesh)
-    out = _step(state, batch, eps, bounds, baselines, index, predict=predict, tasks=tasks,
-                spec=spec)
+    out = step(state, batch, eps, bounds, baselines, index, predict=predict, tasks=tasks,
+               spec=spec)
     if pending is not None:
       absorb(pending)
     pending, count = out, count + 1

@@ -33,6 +33,7 @@ import numpy as np
 
 from mtajax import attacks
 from mtajax import directions as directions_lib
+from mtajax import host_loop
 from mtajax import parallel
 from mtajax import results
 from mtajax import tasks as tasks_lib
@@ -148,7 +149,6 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
   return sorted(out, key=lambda c: c.program.passes(len(task_names)))
 
 
-@functools.partial(jax.jit, static_argnames=("predict", "tasks", "program"))
 def _step(state, batch, eps, bounds, key, clean, reference, *, predict, tasks, program):
   """Attack one chunk (or not), then per-image states, metrics and (attacked) scores."""
   forward = functools.partial(predict, state)
@@ -164,6 +164,10 @@ def _step(state, batch, eps, bounds, key, clean, reference, *, predict, tasks, p
   if program is None:
     return states, metrics, None
   return states, metrics, (*per_image.score(tasks, metrics, clean, reference), result.best_step)
+
+
+_compiled = jax.jit(_step, static_argnames=("predict", "tasks", "program"))
+_hosted = host_loop.jit(_step, static_argnames=("predict", "tasks", "program"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +277,8 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
       extra = None if extra is None else parallel.shard_batch(extra, mesh)
     if extra is not None:
       clean_img = {t: {m: extra[f"{t}/{m}"] for m in ms} for t, ms in clean_img.items()}
-    return parallel.to_host(_step(state, batch, eps_, bounds, chunk_key, clean_img, reference,
+    step = _hosted if program is not None and host_loop.requested(program.options) else _compiled
+    return parallel.to_host(step(state, batch, eps_, bounds, chunk_key, clean_img, reference,
                                   predict=predict, tasks=tasks, program=program))
 
   def gather(outputs, num):

@@ -25,6 +25,7 @@ import tqdm
 from mtajax import attacks
 from mtajax import directions as directions_lib
 from mtajax import evaluate as evaluate_lib
+from mtajax import host_loop
 from mtajax import models
 from mtajax import parallel
 from mtajax import results
@@ -106,6 +107,10 @@ def validate(config: ml_collections.ConfigDict, data: bool = True) -> None:
            not e >= 0]
     if bad or not values:
       raise ValueError(f"config.{field} must hold numbers >= 0; got {getattr(config, field)!r}.")
+  u = config.unroll
+  if not (u is None or u == host_loop.HOST or (isinstance(u, int) and u >= 1)):
+    raise ValueError(f"config.unroll must be None, True, an int >= 1 or {host_loop.HOST!r}; got "
+                     f"{u!r}.")
   t = config.train
   for field, value in [("num_steps", config.num_steps), ("eval_batch_size", config.eval_batch_size)
                       ] + [(f"train.{k}", t[k]) for k in (
@@ -381,3 +386,4 @@ def release_compiled() -> None:
   The persistent compilation cache on disk is kept.
   """
   jax.clear_caches()
+  host_loop.clear()

@@ -18,6 +18,7 @@ ARP; the per-task envelope runs the same search for each task's ARP-t with its p
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -45,7 +46,12 @@ def dataset_state(tasks: Sequence[base.Task], image_states: Mapping[str, Mapping
     leaves = image_states[task.name]
     names = _mean_names(leaves)
     derived = {f"{n}/{k}" for n in names for k in ("batch_sum", "batch_weight")}
-    state = {k: np.sum(v, axis=0) for k, v in leaves.items() if k not in derived}
+    sampled = set(task.sample_names) & set(leaves)
+    state = {k: np.sum(v, axis=0) for k, v in leaves.items() if k not in derived | sampled}
+    for k in sampled:  # (N, pixels), NaN where not kept: the exact samples of these images.
+      values = np.asarray(leaves[k]).ravel()
+      values = values[~np.isnan(values)]
+      state[k] = base.Samples.of(values, sys.maxsize)  # every image's samples are at hand
     for name in names:
       state[f"{name}/batch_sum"] = state[f"{name}/batch_weight"] = 0
       for g in np.unique(groups):

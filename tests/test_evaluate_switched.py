@@ -53,10 +53,10 @@ def test_switched_evaluation_compiles_once():
   predict, params, batch, tasks = problem()
   spec = E.AttackSpec("pgd", E.Switched(tuple(D.by_name(n) for n in NAMES)), 2,
                       (("unroll", 1),))
-  before = E._step._cache_size()  # pylint: disable=protected-access
+  before = E._compiled._cache_size()  # pylint: disable=protected-access
   evs = [E.evaluate(predict, params, [batch], tasks, spec=spec, eps=8.0,
                     bounds=(-128.0, 128.0), direction_index=i) for i in range(len(NAMES))]
-  assert E._step._cache_size() == before + 1  # pylint: disable=protected-access
+  assert E._compiled._cache_size() == before + 1  # pylint: disable=protected-access
   for i, name in enumerate(NAMES):
     own = E.evaluate(predict, params, [batch], tasks, spec=E.AttackSpec(
         "pgd", D.by_name(name), 2, (("unroll", 1),)), eps=8.0, bounds=(-128.0, 128.0))

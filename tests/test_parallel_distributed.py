@@ -153,7 +153,7 @@ attacked = evaluate.evaluate(predict, state, loader, tasks, spec=spec, eps=8.0,
                              bounds=preprocess.input_bounds(), baselines=clean.losses, mesh=mesh)
 if pid == 0:
   print(json.dumps({"shapes": sorted({loader.batch(s)["image"].shape[0] for s in range(3)}),
-                    "compiles": evaluate._step._cache_size(), "devices": mesh.size,
+                    "compiles": evaluate._compiled._cache_size(), "devices": mesh.size,
                     "clean": [clean.metrics, clean.losses],
                     "attacked": [attacked.metrics, attacked.losses]}))
 """

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtajax import host_loop
 from mtajax import platform
 from mtajax.attacks import threat as threat_lib
 
@@ -202,8 +203,15 @@ def batch_objective(f: Array, example_weight: Array | None) -> Array:
   return jnp.broadcast_to(mean, f.shape)
 
 
-def resolve_unroll(unroll: bool | int | None) -> bool | int:
-  """``None`` picks the measured per-platform default (see :func:`mtajax.platform.default_unroll`)."""
+def resolve_unroll(unroll: bool | int | str | None) -> bool | int:
+  """The ``lax.scan`` unroll: ``None`` picks the measured per-platform default (see
+  :func:`mtajax.platform.default_unroll`); ``'host'`` (:mod:`mtajax.host_loop`: the loop runs from
+  the host, one compiled step) leaves the scan rolled for wherever it cannot be split."""
+  if isinstance(unroll, str):
+    if unroll != host_loop.HOST:
+      raise ValueError(f"unroll must be a bool, an int >= 1, None or {host_loop.HOST!r}; got "
+                       f"{unroll!r}.")
+    return 1
   return platform.default_unroll() if unroll is None else unroll
 
 
@@ -259,10 +267,14 @@ def merge(static: _Static, arrays: list[Array]) -> Any:
   return jax.tree.unflatten(static.treedef, leaves)
 
 
-@functools.partial(jax.jit, static_argnames=("impl", "loss_static", "dir_static", "options"))
-def _compiled(loss_arrays, dir_arrays, args, *, impl, loss_static, dir_static, options):
+def _attack(loss_arrays, dir_arrays, args, *, impl, loss_static, dir_static, options):
   return impl(merge(loss_static, loss_arrays), merge(dir_static, dir_arrays), **args,
               **{k: v for k, _, v in options})
+
+
+_STATIC = ("impl", "loss_static", "dir_static", "options")
+_compiled = jax.jit(_attack, static_argnames=_STATIC)
+_hosted = host_loop.jit(_attack, static_argnames=_STATIC)
 
 
 def run(impl: Callable[..., AttackResult], loss_fn, direction, args: dict[str, Any],
@@ -271,14 +283,17 @@ def run(impl: Callable[..., AttackResult], loss_fn, direction, args: dict[str, A
 
   ``args`` are traced (arrays, pytrees, None); ``options`` are static (hashable). The compiled
   program is reused whenever the loss function's and direction's static structure and the options
-  are equal, whatever their arrays hold.
+  are equal, whatever their arrays hold. With ``unroll='host'`` (outside a trace) the attack's loop
+  runs from the host over one compiled step (:mod:`mtajax.host_loop`).
   """
   loss_static, loss_arrays = split(loss_fn)
   dir_static, dir_arrays = split(direction)
-  return _compiled(loss_arrays, dir_arrays, args, impl=impl, loss_static=loss_static,
-                   dir_static=dir_static,
-                   # Typed, so that unroll=True and unroll=1 (equal in Python) are two programs.
-                   options=tuple((k, type(v), v) for k, v in sorted(options.items())))
+  hosted = options.get("unroll") == host_loop.HOST and not any(
+      isinstance(v, jax.core.Tracer) for v in jax.tree.leaves((loss_arrays, dir_arrays, args)))
+  return (_hosted if hosted else _compiled)(
+      loss_arrays, dir_arrays, args, impl=impl, loss_static=loss_static, dir_static=dir_static,
+      # Typed, so that unroll=True and unroll=1 (equal in Python) are two programs.
+      options=tuple((k, type(v), v) for k, v in sorted(options.items())))
 
 
 def _is_concrete(v: Any) -> bool:

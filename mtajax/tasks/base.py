@@ -274,6 +274,16 @@ class Task(abc.ABC):
     del pred, batch
     return {}
 
+  @property
+  def sample_names(self) -> tuple[str, ...]:
+    """The state names :meth:`metric_samples` fills (their streaming fallback is then unused)."""
+    return ()
+
+  def without_fallback(self) -> "Task":
+    """This task for states that carry their samples themselves (:mod:`mtajax.tasks.per_image`):
+    the streaming fallback of its sampled metrics shrunk to nothing. Default: itself."""
+    return self
+
   def check_pred(self, pred: jax.Array) -> None:
     if pred.ndim != 4 or pred.shape[-1] != self.channels:
       raise ValueError(f"Task {self.name!r} expects predictions (B, h, w, {self.channels}), got "

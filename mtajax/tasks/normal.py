@@ -97,6 +97,13 @@ class Normal(base.Task):
     p = base.l2_normalize(resize_nearest(pred.astype(jnp.float32), g.shape[1:3]))
     return jnp.clip(jnp.sum(p * g, axis=-1), -1, 1), base.real_pixels(valid, batch)[0]
 
+  @property
+  def sample_names(self) -> tuple[str, ...]:
+    return () if self.metric_set == "taskonomy" else ("angle_samples",)
+
+  def without_fallback(self) -> "Normal":
+    return dataclasses.replace(self, histogram_bins=1)
+
   def metric_samples(self, pred: jax.Array,
                      batch: base.Batch) -> dict[str, tuple[jax.Array, jax.Array]]:
     if self.metric_set == "taskonomy":

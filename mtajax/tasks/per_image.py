@@ -57,12 +57,21 @@ def check(tasks: Sequence[base.Task]) -> None:
 
 
 def states(task: base.Task, pred: jax.Array, batch: base.Batch) -> base.MetricState:
-  """Per-image metric states: ``metric_update`` of each image alone, leaves with a leading (B,)."""
-  zero = task.metric_init()
+  """Per-image metric states: ``metric_update`` of each image alone, leaves with a leading (B,).
+
+  A metric with per-pixel samples (the exact Angle Median) keeps them per image, (B, pixels) with
+  NaN where not kept, in place of its streaming fallback (the Normal task's 1.8-million-bin
+  histogram, which per image would cost 7 MB and dominate the worst-case search's sums).
+  """
+  light = task.without_fallback()
+  zero = light.metric_init()
 
   def one(p, b):
-    return task.metric_update(zero, p[None], jax.tree.map(lambda v: v[None], b))
-  return jax.vmap(one)(pred, dict(batch))
+    return light.metric_update(zero, p[None], jax.tree.map(lambda v: v[None], b))
+  out = jax.vmap(one)(pred, dict(batch))
+  for name, (values, keep) in task.metric_samples(pred, batch).items():
+    out[name] = jnp.where(keep, values, jnp.nan).reshape(pred.shape[0], -1)
+  return out
 
 
 def metrics(task: base.Task, image_states: base.MetricState, pred: jax.Array,

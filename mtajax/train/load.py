@@ -83,11 +83,16 @@ def load_model(checkpoint_dir: str | Path, step: int | None = None) -> LoadedMod
   config = ml_collections.ConfigDict(meta["config"])
   tasks = assemble.make_tasks(config, meta.get("class_weights"))
   layout = models.parse_layout(meta["layout"])
-  model = assemble.make_model(config, tasks, layout)
+  # Shapes only: initialising the weights would compile every initialiser for nothing.
+  model = nnx.eval_shape(lambda: assemble.make_model(config, tasks, layout))
   apply, params, batch_stats = models.pure_apply(model)
   optimizer = optim.make_optimizer(config, step_lib.updates_per_step(config.adv))
-  target = step_lib.init_state(nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats),
-                               optimizer, config.seed)
+  target = jax.eval_shape(lambda: step_lib.init_state(
+      nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats), optimizer, config.seed))
   restored = checkpoint.restore_state(checkpoint_dir, step, target)
+  for kind, name in ((nnx.Param, "params"), (nnx.BatchStat, "batch_stats")):
+    state = nnx.state(model, kind)
+    nnx.replace_by_pure_dict(state, restored[name])
+    nnx.update(model, state)
   return LoadedModel(config, tasks, layout, model, restored["params"], restored["batch_stats"],
                      step, apply)
