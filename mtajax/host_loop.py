@@ -99,6 +99,23 @@ class _Segment:
       env[var] = value
 
 
+def _typed(value: Any, aval: Any) -> Any:
+  return value if jax.typeof(value) == aval else jnp.asarray(value, aval.dtype)
+
+
+def _placed(values: Any) -> Any:
+  """Unsharded arrays replicated on the mesh of the others (the step's outputs live there: a
+  first call with other shardings would compile the step twice); single-process only."""
+  leaves = jax.tree.leaves(values)
+  mesh = next((v.sharding.mesh for v in leaves if isinstance(v, jax.Array) and isinstance(
+      v.sharding, jax.sharding.NamedSharding)), None)
+  if mesh is None or jax.process_count() > 1:
+    return values
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.tree.map(lambda v: v if isinstance(v, jax.Array) and isinstance(
+      v.sharding, jax.sharding.NamedSharding) else jax.device_put(v, replicated), values)
+
+
 @dataclasses.dataclass
 class _Loop:
   """One ``scan``: ``length`` calls of its compiled step."""
@@ -110,6 +127,7 @@ class _Loop:
     self.length, self.reverse, self.num_consts, self.num_carry = (
         p["length"], p["reverse"], num_consts, num_carry)
     self.y_avals = [v.aval for v in body.jaxpr.outvars[num_carry:]]
+    self.in_avals = [v.aval for v in body.jaxpr.invars]
 
     def step(consts, carry, xs, ys, i):
       x_i = [jax.lax.dynamic_index_in_dim(x, i, keepdims=False) for x in xs]
@@ -124,11 +142,16 @@ class _Loop:
     self.fn = _COMPILED[code]
 
   def __call__(self, env: dict) -> None:
-    values = [_read(env, a) for a in self.eqn.invars]
+    # As the step's input types: scan promotes weakly typed initial carries (a literal, say), and
+    # a weak first carry would compile the step twice.
+    values = [_typed(_read(env, a), aval) for a, aval in zip(
+        self.eqn.invars[:self.num_consts + self.num_carry], self.in_avals)]
+    values += [_read(env, a) for a in self.eqn.invars[self.num_consts + self.num_carry:]]
     consts = values[:self.num_consts]
     carry = values[self.num_consts:self.num_consts + self.num_carry]
     xs = values[self.num_consts + self.num_carry:]
     ys = [jnp.zeros((self.length,) + a.shape, a.dtype) for a in self.y_avals]
+    consts, carry, xs, ys = _placed((consts, carry, xs, ys))
     order = range(self.length - 1, -1, -1) if self.reverse else range(self.length)
     for i in order:
       carry, ys = self.fn(consts, carry, xs, ys, i)
