@@ -1,6 +1,7 @@
 """Directions × attack losses on the quickstart's models (AS, layout 41, IND), PGD and APGD, ε 4, 8.
 
-    python -m mtajax.run sweep --config configs/directions_study.py
+    python -m mtajax.run train --config configs/directions_study.py
+    python -m mtajax.run sweep --config configs/directions_study.py --config.xla_fast_compile=True
     python -m mtajax.run report --config configs/directions_study.py
     python -m mtajax.run sweep --config configs/directions_study.py:smoke   # CI-sized, minutes
 
@@ -21,6 +22,8 @@ def get_config(arg: str | None = None):
   c.attacks = ("pgd", "apgd")
   c.directions, c.attack_losses = DIRECTIONS, LOSSES
   c.eps = (4.0, 8.0)
+  c.robust.enabled = False  # the study compares grid cells; the quickstart runs the robust suite
+  c.eval_max_batches = 4  # the first 64 test images: 70 attack programs per model compile
   if "smoke" in (arg or ""):
     c.directions, c.attack_losses = ("gbmta", "mgda"), ("default", "segpgd")
   return c

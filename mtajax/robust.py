@@ -33,6 +33,7 @@ import numpy as np
 
 from mtajax import attacks
 from mtajax import directions as directions_lib
+from mtajax import evaluate as evaluate_lib
 from mtajax import host_loop
 from mtajax import parallel
 from mtajax import results
@@ -74,24 +75,27 @@ class Program:
   options: tuple[tuple[str, Any], ...]
   attack_loss: str = "default"  # a name in mtajax.tasks.attack_losses
 
-  def run(self, loss_fn, x, batch, eps, bounds, key):
-    """The attack's result on one chunk (its padding rows marked by ``example_weight``)."""
+  def run(self, loss_fn, x, batch, eps, bounds, key, index=None):
+    """The attack's result on one chunk (its padding rows marked by ``example_weight``); with a
+    :class:`mtajax.evaluate.Switched` direction, of its choice ``index`` (traced)."""
     attack = attacks.by_name(self.attack)
+    direction = self.direction if index is None else self.direction.at(index)
     kwargs = dict(self.options)
     accepts = inspect.signature(attack).parameters
     if kwargs.get("random_start"):
       kwargs["key"] = key
     if "example_weight" in accepts:
       kwargs["example_weight"] = batch["example_weight"]
-    return attack(loss_fn, x, batch, direction=self.direction, eps=eps, bounds=bounds, **kwargs)
+    return attack(loss_fn, x, batch, direction=direction, eps=eps, bounds=bounds, **kwargs)
 
-  def passes(self, num_tasks: int) -> int:
+  def passes(self, num_tasks: int, direction: directions_lib.Direction | None = None) -> int:
     """Forward + backward passes per image, including the forward that scores the result.
 
-    A direction costs one forward and one backward pass (Single, Total, GB-MTA's log form) or one
+    A direction (default: the program's; a :class:`~mtajax.evaluate.Switched` one's chosen
+    direction) costs one forward and one backward pass (Single, Total, GB-MTA's log form) or one
     forward and T backward passes (every direction built on per-task gradients).
     """
-    d = self.direction
+    d = self.direction if direction is None else direction
     one = isinstance(d, (directions_lib.Single, directions_lib.Total)) or (
         isinstance(d, directions_lib.GBMTA) and d.method == "log")
     step = 2 if one else 1 + num_tasks
@@ -105,14 +109,46 @@ class Program:
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
+  """One run of the suite: a program, its direction (index into a Switched program) and restart."""
   name: str
   program: Program
   restart: int
+  direction: directions_lib.Direction | None = None  # None: the program's
+  index: int | None = None  # the choice of a Switched program (traced)
+
+  def passes(self, num_tasks: int) -> int:
+    return self.program.passes(num_tasks, self.direction)
+
+
+def _switched(cands: list[Candidate]) -> list[Candidate]:
+  """Candidates of FGSM/PGD/APGD with the default loss and equal options share one program whose
+  direction (Single-x, Total, GB-MTA) is a traced index (:class:`mtajax.evaluate.Switched`)."""
+  def shareable(p: Program) -> bool:
+    return (p.attack in ("fgsm", "pgd", "apgd") and p.attack_loss == "default"
+            and evaluate_lib.switchable(p.direction))
+
+  groups: dict[tuple[str, Any], list[directions_lib.Direction]] = {}
+  for c in cands:
+    if shareable(c.program):
+      choices = groups.setdefault((c.program.attack, c.program.options), [])
+      if c.program.direction not in choices:
+        choices.append(c.program.direction)
+  out = []
+  for c in cands:
+    choices = groups.get((c.program.attack, c.program.options))
+    if not shareable(c.program) or len(choices) < 2:
+      out.append(c)
+      continue
+    program = Program(c.program.attack, evaluate_lib.Switched(tuple(choices)), c.program.options)
+    out.append(dataclasses.replace(c, program=program, direction=c.program.direction,
+                                   index=choices.index(c.program.direction)))
+  return out
 
 
 def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
-               unroll: bool | int | None = 1) -> list[Candidate]:
-  """The suite's candidates, cheapest first (restarts of a member share its program)."""
+               unroll: bool | int | None = 1, one_program: bool = False) -> list[Candidate]:
+  """The suite's candidates, cheapest first (restarts of a member share its program; with
+  ``one_program``, members that differ only in a Single-x / Total / GB-MTA direction too)."""
   if isinstance(suite, str):
     if suite not in SUITES:
       raise ValueError(f"unknown suite {suite!r}; use one of {sorted(SUITES)} or register one with "
@@ -146,17 +182,19 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
     seen[c.name] = seen.get(c.name, -1) + 1
     if seen[c.name]:
       out[i] = dataclasses.replace(c, name=f"{c.name}~{seen[c.name]}")
-  return sorted(out, key=lambda c: c.program.passes(len(task_names)))
+  if one_program:
+    out = _switched(out)
+  return sorted(out, key=lambda c: c.passes(len(task_names)))
 
 
-def _step(state, batch, eps, bounds, key, clean, reference, *, predict, tasks, program):
+def _step(state, batch, eps, bounds, key, clean, reference, index, *, predict, tasks, program):
   """Attack one chunk (or not), then per-image states, metrics and (attacked) scores."""
   forward = functools.partial(predict, state)
   x = batch["image"]
   if program is not None:
     loss_fn = tasks_lib.make_loss_fn(forward, tasks, program.direction.reduction,
                                      program.attack_loss)
-    result = program.run(loss_fn, x, batch, eps, bounds, key)
+    result = program.run(loss_fn, x, batch, eps, bounds, key, index)
     x = jax.lax.stop_gradient(result.x_adv)
   preds = forward(x)
   states = {t.name: per_image.states(t, preds[t.name], batch) for t in tasks}
@@ -233,7 +271,8 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
              batches: Iterable[Mapping[str, np.ndarray]], tasks: Sequence[tasks_lib.Task], *,
              eps: float, bounds: tuple[Any, Any], suite: str | Sequence[Member] = "standard",
              key: jax.Array, mesh: jax.sharding.Mesh | None = None,
-             threshold: float | None = None, unroll: bool | int | None = 1,
+             threshold: float | None = None, unroll: bool | int | str | None = 1,
+             one_program: bool = False,
              records: str | Path | None = None) -> RobustEvaluation:
   """Robust evaluation of ``predict(state, x)`` on ``batches`` in the ε-ball (L∞ by default).
 
@@ -250,14 +289,17 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     key: PRNG key of the random starts.
     mesh: data-parallel ``mtajax.parallel.make_mesh`` (None: default device).
     threshold: stop attacking an image once its best ``s_b`` reaches this value (percent).
-    unroll: ``lax.scan`` unroll of the attack loops (1 = rolled: compile time stays flat).
+    unroll: ``lax.scan`` unroll of the attack loops (1 = rolled: compile time stays flat;
+      ``'host'``: :mod:`mtajax.host_loop`).
+    one_program: members that differ only in a Single-x / Total / GB-MTA direction share one
+      compiled program (:class:`mtajax.evaluate.Switched`; equal to float rounding).
     records: also write the per-image records (JSON lines) there.
   """
   if not eps >= 0:
     raise ValueError(f"eps must be >= 0; got {eps}.")
   tasks = tuple(tasks)
   per_image.check(tasks)
-  cands = candidates(suite, [t.name for t in tasks], unroll=unroll)
+  cands = candidates(suite, [t.name for t in tasks], unroll=unroll, one_program=one_program)
   start_time = time.perf_counter()
   data, groups, size = _collect(batches)
   n = len(groups)
@@ -265,7 +307,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   if mesh is not None:
     state, eps_, bounds = parallel.replicate((state, eps_, bounds), mesh)
 
-  def run(program, idx, k, clean_img=None, reference=None, chunk_key=None):
+  def run(program, idx, k, clean_img=None, reference=None, chunk_key=None, index=None):
     batch = {name: v[idx] for name, v in data.items()}
     batch["example_weight"] = (np.arange(len(idx)) < k).astype(np.float32)  # chunk padding: 0
     extra = None if clean_img is None else {
@@ -278,8 +320,11 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     if extra is not None:
       clean_img = {t: {m: extra[f"{t}/{m}"] for m in ms} for t, ms in clean_img.items()}
     step = _hosted if program is not None and host_loop.requested(program.options) else _compiled
+    if index is not None:
+      index = jnp.asarray(index, jnp.int32)
+      index = index if mesh is None else parallel.replicate(index, mesh)
     return parallel.to_host(step(state, batch, eps_, bounds, chunk_key, clean_img, reference,
-                                  predict=predict, tasks=tasks, program=program))
+                                 index, predict=predict, tasks=tasks, program=program))
 
   def gather(outputs, num):
     """Per-image outputs of the chunks into (num, ...) arrays in image order."""
@@ -318,8 +363,8 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     outputs = []
     for j, (idx, k) in enumerate(_chunks(todo, size)):
       chunk_key = jax.random.fold_in(jax.random.fold_in(key, cand.restart), j)
-      outputs.append((run(cand.program, idx, k, clean_img, reference, chunk_key), k))
-      passes += len(idx) * cand.program.passes(len(tasks))
+      outputs.append((run(cand.program, idx, k, clean_img, reference, chunk_key, cand.index), k))
+      passes += len(idx) * cand.passes(len(tasks))
     metrics_c = {t.name: {m: np.zeros(n, np.float32) for m in t.metrics} for t in tasks}
     if len(todo):
       st, ms, (s, d, steps) = gather(outputs, len(todo))

@@ -109,6 +109,7 @@ def evaluate_models(config: ml_collections.ConfigDict, targets: list[sweep.Targe
           eps=eps, bounds=preprocess.input_bounds(), suite=config.robust.suite,
           key=jax.random.key(config.robust.seed), mesh=mesh, threshold=config.robust.threshold,
           unroll=1 if config.unroll is None else config.unroll,
+          one_program=config.one_program_per_attack,
           records=workdir / ROBUST / f"{model}_eps{eps:g}.jsonl" if parallel.is_writer() else None)
       store.add(_record(config, target, eps, ev, 1 if mesh is None else mesh.size))
       print(f"robust: {model} eps={eps:g}: robust ARP {ev.arp:.2f}, "

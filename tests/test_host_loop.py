@@ -135,3 +135,29 @@ def test_bad_unroll_names_the_fix():
   with pytest.raises(ValueError, match="unroll must be .* 'host'"):
     attacks.pgd(lambda x, y: {"a": jnp.sum(x ** 2, axis=(1, 2, 3))}, jnp.zeros((2, 4, 4, 3)),
                 None, direction=D.total(), eps=1.0, bounds=(-1.0, 1.0), unroll="fast")
+
+
+def test_robust_one_program_serves_single_total_gbmta_with_equal_results():
+  import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name,reimported
+  from mtajax import evaluate as E  # pylint: disable=g-import-not-at-top
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  predict, params, batches, tasks = test_robust.problem()
+  suite = [("apgd", "gbmta", {**robust.APGD_AA, "num_steps": 3, "restarts": 2}),
+           ("apgd", "total", {**robust.APGD_AA, "num_steps": 3}),
+           ("apgd", "single", {**robust.APGD_AA, "num_steps": 3}),
+           ("apgd", "gbmta", {**robust.APGD_AA, "num_steps": 3, "attack_loss": "segpgd"})]
+  names = [t.name for t in tasks]
+  own = robust.candidates(suite, names, unroll="host")
+  one = robust.candidates(suite, names, unroll="host", one_program=True)
+  assert [c.name for c in one] == [c.name for c in own]
+  assert len({c.program for c in own}) == 6 and len({c.program for c in one}) == 2
+  assert [c.passes(3) for c in one] == [c.passes(3) for c in own]
+  assert all(isinstance(c.program.direction, E.Switched) == (":segpgd" not in c.name)
+             for c in one)
+  kw = dict(eps=8.0, bounds=(-128.0, 128.0), key=jax.random.key(1), suite=suite, unroll="host")
+  want = robust.evaluate(predict, params, batches, tasks, **kw)
+  got = robust.evaluate(predict, params, batches, tasks, one_program=True, **kw)
+  np.testing.assert_allclose(got.arp, want.arp, atol=0.05)
+  for name, v in want.candidate_arp.items():
+    np.testing.assert_allclose(got.candidate_arp[name], v, atol=0.05, err_msg=name)
+  assert got.passes_per_image == want.passes_per_image
