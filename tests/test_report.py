@@ -324,3 +324,22 @@ def test_paper_table12_numbers_reproduced_with_spearman_signs():
     rho = np.corrcoef(_average_ranks(levels), _average_ranks(values))[0, 1]
     assert f"{rec_lib.direction_label('single_' + task)}: ρ = {rho:+.2f}: grows with sharing" in text
   assert "Caveat" not in text  # six distinct levels
+
+
+def test_clean_table_shows_each_models_clean_metrics():
+  from mtajax.report import tables  # pylint: disable=g-import-not-at-top
+  recs = make_records(at=False)
+  for i, r in enumerate(x for x in recs if x["attack"] == "clean"):
+    r["metrics"] = {t: {"m": 0.25 * i + 0.5} for t in TASKS}
+    r["train_steps"] = 100 + i
+  table = rows(tables.clean_table(recs))
+  del table["header"]
+  assert len(table) == 3
+  values = {r["model"]: r for r in recs if r["attack"] == "clean"}
+  for cells in table.values():
+    model = next(m for m, r in values.items() if r["train_steps"] == int(cells[2]))
+    assert cells[3:] == [f"{values[model]['metrics'][t]['m']:.2f}" for t in TASKS]
+  for r in recs:
+    r["metrics"] = {}
+  with pytest.raises(ValueError, match="no metrics"):
+    tables.clean_table(recs)

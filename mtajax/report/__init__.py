@@ -87,6 +87,13 @@ def _group_section(records: list[Record], out_dir: pathlib.Path, prefix: str,
           "strongest direction per (model, attack) is bold. For Auto-SAGE, Total is the "
           "reference's baseline (AS_Ori). Robust ARP: the robust evaluation's worst case.", "",
           _piece(lambda: arp_table(records, eps, robust))]
+  try:  # Records without clean metrics (hand-made ones) have no such section.
+    out += ["### Clean metrics of the models", "",
+            "What the attacks start from (the reference's units: mIoU and Pixel Acc as fractions, "
+            "angles in degrees, depth errors in the label's units, δ ratios in %).", "",
+            tables.clean_table(records)]
+  except MissingData:
+    pass
   at_records = [r for r in records if r["adv_training"] != rec_lib.NO_AT]
   if at_records:
     out += [f"### Table 3 layout: adversarially trained models, ε={eps:g}", ""]

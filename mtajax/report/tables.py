@@ -216,3 +216,21 @@ def per_task_table(records: Sequence[Record], model: str | None = None,
   rows = [[rec_lib.direction_label(d)] + [col[i] for col in columns]
           for i, d in enumerate(directions)]
   return markdown(header, rows)
+
+
+def clean_table(records: Sequence[Record]) -> str:
+  """The clean metrics of every clean-trained model (what the attacks start from), one row each."""
+  clean = {r["model"]: r for r in records if r["attack"] == "clean"}
+  infos = [m for m in rec_lib.models(records) if m.model in clean]
+  if not infos:
+    raise rec_lib.MissingData("no clean records")
+  first = clean[infos[0].model]["metrics"]
+  columns = [(t, m) for t in infos[0].tasks for m in first.get(t, {})]
+  if not columns:
+    raise rec_lib.MissingData("the clean records hold no metrics")
+  header = ["Model", "Sharing", "Train steps"] + [
+      f"{rec_lib.task_label(t)} {m}" for t, m in columns]
+  rows = [[m.label, f"{m.sharing_level}L", str(clean[m.model].get("train_steps", "–"))] + [
+      rec_lib.fmt(clean[m.model]["metrics"].get(t, {}).get(name)) for t, name in columns]
+      for m in infos]
+  return markdown(header, rows)
