@@ -51,6 +51,7 @@ def test_findings_say_what_the_numbers_say():
   assert "PGD, ε=8: strongest is MGDA with the segpgd loss, mean ARP 32.00%" in text
   assert "GB-MTA (best loss) is beaten against the balancers: 27.00% vs MGDA 32.00%" in text
   assert "the segpgd loss is strongest" in text
+  assert "GB-MTA (training loss) is beaten against the balancers: 23.00% vs MGDA 28.00%" in text
   better = [r for r in study_records() if r["direction"] != "mgda"]
   assert "still the strongest" in study.findings(better, 8)
 

@@ -134,13 +134,15 @@ def findings(records: Sequence[Record], eps: float | None = None) -> str:
     per_direction = {}
     for (d, l), v in scores.items():
       per_direction[d] = max(per_direction.get(d, -np.inf), v)
-    if "gbmta" in per_direction and set(per_direction) & set(BALANCERS):
-      balancer = max((d for d in per_direction if d in BALANCERS), key=per_direction.get)
-      gap = per_direction["gbmta"] - per_direction[balancer]
-      verdict = "still the strongest" if gap >= 0 else "beaten"
-      lines.append(f"  GB-MTA (best loss) is {verdict} against the balancers: "
-                   f"{per_direction['gbmta']:.2f}% vs {rec_lib.direction_label(balancer)} "
-                   f"{per_direction[balancer]:.2f}% ({gap:+.2f} points).")
+    training = {d: v for (d, l), v in scores.items() if l == DEFAULT_LOSS}
+    for which, values in (("best loss", per_direction), ("training loss", training)):
+      if "gbmta" in values and set(values) & set(BALANCERS):
+        balancer = max((d for d in values if d in BALANCERS), key=values.get)
+        gap = values["gbmta"] - values[balancer]
+        verdict = "still the strongest" if gap >= 0 else "beaten"
+        lines.append(f"  GB-MTA ({which}) is {verdict} against the balancers: "
+                     f"{values['gbmta']:.2f}% vs {rec_lib.direction_label(balancer)} "
+                     f"{values[balancer]:.2f}% ({gap:+.2f} points).")
     by_loss = {}
     for (d, l), v in scores.items():
       by_loss.setdefault(l, []).append(v)
