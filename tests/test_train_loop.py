@@ -118,11 +118,10 @@ def test_sigkill_then_resume_gives_identical_params(finished, data_dir, compilat
                          data=str(data_dir), workdir=str(workdir))
   child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
-  deadline = time.time() + 600  # A hang guard only (generous: CI machines are loaded).
   ckpts = workdir / "checkpoints"
   while not (ckpts / "3").is_dir():
+    # A child that ends (or crashes) before checkpoint 3 fails here; no wall-clock limit.
     assert child.poll() is None, child.stderr.read().decode()[-2000:]
-    assert time.time() < deadline, "the child run made no checkpoint 3 in time"
     time.sleep(0.1)
   os.kill(child.pid, signal.SIGKILL)
   child.wait()
