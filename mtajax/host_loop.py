@@ -208,10 +208,6 @@ class _Program:
     return [_read(env, v) for v in self.jaxpr.outvars]
 
 
-def _signature(leaf: Any) -> Any:
-  return jax.typeof(leaf)
-
-
 def jit(fun: Callable[..., Any], *, static_argnames: Sequence[str] = ()) -> Callable[..., Any]:
   """Like ``jax.jit(fun, static_argnames=...)``, with the loops run from the host (module doc).
 
@@ -223,7 +219,7 @@ def jit(fun: Callable[..., Any], *, static_argnames: Sequence[str] = ()) -> Call
   def wrapped(*args, **kwargs):
     static = tuple(sorted((k, kwargs.pop(k)) for k in static_argnames if k in kwargs))
     leaves, tree = jax.tree.flatten((args, kwargs))
-    key = (fun, static, tree, tuple(_signature(v) for v in leaves))
+    key = (fun, static, tree, tuple(jax.typeof(v) for v in leaves))
     if key not in _PLANS:
       def flat(*leaves_):
         a, k = jax.tree.unflatten(tree, leaves_)
