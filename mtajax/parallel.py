@@ -59,8 +59,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   sharding = NamedSharding(mesh, P())
 
   def put(x):
-    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+    if isinstance(x, jax.Array) and x.sharding == sharding:
       return x
+    if (isinstance(x, jax.Array) and x.is_fully_addressable
+        and x.sharding.is_equivalent_to(sharding, x.ndim)):
+      # Relabelled, not kept: a jitted step's outputs carry ``sharding`` itself, and inputs on an
+      # equivalent but different sharding (one device's SingleDeviceSharding) compile it again.
+      return jax.device_put(x, sharding)
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
   return jax.tree.map(put, tree)

@@ -219,3 +219,15 @@ def test_padded_clean_evaluation_equals_the_unpadded_one(small_model):
   assert _max_rel(got.metrics, want.metrics) < 1e-5
   assert got.losses == pytest.approx(want.losses, rel=1e-6)
   assert got.metrics["depth_zbuffer"]["abs_err"] > 0 and got.losses["normal"] > 0
+
+
+def test_replicate_relabels_one_device_arrays_so_a_step_compiles_once():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mtajax import parallel  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh(1)
+  replicated = parallel.replicate({"w": jnp.ones(3)}, mesh)  # a fresh array: SingleDeviceSharding
+  assert replicated["w"].sharding == jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  step = jax.jit(lambda s: {"w": s["w"] + 1.0})
+  step(step(replicated))  # the outputs carry the NamedSharding: an unlabelled input compiled twice
+  assert step._cache_size() == 1  # pylint: disable=protected-access
