@@ -39,12 +39,12 @@ def measure(programs: int, steps: int, release: bool) -> dict:
     return x
 
   step(jnp.ones((8, 8)), fn=jnp.sin).block_until_ready()  # JAX's own start-up mappings.
-  sweep.release_compiled()
+  sweep.release_compiled(max_mappings=0)
   maps0, rss0 = _status()
   for i in range(programs):
     step(jnp.ones((8, 8)), fn=lambda x, i=i: jnp.sin(x @ x.T) * i).block_until_ready()
     if release:
-      sweep.release_compiled()
+      sweep.release_compiled(max_mappings=0)
   maps, rss = _status()
   return {"maps_per_program": (maps - maps0) / programs, "mb_per_program": (rss - rss0) / programs,
           "maps": maps}

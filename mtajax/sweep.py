@@ -377,13 +377,31 @@ def run(config: ml_collections.ConfigDict, *, train_only: bool = False,
   return store, targets
 
 
-def release_compiled() -> None:
-  """Drops every compiled program (a finished model's are never run again).
+def _mappings() -> tuple[int, int]:
+  """(memory mappings this process holds, the kernel's limit ``vm.max_map_count``); (0, 1) where
+  /proc is missing."""
+  try:
+    with open("/proc/self/maps") as f:
+      held = sum(1 for _ in f)
+    with open("/proc/sys/vm/max_map_count") as f:
+      return held, int(f.read())
+  except OSError:
+    return 0, 1
 
-  The evaluation step is one ``jax.jit`` whose cache keeps each model's programs; every program
-  holds its own memory mappings of machine code (~60 on XLA:CPU), so a sweep of hundreds of
-  programs in one process would exhaust them (``LLVM ERROR: Unable to allocate section memory``).
+
+def release_compiled(max_mappings: int | None = None) -> None:
+  """Drops every compiled program once the process holds more than ``max_mappings`` memory
+  mappings (None: a quarter of ``vm.max_map_count``; 0: always). The sweep calls it after each model.
+
+  Every XLA:CPU program holds its own memory mappings of machine code (~20), so a sweep of hundreds
+  of programs in one process would exhaust them (``LLVM ERROR: Unable to allocate section memory``).
+  Below the limit the programs are kept: the next model reuses the small ones (its initialisers'
+  random draws and the eager operations compile once per shape, ~4 s per model on 2 CPU cores).
   The persistent compilation cache on disk is kept.
   """
-  jax.clear_caches()
-  host_loop.clear()
+  held, limit = _mappings()
+  if max_mappings is None:
+    max_mappings = limit // 4
+  if held > max_mappings or max_mappings == 0:
+    jax.clear_caches()
+    host_loop.clear()

@@ -31,13 +31,13 @@ def _mappings() -> int:
 
 def _growth(num_programs: int, release: bool) -> float:
   """Mappings added per compiled program."""
-  sweep.release_compiled()
+  sweep.release_compiled(max_mappings=0)
   before = _mappings()
   for i in range(num_programs):
     fn = lambda x, i=i: jnp.sin(x @ x.T) * i  # pylint: disable=unnecessary-lambda-assignment
     _step(jnp.ones((8, 8)), fn=fn).block_until_ready()
     if release:
-      sweep.release_compiled()
+      sweep.release_compiled(max_mappings=0)
   return (_mappings() - before) / num_programs
 
 
@@ -47,3 +47,11 @@ def test_releasing_after_each_model_keeps_the_mappings_flat():
   released = _growth(6, release=True)
   assert kept >= 5, f"the control should grow: {kept} mappings per program"  # ~20 measured
   assert released <= 1, f"{released} mappings per program remain after release_compiled"
+
+
+def test_programs_are_kept_below_the_mapping_limit():
+  _step(jnp.ones((8, 8)), fn=jnp.sin).block_until_ready()
+  sweep.release_compiled(max_mappings=10**9)  # Far below: the next model reuses them.
+  assert _step._cache_size() >= 1  # pylint: disable=protected-access
+  sweep.release_compiled(max_mappings=0)
+  assert _step._cache_size() == 0  # pylint: disable=protected-access
