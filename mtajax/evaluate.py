@@ -139,15 +139,23 @@ class AttackSpec:
 def _step(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec):
   forward = functools.partial(predict, state)
   x = batch["image"]
-  if spec is not None:
-    loss_fn = tasks_lib.make_loss_fn(forward, tasks, spec.direction.reduction,
-                                     attack_loss=spec.attack_loss)
-    x = jax.lax.stop_gradient(spec.run(loss_fn, x, batch, bounds, eps, baselines, index))
-  preds = forward(x)
-  update = tasks_lib.metrics.update(tasks, tasks_lib.metrics.init(tasks), preds, batch)
-  samples = tasks_lib.metrics.samples(tasks, preds, batch)
-  losses = {t.name: base.batch_mean(t.loss(preds[t.name], batch, "pooled"), batch) for t in tasks}
-  return update, samples, losses
+
+  def score(x):
+    preds = forward(x)
+    update = tasks_lib.metrics.update(tasks, tasks_lib.metrics.init(tasks), preds, batch)
+    samples = tasks_lib.metrics.samples(tasks, preds, batch)
+    losses = {t.name: base.batch_mean(t.loss(preds[t.name], batch, "pooled"), batch)
+              for t in tasks}
+    return update, samples, losses
+
+  if spec is None:
+    return score(x)
+  loss_fn = tasks_lib.make_loss_fn(forward, tasks, spec.direction.reduction,
+                                   attack_loss=spec.attack_loss)
+  x = jax.lax.stop_gradient(spec.run(loss_fn, x, batch, bounds, eps, baselines, index))
+  if host_loop.requested(spec.options):  # One scoring program for all the model's attacks.
+    return host_loop.shared(score, "score")(x)
+  return score(x)
 
 
 _compiled = jax.jit(_step, static_argnames=("predict", "tasks", "spec"))

@@ -26,8 +26,10 @@ from typing import Any, Callable, Sequence
 import jax
 from jax.extend import core
 import jax.numpy as jnp
+import numpy as np
 
 HOST = "host"  # The ``unroll`` value that asks for host loops.
+SHARED = "host_loop_shared"  # Name prefix of the calls that run as their own programs.
 
 _PLANS: dict[Any, tuple["_Program", list[Any], Any]] = {}
 _COMPILED: dict[str, Callable[..., Any]] = {}  # segment code -> its jitted function
@@ -44,6 +46,16 @@ def clear() -> None:
   _COMPILED.clear()
 
 
+def shared(fun: Callable[..., Any], name: str) -> Callable[..., Any]:
+  """``fun`` as a call that host loops run as its own compiled program, one for every call site
+  with equal code (the attack direction at the start point and in each loop step, say, or after
+  PGD and after APGD); ``jax.jit`` inlines it like any nested ``jit``."""
+  def call(*args):
+    return fun(*args)
+  call.__name__ = call.__qualname__ = f"{SHARED}_{name}"
+  return jax.jit(call)
+
+
 def _is_loop(eqn: core.JaxprEqn) -> bool:
   return eqn.primitive.name == "scan"
 
@@ -53,9 +65,19 @@ def _is_call(eqn: core.JaxprEqn) -> bool:
                                                              core.ClosedJaxpr)
 
 
-def _has_loop(jaxpr: core.Jaxpr) -> bool:
-  return any(_is_loop(e) or (_is_call(e) and _has_loop(e.params["jaxpr"].jaxpr))
+def _is_shared(eqn: core.JaxprEqn) -> bool:
+  return _is_call(eqn) and str(eqn.params.get("name", "")).startswith(SHARED)
+
+
+def _has(jaxpr: core.Jaxpr, kind: Callable[[core.JaxprEqn], bool]) -> bool:
+  """Whether ``jaxpr`` or a nested ``jit`` in it has an equation of ``kind``."""
+  return any(kind(e) or (_is_call(e) and _has(e.params["jaxpr"].jaxpr, kind))
              for e in jaxpr.eqns)
+
+
+def _splits(eqn: core.JaxprEqn) -> bool:
+  """Whether a nested ``jit`` holds a loop or a shared call (it is then run as a program)."""
+  return _is_call(eqn) and _has(eqn.params["jaxpr"].jaxpr, lambda e: _is_loop(e) or _is_shared(e))
 
 
 def _read(env: dict, atom: Any) -> Any:
@@ -117,8 +139,27 @@ def _placed(values: Any) -> Any:
 
 
 @dataclasses.dataclass
+class _Shared:
+  """A :func:`shared` call: one compiled program per code."""
+  eqn: core.JaxprEqn
+
+  def __post_init__(self):
+    closed = self.eqn.params["jaxpr"]
+    # Baked-in constants (rare: closed-over values are inputs) make the program its own.
+    code = f"shared:{closed}" + "".join(f":{id(c)}" for c in closed.consts)
+    if code not in _COMPILED:
+      _COMPILED[code] = jax.jit(core.jaxpr_as_fun(closed))
+    self.fn = _COMPILED[code]
+
+  def __call__(self, env: dict) -> None:
+    for var, value in zip(self.eqn.outvars, self.fn(*(_read(env, a) for a in self.eqn.invars))):
+      _write(env, var, value)
+
+
+@dataclasses.dataclass
 class _Loop:
-  """One ``scan``: ``length`` calls of its compiled step."""
+  """One ``scan``: ``length`` calls of its compiled step (of its step's programs, when the body
+  makes :func:`shared` calls)."""
   eqn: core.JaxprEqn
 
   def __post_init__(self):
@@ -136,10 +177,26 @@ class _Loop:
             for buf, y in zip(ys, out[num_carry:])]
       return list(out[:num_carry]), ys
 
+    self.program = None
+    if _has(body.jaxpr, _is_shared):
+      n = num_consts + num_carry  # Traced as __call__ passes them: consts and carry typed.
+      xs = [v.aval for v in self.eqn.invars[n:]]
+      ys = [jax.ShapeDtypeStruct((self.length,) + a.shape, a.dtype) for a in self.y_avals]
+      closed = jax.make_jaxpr(step)(self.in_avals[:num_consts], self.in_avals[num_consts:n], xs,
+                                    ys, jax.ShapeDtypeStruct((), jnp.int32))
+      self.program, self.fn = (_Program(closed.jaxpr), list(closed.consts)), None
+      return
     code = "loop:" + str(body)
     if code not in _COMPILED:
       _COMPILED[code] = jax.jit(step)
     self.fn = _COMPILED[code]
+
+  def _run(self, consts, carry, xs, ys, i):
+    if self.program is None:
+      return self.fn(consts, carry, xs, ys, i)
+    program, program_consts = self.program
+    out = program.run(program_consts, [*consts, *carry, *xs, *ys, np.int32(i)])
+    return out[:self.num_carry], out[self.num_carry:]
 
   def __call__(self, env: dict) -> None:
     # As the step's input types: scan promotes weakly typed initial carries (a literal, say), and
@@ -154,14 +211,14 @@ class _Loop:
     consts, carry, xs, ys = _placed((consts, carry, xs, ys))
     order = range(self.length - 1, -1, -1) if self.reverse else range(self.length)
     for i in order:
-      carry, ys = self.fn(consts, carry, xs, ys, i)
+      carry, ys = self._run(consts, carry, xs, ys, i)
     for var, value in zip(self.eqn.outvars, list(carry) + list(ys)):
       _write(env, var, value)
 
 
 @dataclasses.dataclass
 class _Call:
-  """A nested ``jit`` that contains a loop: run as its own program."""
+  """A nested ``jit`` that contains a loop or a shared call: run as its own program."""
   eqn: core.JaxprEqn
 
   def __post_init__(self):
@@ -183,7 +240,9 @@ class _Program:
     for e in jaxpr.eqns:
       if _is_loop(e):
         steps.append(_Loop(e))
-      elif _is_call(e) and _has_loop(e.params["jaxpr"].jaxpr):
+      elif _is_shared(e):
+        steps.append(_Shared(e))
+      elif _splits(e):
         steps.append(_Call(e))
       elif steps and isinstance(steps[-1], _Segment):
         steps[-1].eqns.append(e)

@@ -196,11 +196,18 @@ def _step(state, batch, eps, bounds, key, clean, reference, index, *, predict, t
                                      program.attack_loss)
     result = program.run(loss_fn, x, batch, eps, bounds, key, index)
     x = jax.lax.stop_gradient(result.x_adv)
-  preds = forward(x)
-  states = {t.name: per_image.states(t, preds[t.name], batch) for t in tasks}
-  metrics = {t.name: per_image.metrics(t, states[t.name], preds[t.name], batch) for t in tasks}
+
+  def score(x):
+    preds = forward(x)
+    states = {t.name: per_image.states(t, preds[t.name], batch) for t in tasks}
+    return states, {t.name: per_image.metrics(t, states[t.name], preds[t.name], batch)
+                    for t in tasks}
+
   if program is None:
-    return states, metrics, None
+    return (*score(x), None)
+  if host_loop.requested(program.options):  # One scoring program for all the suite's members.
+    score = host_loop.shared(score, "score")
+  states, metrics = score(x)
   return states, metrics, (*per_image.score(tasks, metrics, clean, reference), result.best_step)
 
 

@@ -75,6 +75,32 @@ def test_one_compiled_step_per_loop_and_equal_segments_shared():
   assert not host_loop._COMPILED and not host_loop._PLANS  # pylint: disable=protected-access
 
 
+def test_shared_calls_compile_once_for_every_call_site():
+  host_loop.clear()
+  traces = []
+
+  def grad(x_, w_):  # stands for an attack direction: the costly part of a step
+    traces.append(1)
+    return jax.grad(lambda v: jnp.sum(jnp.tanh(v @ w_) ** 2))(x_)
+
+  def attack(x_, w_, *, n):
+    g0 = host_loop.shared(grad, "grad")(x_, w_)  # the start point, outside the loop
+    body = lambda c, i: (c + 0.1 * jnp.sign(host_loop.shared(grad, "grad")(c, w_)) * i, c[0])  # pylint: disable=unnecessary-lambda-assignment
+    y, firsts = jax.lax.scan(body, x_ + 0.1 * g0, jnp.arange(n, dtype=jnp.float32))
+    return y, firsts
+
+  x, w = data()
+  for n in (4, 7):  # two programs (another loop length), one shared gradient
+    want = jax.jit(attack, static_argnames=("n",))(x, w, n=n)
+    got = host_loop.jit(attack, static_argnames=("n",))(x, w, n=n)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+  shared = [k for k in host_loop._COMPILED if k.startswith("shared:")]  # pylint: disable=protected-access
+  assert len(shared) == 1, shared
+  compiled = host_loop._COMPILED[shared[0]]  # pylint: disable=protected-access
+  assert compiled._cache_size() == 1  # pylint: disable=protected-access
+  host_loop.clear()
+
+
 def problem():
   predict, params, batches, tasks = test_robust.problem()
   batch = {k: jnp.asarray(v) for k, v in batches[0].items()}

@@ -95,7 +95,7 @@ def _reference_loop(loss_at, direction, threat, x0, x_start, labels, eps, step_s
                     bounds, state, num_steps, restart_from_best, per_sample, example_weight,
                     unroll):
   n = num_steps
-  d0, losses0 = direction(loss_at(0), x_start, labels)
+  d0, losses0 = common.ascent(direction, loss_at(0), x_start, labels, unroll)
   if state is None:
     state = direction.init(loss_at(0), x_start, labels, losses0)
   objective = _objective_fn(direction, state, per_sample, example_weight)
@@ -118,7 +118,7 @@ def _reference_loop(loss_at, direction, threat, x0, x_start, labels, eps, step_s
   def body(carry, xs):
     x_prev, x_cur, x_best, d_best, f_best, k_best, f_hist, eta_hist, pending = carry
     k, is_check, prev = xs
-    d, losses = direction(loss_at(k), x_cur, labels)
+    d, losses = common.ascent(direction, loss_at(k), x_cur, labels, unroll)
     f = objective(losses)
     f_hist = f_hist.at[k].set(f)
     x_best, d_best, f_best, k_best = update_best(k, x_cur, d, f, x_best, d_best, f_best, k_best)
@@ -156,7 +156,7 @@ def _reference_loop(loss_at, direction, threat, x0, x_start, labels, eps, step_s
 def _autoattack_loop(loss_at, direction, threat, x0, x_start, labels, eps, step_size, momentum,
                      bounds, state, num_steps, unroll):
   n = num_steps
-  d0, losses0 = direction(loss_at(0), x_start, labels)
+  d0, losses0 = common.ascent(direction, loss_at(0), x_start, labels, unroll)
   if state is None:
     state = direction.init(loss_at(0), x_start, labels, losses0)
 
@@ -181,7 +181,7 @@ def _autoattack_loop(loss_at, direction, threat, x0, x_start, labels, eps, step_
     x, x_old, d, eta, x_best, d_best, f_best, k_best, ls, reduced, best_last = carry
     i, is_check, window = xs
     x_new = take_step(i, x, x_old, d, eta)
-    d_new, losses = direction(loss_at(i + 1), x_new, labels)
+    d_new, losses = common.ascent(direction, loss_at(i + 1), x_new, labels, unroll)
     f = objective(losses)
     ls = ls.at[i].set(f)
     better, f_best = common.improve(f, f_best)

@@ -111,6 +111,17 @@ def losses_per_step(loss_fn, x0: Array, labels: Any, num_steps: int,
   return loss_at
 
 
+def ascent(direction, loss_fn, x: Array, labels: Any, unroll: Any = None
+           ) -> tuple[Array, dict[str, Array]]:
+  """``direction(loss_fn, x, labels)``; with host loops (``unroll='host'``) as a
+  :func:`mtajax.host_loop.shared` program, compiled once for every place that evaluates the same
+  direction of the same model (the start point and the loop step, PGD and APGD)."""
+  if unroll != host_loop.HOST:
+    return direction(loss_fn, x, labels)
+  return host_loop.shared(lambda x_, labels_: direction(loss_fn, x_, labels_), "ascent")(
+      x, labels)
+
+
 def reported(losses: dict[str, Array], targets, direction) -> dict[str, Array]:
   """Diagnostics in loss units: ``descend`` is an involution, so it maps targeted terms back."""
   if targets is None:

@@ -28,7 +28,7 @@ def _pgd(loss_fn, direction, *, x0, labels, eps, step_size, bounds, key, baselin
 
   def body(carry, k):
     x, x_best, f_best, k_best = carry
-    d, losses = direction(loss_at(k), x, labels)
+    d, losses = common.ascent(direction, loss_at(k), x, labels, unroll)
     if return_best:
       better, f_best = common.improve(direction.objective(losses, state), f_best)
       x_best = jnp.where(common.per_sample(better, x), x, x_best)
