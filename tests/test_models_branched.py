@@ -192,3 +192,19 @@ def test_build_errors():
     M.BranchedModel([Tiny] * 5, t3[0], {"a": Tiny}, rngs=nnx.Rngs(0))
   assert M.fine_layout("resnet34", str(t3[5]), 3) == M.coarse_to_fine(t3[5], M.coarse_mapping(
       "resnet34"))
+
+
+def test_apply_and_predict_are_equal_for_equal_models_so_jit_compiles_once():
+  def build(seed, width=4):
+    return M.build_model("small", {"a": 3, "b": 1}, 0, width=width, rngs=nnx.Rngs(seed))
+
+  a, pa, sa = M.pure_apply(build(0))
+  b, pb, sb = M.pure_apply(nnx.eval_shape(lambda: build(1)))  # as load_model restores
+  assert a == b and hash(a) == hash(b) and M.Predict(a) == M.Predict(b)
+  assert M.pure_apply(build(0, width=8))[0] != a  # another model: another program
+  predict = jax.jit(lambda state, x, *, p: p(state, x), static_argnames="p")
+  x = _x((2, 16, 16, 3), seed=1)
+  out_a = predict((pa, sa), x, p=M.Predict(a))
+  predict((pa, sa), x, p=M.Predict(b))
+  assert predict._cache_size() == 1  # pylint: disable=protected-access
+  np.testing.assert_array_equal(out_a["a"], a(pa, sa, x, train=False)[0]["a"])

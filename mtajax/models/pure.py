@@ -6,6 +6,7 @@ function (``nnx.merge``), so callers only handle pytrees of arrays.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -35,8 +36,36 @@ def pure_predict(
   return predict, state
 
 
-def pure_apply(model: nnx.Module) -> tuple[Callable[..., tuple[Predictions, nnx.State]], nnx.State,
-                                           nnx.State]:
+@dataclasses.dataclass(frozen=True)
+class Apply:
+  """``apply(params, batch_stats, x, *, train, rng=None) -> (predictions, new_batch_stats)``.
+
+  Equal (and equally hashed) for models of equal graph definitions: a jitted function that takes
+  it, or :class:`Predict`, as a static argument compiles once per model structure — the training
+  loop's evaluation and the sweep's clean evaluation of the restored model share one program.
+  """
+  train_def: nnx.GraphDef
+  eval_def: nnx.GraphDef
+
+  def __call__(self, params: nnx.State, batch_stats: nnx.State, x: jax.Array, *, train: bool,
+               rng: jax.Array | None = None) -> tuple[Predictions, nnx.State]:
+    if train and rng is None:
+      raise ValueError("apply(train=True) needs rng (a jax.random key) for dropout; pass rng=key.")
+    module = nnx.merge(self.train_def if train else self.eval_def, params, batch_stats, copy=True)
+    predictions = module(x, rng=rng) if train else module(x)
+    return predictions, nnx.state(module, nnx.BatchStat)
+
+
+@dataclasses.dataclass(frozen=True)
+class Predict:
+  """``predict((params, batch_stats), x)``: the eval-mode forward pass of an :class:`Apply`."""
+  apply: Apply
+
+  def __call__(self, state: tuple[nnx.State, nnx.State], x: jax.Array) -> Predictions:
+    return self.apply(state[0], state[1], x, train=False)[0]
+
+
+def pure_apply(model: nnx.Module) -> tuple[Apply, nnx.State, nnx.State]:
   """Returns ``(apply, params, batch_stats)`` for training loops.
 
   ``apply(params, batch_stats, x, *, train, rng=None) -> (predictions, new_batch_stats)``. With
@@ -46,14 +75,4 @@ def pure_apply(model: nnx.Module) -> tuple[Callable[..., tuple[Predictions, nnx.
   (static under jit).
   """
   train_def, params, batch_stats = nnx.split(_view(model, train=True), nnx.Param, nnx.BatchStat)
-  eval_def = nnx.graphdef(_view(model, train=False))
-
-  def apply(params: nnx.State, batch_stats: nnx.State, x: jax.Array, *, train: bool,
-            rng: jax.Array | None = None) -> tuple[Predictions, nnx.State]:
-    if train and rng is None:
-      raise ValueError("apply(train=True) needs rng (a jax.random key) for dropout; pass rng=key.")
-    module = nnx.merge(train_def if train else eval_def, params, batch_stats, copy=True)
-    predictions = module(x, rng=rng) if train else module(x)
-    return predictions, nnx.state(module, nnx.BatchStat)
-
-  return apply, params, batch_stats
+  return Apply(train_def, nnx.graphdef(_view(model, train=False))), params, batch_stats

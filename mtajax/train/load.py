@@ -52,11 +52,7 @@ class LoadedModel:
     ``predict`` is the same function object on every call (jitted callers compile once).
     """
     if self._pure is None:
-      apply = self._apply
-
-      def predict(state: Any, x: jax.Array) -> dict[str, jax.Array]:
-        return apply(state[0], state[1], x, train=False)[0]
-      self._pure = predict
+      self._pure = models.Predict(self._apply)
     return self._pure, (self.params, self.batch_stats)
 
   def loss_fn(self, reduction: base.Reduction = "image",

@@ -11,7 +11,6 @@ function of (seed, step) and the PRNG key is checkpointed. A resumed run logs ea
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
 import json
 import math
@@ -47,10 +46,6 @@ class TrainResult:
 
 def _data_dir(config: ml_collections.ConfigDict) -> str:
   return os.path.expanduser(config.data_dir)
-
-
-def _predict(apply: step_lib.Apply, state: tuple[Any, Any], x: jax.Array) -> dict[str, jax.Array]:
-  return apply(state[0], state[1], x, train=False)[0]
 
 
 class _MetricsLog:
@@ -139,7 +134,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
     state = parallel.replicate(state, mesh)
 
   train_step = step_lib.make_train_step(apply, tasks, optimizer, config)
-  predict = functools.partial(_predict, apply)  # One function object: evaluation compiles once.
+  predict = models.Predict(apply)  # Equal for equal models: one evaluation program.
   log = _MetricsLog(workdir / "metrics.jsonl", start)
   lr = optim.learning_rate(config)
   eval_metrics: dict[str, dict[str, float]] = {}
