@@ -136,30 +136,27 @@ class AttackSpec:
                                         bounds=bounds, **kwargs).x_adv
 
 
+def _attack(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec):
+  loss_fn = tasks_lib.make_loss_fn(functools.partial(predict, state), tasks,
+                                   spec.direction.reduction, attack_loss=spec.attack_loss)
+  return jax.lax.stop_gradient(spec.run(loss_fn, batch["image"], batch, bounds, eps, baselines,
+                                        index))
+
+
 def _step(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec):
-  forward = functools.partial(predict, state)
-  x = batch["image"]
-
-  def score(x):
-    preds = forward(x)
-    update = tasks_lib.metrics.update(tasks, tasks_lib.metrics.init(tasks), preds, batch)
-    samples = tasks_lib.metrics.samples(tasks, preds, batch)
-    losses = {t.name: base.batch_mean(t.loss(preds[t.name], batch, "pooled"), batch)
-              for t in tasks}
-    return update, samples, losses
-
-  if spec is None:
-    return score(x)
-  loss_fn = tasks_lib.make_loss_fn(forward, tasks, spec.direction.reduction,
-                                   attack_loss=spec.attack_loss)
-  x = jax.lax.stop_gradient(spec.run(loss_fn, x, batch, bounds, eps, baselines, index))
-  if host_loop.requested(spec.options):  # One scoring program for all the model's attacks.
-    return host_loop.shared(score, "score")(x)
-  return score(x)
+  x = batch["image"] if spec is None else _attack(state, batch, eps, bounds, baselines, index,
+                                                  predict=predict, tasks=tasks, spec=spec)
+  preds = predict(state, x)
+  update = tasks_lib.metrics.update(tasks, tasks_lib.metrics.init(tasks), preds, batch)
+  samples = tasks_lib.metrics.samples(tasks, preds, batch)
+  losses = {t.name: base.batch_mean(t.loss(preds[t.name], batch, "pooled"), batch) for t in tasks}
+  return update, samples, losses
 
 
 _compiled = jax.jit(_step, static_argnames=("predict", "tasks", "spec"))
-_hosted = host_loop.jit(_step, static_argnames=("predict", "tasks", "spec"))
+# Host loops: the attack alone, then the clean evaluation's program on the attacked batch (one
+# scoring program per model for its clean evaluation, its training evaluation and every attack).
+_hosted = host_loop.jit(_attack, static_argnames=("predict", "tasks", "spec"))
 
 
 def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state: Any,
@@ -203,7 +200,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   if mesh is not None:
     state, eps, bounds, baselines, index = parallel.replicate(
         (state, eps, bounds, baselines, index), mesh)
-  step = _hosted if spec is not None and host_loop.requested(spec.options) else _compiled
+  hosted = spec is not None and host_loop.requested(spec.options)
   accumulator = tasks_lib.metrics.Accumulator(tasks, sample_budget)
   sums = {t.name: 0.0 for t in tasks}
   count, pending = 0, None
@@ -219,8 +216,15 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
       batch = {k: jnp.asarray(v) for k, v in batch.items()}
     else:
       batch = parallel.shard_batch(batch, mesh)
-    out = step(state, batch, eps, bounds, baselines, index, predict=predict, tasks=tasks,
-               spec=spec)
+    if hosted:
+      attacked = {**batch, "image": parallel.placed_like(
+          _hosted(state, batch, eps, bounds, baselines, index, predict=predict, tasks=tasks,
+                  spec=spec), batch["image"])}
+      out = _compiled(state, attacked, eps, None, None, None, predict=predict, tasks=tasks,
+                      spec=None)
+    else:
+      out = _compiled(state, batch, eps, bounds, baselines, index, predict=predict, tasks=tasks,
+                      spec=spec)
     if pending is not None:
       absorb(pending)
     pending, count = out, count + 1

@@ -71,6 +71,12 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(put, tree)
 
 
+def placed_like(x: jax.Array, like: jax.Array) -> jax.Array:
+  """``x`` on the sharding of ``like`` (relabelled where equivalent): a jitted function then sees
+  the same input shardings and reuses its program."""
+  return x if x.sharding == like.sharding else jax.device_put(x, like.sharding)
+
+
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """The global batch from this process's slice, split along axis 0 over the ``'data'`` axis.
 

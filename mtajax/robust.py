@@ -187,32 +187,33 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
   return sorted(out, key=lambda c: c.passes(len(task_names)))
 
 
+def _attack(state, batch, eps, bounds, key, index, *, predict, tasks, program):
+  """One chunk's attacked images and the iteration each was found at."""
+  loss_fn = tasks_lib.make_loss_fn(functools.partial(predict, state), tasks,
+                                   program.direction.reduction, program.attack_loss)
+  result = program.run(loss_fn, batch["image"], batch, eps, bounds, key, index)
+  return jax.lax.stop_gradient(result.x_adv), result.best_step
+
+
 def _step(state, batch, eps, bounds, key, clean, reference, index, *, predict, tasks, program):
   """Attack one chunk (or not), then per-image states, metrics and (attacked) scores."""
-  forward = functools.partial(predict, state)
   x = batch["image"]
   if program is not None:
-    loss_fn = tasks_lib.make_loss_fn(forward, tasks, program.direction.reduction,
-                                     program.attack_loss)
-    result = program.run(loss_fn, x, batch, eps, bounds, key, index)
-    x = jax.lax.stop_gradient(result.x_adv)
-
-  def score(x):
-    preds = forward(x)
-    states = {t.name: per_image.states(t, preds[t.name], batch) for t in tasks}
-    return states, {t.name: per_image.metrics(t, states[t.name], preds[t.name], batch)
-                    for t in tasks}
-
+    x, best_step = _attack(state, batch, eps, bounds, key, index, predict=predict, tasks=tasks,
+                           program=program)
+  preds = predict(state, x)
+  states = {t.name: per_image.states(t, preds[t.name], batch) for t in tasks}
+  metrics = {t.name: per_image.metrics(t, states[t.name], preds[t.name], batch) for t in tasks}
   if program is None:
-    return (*score(x), None)
-  if host_loop.requested(program.options):  # One scoring program for all the suite's members.
-    score = host_loop.shared(score, "score")
-  states, metrics = score(x)
-  return states, metrics, (*per_image.score(tasks, metrics, clean, reference), result.best_step)
+    return states, metrics, None
+  return states, metrics, (*per_image.score(tasks, metrics, clean, reference), best_step)
 
 
 _compiled = jax.jit(_step, static_argnames=("predict", "tasks", "program"))
-_hosted = host_loop.jit(_step, static_argnames=("predict", "tasks", "program"))
+# Host loops: the attack alone, then the clean step's program on the attacked chunk (one scoring
+# program for the clean pass and every member of the suite) and the scores.
+_hosted = host_loop.jit(_attack, static_argnames=("predict", "tasks", "program"))
+_scores = jax.jit(per_image.score, static_argnums=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -326,12 +327,20 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
       extra = None if extra is None else parallel.shard_batch(extra, mesh)
     if extra is not None:
       clean_img = {t: {m: extra[f"{t}/{m}"] for m in ms} for t, ms in clean_img.items()}
-    step = _hosted if program is not None and host_loop.requested(program.options) else _compiled
     if index is not None:
       index = jnp.asarray(index, jnp.int32)
       index = index if mesh is None else parallel.replicate(index, mesh)
-    return parallel.to_host(step(state, batch, eps_, bounds, chunk_key, clean_img, reference,
-                                 index, predict=predict, tasks=tasks, program=program))
+    if program is None or not host_loop.requested(program.options):
+      return parallel.to_host(_compiled(state, batch, eps_, bounds, chunk_key, clean_img,
+                                        reference, index, predict=predict, tasks=tasks,
+                                        program=program))
+    x_adv, best_step = _hosted(state, batch, eps_, bounds, chunk_key, index, predict=predict,
+                               tasks=tasks, program=program)
+    attacked = {**batch, "image": parallel.placed_like(x_adv, batch["image"])}
+    states, metrics, _ = _compiled(state, attacked, eps_, bounds, None, None, None, None,
+                                   predict=predict, tasks=tasks, program=None)
+    return parallel.to_host((states, metrics,
+                             (*_scores(tasks, metrics, clean_img, reference), best_step)))
 
   def gather(outputs, num):
     """Per-image outputs of the chunks into (num, ...) arrays in image order."""
