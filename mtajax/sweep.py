@@ -325,20 +325,26 @@ def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
 def examples(config, target: Target) -> dict[str, Any]:
   """Fig. 6 material: one test image, its GB-MTA-PGD perturbations and predictions before/after."""
   batch = {k: jnp.asarray(v) for k, v in next(_batches(config, target.t)).items()}
+  # The grid's GB-MTA PGD (with one_program_per_attack its Switched program, already compiled).
+  options = () if config.unroll is None else (("unroll", config.unroll),)
+  if "gbmta" in direction_names(config, "pgd"):
+    spec, index = attack_spec(config, "pgd", "gbmta", options)
+  else:
+    spec, index = evaluate_lib.AttackSpec("pgd", directions_lib.gbmta(), config.num_steps,
+                                          options), None
   loss_fn = tasks_lib.make_loss_fn(functools.partial(target.predict, target.state),
-                                   target.loaded.tasks, "image")
+                                   target.loaded.tasks, spec.direction.reduction)
   rgb = lambda x: np.clip(preprocess.decode_image(np.asarray(x[0])), 0, 255).astype(np.uint8)  # pylint: disable=unnecessary-lambda-assignment
   perturbed, x_adv = {}, batch["image"]
   for eps in config.examples_eps:
-    x_adv = attacks.pgd(loss_fn, batch["image"], batch, direction=directions_lib.gbmta(),
-                        eps=eps, bounds=preprocess.input_bounds(), num_steps=config.num_steps,
-                        unroll=config.unroll).x_adv
+    x_adv = spec.run(loss_fn, batch["image"], batch, preprocess.input_bounds(),
+                     jnp.asarray(eps, jnp.float32), None, index)
     perturbed[float(eps)] = rgb(x_adv)
+  predict = jax.jit(target.predict)
   first = lambda p: {k: np.asarray(v[0]) for k, v in p.items()}  # pylint: disable=unnecessary-lambda-assignment
   return {"image_rgb": rgb(batch["image"]), "perturbed": perturbed,
-          "preds_clean": first(target.predict(target.state, batch["image"])),
-          "preds_adv": first(target.predict(target.state, x_adv)),
-          "tasks": list(target.t.tasks)}
+          "preds_clean": first(predict(target.state, batch["image"])),
+          "preds_adv": first(predict(target.state, x_adv)), "tasks": list(target.t.tasks)}
 
 
 def run(config: ml_collections.ConfigDict, *, train_only: bool = False,
