@@ -36,7 +36,7 @@ def pure_predict(
   return predict, state
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Apply:
   """``apply(params, batch_stats, x, *, train, rng=None) -> (predictions, new_batch_stats)``.
 
@@ -46,6 +46,17 @@ class Apply:
   """
   train_def: nnx.GraphDef
   eval_def: nnx.GraphDef
+
+  def __post_init__(self):  # Hashing a graph definition walks it (~7 ms): once, not per call.
+    object.__setattr__(self, "_hash", hash((self.train_def, self.eval_def)))
+
+  def __hash__(self) -> int:
+    return self._hash
+
+  def __eq__(self, other: object) -> bool:
+    return self is other or (isinstance(other, Apply) and self._hash == other._hash
+                             and (self.train_def, self.eval_def) == (other.train_def,
+                                                                     other.eval_def))
 
   def __call__(self, params: nnx.State, batch_stats: nnx.State, x: jax.Array, *, train: bool,
                rng: jax.Array | None = None) -> tuple[Predictions, nnx.State]:
