@@ -9,7 +9,9 @@ at a temporary compile cache: ``cold`` starts with it empty (a fresh clone), ``w
 cold run wrote (a second run, or ``MTAJAX_JAX_CACHE`` on a shared disk). It prints the job's own
 phase summary (wall and JAX compile seconds for data, training, attacks, robust evaluation, report;
 ``startup`` = Python and JAX imports, the rest of the wall time), the wall time and the peak
-resident memory of the job's process (``os.wait4``'s ``ru_maxrss``).
+resident memory of the job's process (``os.wait4``'s ``ru_maxrss``), and the share of CPU time the
+hypervisor stole from the machine during the run (/proc/stat ``steal``: on a shared virtual machine
+runs compare only at similar steal).
 """
 
 from __future__ import annotations
@@ -28,6 +30,25 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 _PHASE = re.compile(r"^(\w+)\s+([\d.]+)\s+([\d.]+)$")
 
 
+def cpu_times() -> list[int]:
+  """The machine's CPU time counters (user, nice, system, idle, iowait, irq, softirq, steal, ...)
+  from /proc/stat (Linux; [] elsewhere)."""
+  try:
+    with open("/proc/stat") as f:
+      return [int(v) for v in f.readline().split()[1:]]
+  except OSError:
+    return []
+
+
+def steal_share(before: list[int], after: list[int]) -> float:
+  """The share of the machine's CPU time the hypervisor took (``steal``) between two readings: a
+  virtual machine's measurements are comparable only at similar steal."""
+  if len(before) < 8 or len(after) < 8:
+    return float("nan")
+  delta = [b - a for a, b in zip(before, after)]
+  return delta[7] / max(sum(delta[:8]), 1)
+
+
 def run_job(config: str, workdir: pathlib.Path, cache: pathlib.Path,
             overrides: list[str]) -> dict[str, object]:
   """Runs the main job once; returns its phases, wall seconds, peak RSS (bytes) and log path."""
@@ -36,11 +57,11 @@ def run_job(config: str, workdir: pathlib.Path, cache: pathlib.Path,
          f"--config.workdir={workdir / 'run'}", f"--config.train.data_dir={workdir / 'tfds'}",
          *overrides]
   env = {**os.environ, "MTAJAX_JAX_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
-  start = time.perf_counter()
+  start, times = time.perf_counter(), cpu_times()
   with open(log, "w") as out:
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
-  wall = time.perf_counter() - start
+  wall, steal = time.perf_counter() - start, steal_share(times, cpu_times())
   if os.waitstatus_to_exitcode(status) != 0:
     raise SystemExit(f"the main job failed (status {os.waitstatus_to_exitcode(status)}); see {log}")
   phases = {}
@@ -49,7 +70,8 @@ def run_job(config: str, workdir: pathlib.Path, cache: pathlib.Path,
     if m and m.group(1) != "total":
       phases[m.group(1)] = (float(m.group(2)), float(m.group(3)))
   phases["startup"] = (wall - sum(w for w, _ in phases.values()), 0.0)
-  return {"phases": phases, "wall": wall, "rss": usage.ru_maxrss * 1024, "log": log}
+  return {"phases": phases, "wall": wall, "rss": usage.ru_maxrss * 1024, "log": log,
+          "steal": steal}
 
 
 def main() -> None:
@@ -79,6 +101,7 @@ def main() -> None:
     print(f"{p:<10}{cells}")
   print(f"{'wall':<10}" + "".join(f" {results[n]['wall']:12.1f} {'':>10}" for n in names))
   print(f"{'peak GB':<10}" + "".join(f" {results[n]['rss'] / 1e9:12.2f} {'':>10}" for n in names))
+  print(f"{'steal %':<10}" + "".join(f" {100 * results[n]['steal']:12.1f} {'':>10}" for n in names))
   if args.keep:
     print(f"kept {base}")
   else:
