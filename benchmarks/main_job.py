@@ -9,9 +9,9 @@ at a temporary compile cache: ``cold`` starts with it empty (a fresh clone), ``w
 cold run wrote (a second run, or ``MTAJAX_JAX_CACHE`` on a shared disk). It prints the job's own
 phase summary (wall and JAX compile seconds for data, training, attacks, robust evaluation, report;
 ``startup`` = Python and JAX imports, the rest of the wall time), the wall time and the peak
-resident memory of the job's process (``os.wait4``'s ``ru_maxrss``), and the share of CPU time the
-hypervisor stole from the machine during the run (/proc/stat ``steal``: on a shared virtual machine
-runs compare only at similar steal).
+resident memory of the job's process (``os.wait4``'s ``ru_maxrss``), its CPU seconds (user +
+system) and the share of the machine's CPU time the hypervisor stole during the run (/proc/stat
+``steal``): on a shared virtual machine wall times compare only at similar steal.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def run_job(config: str, workdir: pathlib.Path, cache: pathlib.Path,
       phases[m.group(1)] = (float(m.group(2)), float(m.group(3)))
   phases["startup"] = (wall - sum(w for w, _ in phases.values()), 0.0)
   return {"phases": phases, "wall": wall, "rss": usage.ru_maxrss * 1024, "log": log,
-          "steal": steal}
+          "steal": steal, "cpu": usage.ru_utime + usage.ru_stime}
 
 
 def main() -> None:
@@ -101,6 +101,7 @@ def main() -> None:
     print(f"{p:<10}{cells}")
   print(f"{'wall':<10}" + "".join(f" {results[n]['wall']:12.1f} {'':>10}" for n in names))
   print(f"{'peak GB':<10}" + "".join(f" {results[n]['rss'] / 1e9:12.2f} {'':>10}" for n in names))
+  print(f"{'cpu s':<10}" + "".join(f" {results[n]['cpu']:12.1f} {'':>10}" for n in names))
   print(f"{'steal %':<10}" + "".join(f" {100 * results[n]['steal']:12.1f} {'':>10}" for n in names))
   if args.keep:
     print(f"kept {base}")
