@@ -11,10 +11,11 @@ input shapes (like ``jax.jit``) to a jaxpr, inlines the nested ``jit`` calls tha
 and runs the code between loops as compiled segments and each ``scan`` as ``length`` calls of one
 compiled step (the step slices its ``xs`` and writes its outputs at a traced index). Loops nested in
 other control flow (a ``cond`` branch, a loop body) stay inside their segment. Segments with equal
-code (the evaluation's forward pass after each attack, say) share one compiled program. Results
-equal ``jax.jit(fun)`` up to float rounding (XLA fuses across fewer operations). Used by the attacks
-with ``unroll='host'`` (:func:`mtajax.attacks.common.run`), the attacked evaluation and the robust
-evaluation.
+code share one compiled program. A call wrapped in :func:`shared` (the attack direction, say) is a
+program of its own wherever it appears — before a loop, in a loop step, in another function traced
+later — one per code. Results equal ``jax.jit(fun)`` up to float rounding (XLA fuses across fewer
+operations). Used by the attacks with ``unroll='host'`` (:func:`mtajax.attacks.common.run`), the
+attacked evaluation and the robust evaluation.
 """
 
 from __future__ import annotations
