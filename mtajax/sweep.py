@@ -280,10 +280,10 @@ def attack_spec(config, attack: str, direction: str, options: tuple[tuple[str, A
   PGD and APGD with the default attack loss run Single-x, Total and GB-MTA through one compiled
   program (:class:`mtajax.evaluate.Switched`, the direction a traced index); others get their own."""
   d = directions_lib.by_name(direction)
+  names = [n for n in direction_names(config, attack)
+           if evaluate_lib.switchable(directions_lib.by_name(n))]
   if (config.one_program_per_attack and attack in ("fgsm", "pgd", "apgd")
-      and loss == attack_losses.DEFAULT and evaluate_lib.switchable(d)):
-    names = [n for n in direction_names(config, attack)
-             if evaluate_lib.switchable(directions_lib.by_name(n))]
+      and loss == attack_losses.DEFAULT and direction in names):
     switched = evaluate_lib.Switched(tuple(directions_lib.by_name(n) for n in names))
     return (evaluate_lib.AttackSpec(attack, switched, config.num_steps, options, loss),
             names.index(direction))
@@ -327,18 +327,13 @@ def examples(config, target: Target) -> dict[str, Any]:
   batch = {k: jnp.asarray(v) for k, v in next(_batches(config, target.t)).items()}
   # The grid's GB-MTA PGD (with one_program_per_attack its Switched program, already compiled).
   options = () if config.unroll is None else (("unroll", config.unroll),)
-  if "gbmta" in direction_names(config, "pgd"):
-    spec, index = attack_spec(config, "pgd", "gbmta", options)
-  else:
-    spec, index = evaluate_lib.AttackSpec("pgd", directions_lib.gbmta(), config.num_steps,
-                                          options), None
+  spec, index = attack_spec(config, "pgd", "gbmta", options)
   loss_fn = tasks_lib.make_loss_fn(functools.partial(target.predict, target.state),
                                    target.loaded.tasks, spec.direction.reduction)
   rgb = lambda x: np.clip(preprocess.decode_image(np.asarray(x[0])), 0, 255).astype(np.uint8)  # pylint: disable=unnecessary-lambda-assignment
   perturbed, x_adv = {}, batch["image"]
   for eps in config.examples_eps:
-    x_adv = spec.run(loss_fn, batch["image"], batch, preprocess.input_bounds(),
-                     jnp.asarray(eps, jnp.float32), None, index)
+    x_adv = spec.run(loss_fn, batch["image"], batch, preprocess.input_bounds(), eps, None, index)
     perturbed[float(eps)] = rgb(x_adv)
   predict = jax.jit(target.predict)
   first = lambda p: {k: np.asarray(v[0]) for k, v in p.items()}  # pylint: disable=unnecessary-lambda-assignment
@@ -399,15 +394,13 @@ def release_compiled(max_mappings: int | None = None) -> None:
   """Drops every compiled program once the process holds more than ``max_mappings`` memory
   mappings (None: a quarter of ``vm.max_map_count``; 0: always). The sweep calls it after each model.
 
-  Every XLA:CPU program holds its own memory mappings of machine code (~20), so a sweep of hundreds
-  of programs in one process would exhaust them (``LLVM ERROR: Unable to allocate section memory``).
-  Below the limit the programs are kept: the next model reuses the small ones (its initialisers'
-  random draws and the eager operations compile once per shape, ~4 s per model on 2 CPU cores).
-  The persistent compilation cache on disk is kept.
+  Every XLA:CPU program holds its own memory mappings of machine code (~20–60), so a sweep of
+  hundreds of programs in one process would exhaust them (``LLVM ERROR: Unable to allocate section
+  memory``). Below the limit the programs are kept: the next model reuses the small ones (its
+  initialisers' random draws and the eager operations compile once per shape, several seconds per
+  model on 2 CPU cores). Without /proc it always releases. The on-disk compilation cache is kept.
   """
   held, limit = _mappings()
-  if max_mappings is None:
-    max_mappings = limit // 4
-  if held > max_mappings or max_mappings == 0:
+  if held >= (limit // 4 if max_mappings is None else max_mappings):
     jax.clear_caches()
     host_loop.clear()
