@@ -178,25 +178,24 @@ class _Loop:
             for buf, y in zip(ys, out[num_carry:])]
       return list(out[:num_carry]), ys
 
-    self.program = None
-    if _has(body.jaxpr, _is_shared):
+    self.program, self.fn = None, None
+    if _has(body.jaxpr, _is_shared):  # The step as a program of segments and shared calls.
       n = num_consts + num_carry  # Traced as __call__ passes them: consts and carry typed.
       xs = [v.aval for v in self.eqn.invars[n:]]
       ys = [jax.ShapeDtypeStruct((self.length,) + a.shape, a.dtype) for a in self.y_avals]
       closed = jax.make_jaxpr(step)(self.in_avals[:num_consts], self.in_avals[num_consts:n], xs,
                                     ys, jax.ShapeDtypeStruct((), jnp.int32))
-      self.program, self.fn = (_Program(closed.jaxpr), list(closed.consts)), None
-      return
-    code = "loop:" + str(body)
-    if code not in _COMPILED:
-      _COMPILED[code] = jax.jit(step)
-    self.fn = _COMPILED[code]
+      self.program, self.program_consts = _Program(closed.jaxpr), list(closed.consts)
+    else:
+      code = "loop:" + str(body)
+      if code not in _COMPILED:
+        _COMPILED[code] = jax.jit(step)
+      self.fn = _COMPILED[code]
 
   def _run(self, consts, carry, xs, ys, i):
     if self.program is None:
       return self.fn(consts, carry, xs, ys, i)
-    program, program_consts = self.program
-    out = program.run(program_consts, [*consts, *carry, *xs, *ys, np.int32(i)])
+    out = self.program.run(self.program_consts, [*consts, *carry, *xs, *ys, np.int32(i)])
     return out[:self.num_carry], out[self.num_carry:]
 
   def __call__(self, env: dict) -> None:
