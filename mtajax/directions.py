@@ -130,6 +130,10 @@ class Direction(abc.ABC):
     del loss_fn, x0, labels, losses0
     return None
 
+  def losses(self, loss_fn: LossFn, x: Array, labels: Any) -> Losses:
+    """The per-sample task losses at ``x`` as :meth:`__call__` returns them (no gradient)."""
+    return loss_fn(x, labels)
+
   def objective(self, losses: Losses, state: Any = None) -> Array:
     """Per-sample objective (B,) whose batch mean is the reference's APGD objective F."""
     return sum(losses.values())

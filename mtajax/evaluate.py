@@ -86,20 +86,31 @@ class Switched:
     ok = d._usable(v)  # pylint: disable=protected-access
     return w.at[1].set(jnp.where(ok, inv_b / jnp.where(ok, v, 1.0), 0.0))
 
-  def __call__(self, loss_fn, x, labels):
-    tasks = loss_fn.tasks
-    names = [t.name for t in tasks]
+  @staticmethod
+  def _both(loss_fn, labels):
+    """``x -> (2, T, B)``: the per-sample losses of both reductions ('pooled', 'image')."""
+    def f(x):
+      preds = loss_fn.predict(x)
+      return jnp.stack([jnp.stack([t.loss(preds[t.name], labels, r) for t in loss_fn.tasks])
+                        for r in base.REDUCTIONS[::-1]])
+    return f
 
-    def f(x_):
-      preds = loss_fn.predict(x_)
-      return jnp.stack([jnp.stack([t.loss(preds[t.name], labels, r) for t in tasks])
-                        for r in base.REDUCTIONS[::-1]])  # (2, T, B): 'pooled', 'image'
-    values, pullback = jax.vjp(f, x)
+  def _chosen(self, loss_fn, values: jax.Array) -> dict[str, jax.Array]:
+    """The chosen direction's reduction of ``values`` (2, T, B), per task."""
+    pooled = jnp.asarray([d.reduction == "pooled" for d in self.choices])[self.index]
+    return {t.name: jnp.where(pooled, values[0, i], values[1, i])
+            for i, t in enumerate(loss_fn.tasks)}
+
+  def __call__(self, loss_fn, x, labels):
+    names = [t.name for t in loss_fn.tasks]
+    values, pullback = jax.vjp(self._both(loss_fn, labels), x)
     values = jax.lax.stop_gradient(values)
     w = jnp.stack([self._weights(d, values, names) for d in self.choices])[self.index]
-    pooled = jnp.asarray([d.reduction == "pooled" for d in self.choices])[self.index]
-    return pullback(w)[0], {n: jnp.where(pooled, values[0, i], values[1, i])
-                            for i, n in enumerate(names)}
+    return pullback(w)[0], self._chosen(loss_fn, values)
+
+  def losses(self, loss_fn, x, labels):
+    """The losses :meth:`__call__` returns (the chosen direction's reduction), forward only."""
+    return self._chosen(loss_fn, self._both(loss_fn, labels)(x))
 
   def init(self, loss_fn, x0, labels, losses0):
     """The losses at the start point as constants (GB-MTA's baselines; the others ignore it)."""
@@ -108,6 +119,15 @@ class Switched:
 
   def objective(self, losses, state=None):
     return jnp.stack([d.objective(losses, state) for d in self.choices])[self.index]
+
+
+def switched(choices: Sequence[directions_lib.Direction]) -> Switched:
+  """A :class:`Switched` of ``choices`` (repeats dropped) in one order: Single-x as given, then
+  Total, then GB-MTA. Callers with the same directions (the grid's PGD/APGD, the robust suite's
+  APGD) then trace the same code, so host loops compile its direction program once for both."""
+  def rank(d: directions_lib.Direction) -> int:
+    return 2 if isinstance(d, directions_lib.GBMTA) else int(isinstance(d, directions_lib.Total))
+  return Switched(tuple(sorted(dict.fromkeys(choices), key=rank)))
 
 
 @dataclasses.dataclass(frozen=True)

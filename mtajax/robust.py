@@ -139,9 +139,10 @@ def _switched(cands: list[Candidate]) -> list[Candidate]:
     if not shareable(c.program) or len(choices) < 2:
       out.append(c)
       continue
-    program = Program(c.program.attack, evaluate_lib.Switched(tuple(choices)), c.program.options)
+    switched = evaluate_lib.switched(choices)
+    program = Program(c.program.attack, switched, c.program.options)
     out.append(dataclasses.replace(c, program=program, direction=c.program.direction,
-                                   index=choices.index(c.program.direction)))
+                                   index=switched.choices.index(c.program.direction)))
   return out
 
 

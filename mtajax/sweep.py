@@ -284,9 +284,9 @@ def attack_spec(config, attack: str, direction: str, options: tuple[tuple[str, A
            if evaluate_lib.switchable(directions_lib.by_name(n))]
   if (config.one_program_per_attack and attack in ("fgsm", "pgd", "apgd")
       and loss == attack_losses.DEFAULT and direction in names):
-    switched = evaluate_lib.Switched(tuple(directions_lib.by_name(n) for n in names))
+    switched = evaluate_lib.switched([directions_lib.by_name(n) for n in names])
     return (evaluate_lib.AttackSpec(attack, switched, config.num_steps, options, loss),
-            names.index(direction))
+            switched.choices.index(d))
   return evaluate_lib.AttackSpec(attack, d, config.num_steps, options, loss), None
 
 

@@ -9,9 +9,14 @@ import test_robust  # The plain-JAX multi-task problem of the robust tests (same
 
 
 def problem():
-  """A random plain-JAX net (mtajax.testing) with labels near its clean predictions; one batch."""
+  """A random plain-JAX net (mtajax.testing) with labels near its clean predictions; one batch
+  whose images ignore different numbers of pixels, so per-image and pooled losses differ."""
   predict, params, batches, tasks = test_robust.problem()
-  return predict, params, batches[0], tasks
+  batch = dict(batches[0])
+  seg = batch["segment_semantic"].copy()
+  for i in range(len(seg)):
+    seg[i, :1 + 2 * i] = 255
+  return predict, params, {**batch, "segment_semantic": seg}, tasks
 
 
 NAMES = ("single_segment_semantic", "single_normal", "single_depth_zbuffer", "total", "gbmta")

@@ -145,7 +145,7 @@ def _reference_loop(loss_at, direction, threat, x0, x_start, labels, eps, step_s
   carry, losses = jax.lax.scan(body, carry, tuple(map(jnp.asarray, _schedule(n))),
                                unroll=common.resolve_unroll(unroll))
   _, x_last, x_best, d_best, f_best, k_best, f_hist, eta_hist, _ = carry
-  last = loss_at(n - 1)(x_last, labels)
+  last = common.losses(direction, loss_at(n - 1), x_last, labels, unroll)
   f = objective(last)
   f_hist = f_hist.at[n].set(f)
   x_best, _, _, k_best = update_best(n, x_last, d_best, f, x_best, d_best, f_best, k_best)
@@ -209,7 +209,7 @@ def _autoattack_loop(loss_at, direction, threat, x0, x_start, labels, eps, step_
   carry, (losses, etas) = jax.lax.scan(body, carry, xs, unroll=common.resolve_unroll(unroll))
   x, x_old, d, eta, x_best, _, f_best, k_best, ls, _, _ = carry
   x_last = take_step(n - 1, x, x_old, d, eta)  # The last step: its gradient would go unused.
-  last = loss_at(n - 1)(x_last, labels)
+  last = common.losses(direction, loss_at(n - 1), x_last, labels, unroll)
   f = objective(last)
   better, _ = common.improve(f, f_best)
   x_best = jnp.where(ps(better), x_last, x_best)

@@ -122,6 +122,18 @@ def ascent(direction, loss_fn, x: Array, labels: Any, unroll: Any = None
       x, labels)
 
 
+def losses(direction, loss_fn, x: Array, labels: Any, unroll: Any = None) -> dict[str, Array]:
+  """The losses ``direction`` reads at ``x`` without a gradient (``direction.losses``; for a
+  direction object written without that method, ``loss_fn(x, labels)``); with host loops a
+  :func:`mtajax.host_loop.shared` program, like :func:`ascent`."""
+  fn = getattr(direction, "losses", None)
+  if fn is None:
+    fn = lambda loss_fn_, x_, labels_: loss_fn_(x_, labels_)
+  if unroll != host_loop.HOST:
+    return fn(loss_fn, x, labels)
+  return host_loop.shared(lambda x_, labels_: fn(loss_fn, x_, labels_), "losses")(x, labels)
+
+
 def reported(losses: dict[str, Array], targets, direction) -> dict[str, Array]:
   """Diagnostics in loss units: ``descend`` is an involution, so it maps targeted terms back."""
   if targets is None:

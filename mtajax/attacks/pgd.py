@@ -24,7 +24,8 @@ def _pgd(loss_fn, direction, *, x0, labels, eps, step_size, bounds, key, baselin
   x = common.start(start, key, x0, eps, bounds, threat, x_init)
   state = baselines
   if return_best and state is None:
-    state = direction.init(loss_at(0), x0, labels, common.detached(loss_at(0)(x0, labels)))
+    losses0 = common.losses(direction, loss_at(0), x0, labels, unroll)
+    state = direction.init(loss_at(0), x0, labels, common.detached(losses0))
 
   def body(carry, k):
     x, x_best, f_best, k_best = carry
@@ -40,7 +41,7 @@ def _pgd(loss_fn, direction, *, x0, labels, eps, step_size, bounds, key, baselin
   (x, x_best, f_best, k_best), losses = jax.lax.scan(
       body, init, jnp.arange(num_steps), unroll=common.resolve_unroll(unroll))
   if return_best:  # The last iterate has not been evaluated yet.
-    last = loss_at(num_steps - 1)(x, labels)
+    last = common.losses(direction, loss_at(num_steps - 1), x, labels, unroll)
     better, _ = common.improve(direction.objective(last, state), f_best)
     x = jnp.where(common.per_sample(better, x), x, x_best)
     k_best = jnp.where(better, num_steps, k_best)
