@@ -107,6 +107,30 @@ def problem():
   return predict, params, batch, tasks
 
 
+@pytest.mark.parametrize("variant", ["reference", "autoattack"])
+def test_apgd_traces_its_direction_once_for_both_call_sites(variant):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from mtajax import attacks  # pylint: disable=g-import-not-at-top
+  from mtajax import directions as D  # pylint: disable=g-import-not-at-top
+  from mtajax import tasks as mt  # pylint: disable=g-import-not-at-top
+  predict, params, batch, tasks = problem()
+  traces = []
+
+  @dataclasses.dataclass(frozen=True)
+  class Counted(D.Total):
+    def __call__(self, loss_fn, x, labels):
+      traces.append(1)
+      return super().__call__(loss_fn, x, labels)
+
+  loss_fn = mt.make_loss_fn(functools.partial(predict, params), tasks, "pooled")
+  kw = dict(eps=8.0, bounds=(-128.0, 128.0), num_steps=4, variant=variant)
+  got = attacks.apgd(loss_fn, batch["image"], batch, direction=Counted(), unroll="host", **kw)
+  assert len(traces) == 1  # the start point and the loop step share one traced program
+  want = attacks.apgd(loss_fn, batch["image"], batch, direction=D.total(), unroll=True, **kw)
+  assert np.mean(np.asarray(got.x_adv) != np.asarray(want.x_adv)) < 1e-3
+  assert float(jnp.max(jnp.abs(got.x_adv - batch["image"]))) > 0  # it attacked
+
+
 @pytest.mark.parametrize("attack,direction", [("pgd", "gbmta"), ("apgd", "sign_total"),
                                               ("apgd", "gbmta")])
 def test_attack_with_host_loop_equals_the_unrolled_attack(attack, direction):

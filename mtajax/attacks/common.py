@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from typing import Any, Callable, Literal, Mapping, NamedTuple
 
 import jax
@@ -111,6 +112,32 @@ def losses_per_step(loss_fn, x0: Array, labels: Any, num_steps: int,
   return loss_at
 
 
+# loss function -> {(kind, id(direction)): (direction, shared call)}: an entry lives as long as its
+# loss function (the calls read it through a weak reference), i.e. for one attack's trace.
+_SHARED_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _shared(kind: str, fn: Callable[..., Any], direction, loss_fn) -> Callable[..., Any]:
+  """``(x, labels) -> fn(direction, loss_fn, x, labels)`` as a :func:`mtajax.host_loop.shared`
+  call, one per (kind, direction, loss function): JAX traces it once for all the call sites of an
+  attack (APGD's start point and loop step), not once per site."""
+  try:
+    calls = _SHARED_CALLS.setdefault(loss_fn, {})
+  except TypeError:  # A loss function that cannot be weakly referenced or hashed: no reuse.
+    return host_loop.shared(lambda x_, labels_: fn(direction, loss_fn, x_, labels_), kind)
+  key = (kind, id(direction))
+  if key not in calls:
+    ref = weakref.ref(loss_fn)
+    calls[key] = (direction, host_loop.shared(
+        lambda x_, labels_: fn(direction, ref(), x_, labels_), kind))
+  return calls[key][1]
+
+
+def _direction_losses(direction, loss_fn, x: Array, labels: Any) -> dict[str, Array]:
+  fn = getattr(direction, "losses", None)  # Direction objects written without it: the plain losses.
+  return loss_fn(x, labels) if fn is None else fn(loss_fn, x, labels)
+
+
 def ascent(direction, loss_fn, x: Array, labels: Any, unroll: Any = None
            ) -> tuple[Array, dict[str, Array]]:
   """``direction(loss_fn, x, labels)``; with host loops (``unroll='host'``) as a
@@ -118,20 +145,16 @@ def ascent(direction, loss_fn, x: Array, labels: Any, unroll: Any = None
   direction of the same model (the start point and the loop step, PGD and APGD)."""
   if unroll != host_loop.HOST:
     return direction(loss_fn, x, labels)
-  return host_loop.shared(lambda x_, labels_: direction(loss_fn, x_, labels_), "ascent")(
+  return _shared("ascent", lambda d, f, x_, labels_: d(f, x_, labels_), direction, loss_fn)(
       x, labels)
 
 
 def losses(direction, loss_fn, x: Array, labels: Any, unroll: Any = None) -> dict[str, Array]:
-  """The losses ``direction`` reads at ``x`` without a gradient (``direction.losses``; for a
-  direction object written without that method, ``loss_fn(x, labels)``); with host loops a
-  :func:`mtajax.host_loop.shared` program, like :func:`ascent`."""
-  fn = getattr(direction, "losses", None)
-  if fn is None:
-    fn = lambda loss_fn_, x_, labels_: loss_fn_(x_, labels_)
+  """The losses ``direction`` reads at ``x`` without a gradient (``direction.losses``); with host
+  loops a :func:`mtajax.host_loop.shared` program, like :func:`ascent`."""
   if unroll != host_loop.HOST:
-    return fn(loss_fn, x, labels)
-  return host_loop.shared(lambda x_, labels_: fn(loss_fn, x_, labels_), "losses")(x, labels)
+    return _direction_losses(direction, loss_fn, x, labels)
+  return _shared("losses", _direction_losses, direction, loss_fn)(x, labels)
 
 
 def reported(losses: dict[str, Array], targets, direction) -> dict[str, Array]:
