@@ -140,6 +140,36 @@ def test_train_batch_equals_transform_with_the_example_seed(data_dir):
   np.testing.assert_allclose(batch['image'][1], preprocess.encode_image(ex['image']))
 
 
+def test_small_split_is_decoded_once_and_gives_the_same_batches(data_dir, monkeypatch):
+  cached = _loader(data_dir, train=True, seed=2)
+  reads = []
+
+  class Counting:
+    def __init__(self, source):
+      self.source = source
+
+    def __len__(self):
+      return len(self.source)
+
+    def __getitem__(self, i):
+      reads.append(i)
+      return self.source[i]
+
+  cached.source = Counting(cached.source)
+  steps = 2 * cached.steps_per_epoch  # two epochs: every record used twice
+  batches = [cached.batch(s) for s in range(steps)]
+  assert sorted(reads) == list(range(cached.num_examples))  # each record decoded once
+  assert not cached.record(0)['image'].flags.writeable  # the kept records cannot be altered
+  monkeypatch.setattr(pipeline, 'CACHE_BYTES', 0)  # too big to keep: decoded at every use
+  fresh = _loader(data_dir, train=True, seed=2)
+  fresh.source = Counting(fresh.source)
+  reads.clear()
+  for s, batch in enumerate(batches):
+    for key, value in fresh.batch(s).items():
+      np.testing.assert_array_equal(value, batch[key])
+  assert len(reads) == steps * 4
+
+
 def test_flip_negates_normal_x_of_valid_pixels_only():
   rng = np.random.default_rng(0)
   n = rng.normal(size=(4, 5, 3))
