@@ -91,6 +91,19 @@ def test_batchnorm_train_and_eval_match_pytorch_semantics():
     bn(jnp.ones((1, 1, 1, 3)))
 
 
+@pytest.mark.parametrize("shape", [(3, 3, 3, 8), (1, 1, 8, 16), (16,)])
+def test_initialisers_draw_the_values_of_jax_random(shape):
+  # layers compiles its draws at another XLA optimisation level: the bits must not change.
+  key = jax.random.key(3)
+  np.testing.assert_array_equal(layers.backbone_init(key, shape),
+                                nnx.initializers.normal(stddev=0.01)(key, shape))
+  weight_init, bias_init = layers.torch_default_init(36)
+  want = jax.random.uniform(key, shape, jnp.float32, -1 / 6, 1 / 6)
+  np.testing.assert_array_equal(weight_init(key, shape), want)
+  np.testing.assert_array_equal(bias_init(key, shape), want)
+  assert float(jnp.std(want)) > 0
+
+
 def test_resnet34_projection_shortcuts_and_init():
   blocks = [nnx.eval_shape(lambda f=f: f(rngs=nnx.Rngs(0))) for f in M.backbone_blocks("resnet34")]
   with_projection = [i for i, b in enumerate(blocks[1:], 1) if b.down_conv is not None]
