@@ -177,6 +177,39 @@ _compiled = jax.jit(_step, static_argnames=("predict", "tasks", "spec"))
 # Host loops: the attack alone, then the clean evaluation's program on the attacked batch (one
 # scoring program per model for its clean evaluation, its training evaluation and every attack).
 _hosted = host_loop.jit(_attack, static_argnames=("predict", "tasks", "spec"))
+_jitted_attack = jax.jit(_attack, static_argnames=("predict", "tasks", "spec"))
+
+
+def _placed(state, eps, bounds, baselines, direction_index, mesh):
+  """The evaluation's traced inputs as arrays, replicated over ``mesh`` (if any)."""
+  index = None if direction_index is None else jnp.asarray(direction_index, jnp.int32)
+  eps = jnp.asarray(eps, jnp.float32)
+  if baselines is not None:
+    baselines = {t: jnp.asarray(v, jnp.float32) for t, v in baselines.items()}
+  if mesh is None:
+    return state, eps, bounds, baselines, index
+  return parallel.replicate((state, eps, bounds, baselines, index), mesh)
+
+
+def _on(batch: Mapping[str, Any], mesh: jax.sharding.Mesh | None) -> dict[str, jax.Array]:
+  if mesh is None:
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+  return parallel.shard_batch(batch, mesh)
+
+
+def attack_batch(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state: Any,
+                 batch: Mapping[str, Any], tasks: Sequence[tasks_lib.Task], *, spec: AttackSpec,
+                 eps: float, bounds: tuple[Any, Any],
+                 baselines: Mapping[str, float] | None = None,
+                 direction_index: int | None = None,
+                 mesh: jax.sharding.Mesh | None = None) -> jax.Array:
+  """``spec``'s attacked images of one batch (arguments as in :func:`evaluate`). With host loops
+  (``unroll='host'``) it is the program :func:`evaluate` runs, compiled once for both."""
+  state, eps, bounds, baselines, index = _placed(state, eps, bounds, baselines, direction_index,
+                                                 mesh)
+  attack = _hosted if host_loop.requested(spec.options) else _jitted_attack
+  return attack(state, _on(batch, mesh), eps, bounds, baselines, index, predict=predict,
+                tasks=tuple(tasks), spec=spec)
 
 
 def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state: Any,
@@ -213,13 +246,8 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   if isinstance(spec and spec.direction, Switched) != (direction_index is not None):
     raise ValueError("direction_index goes with a Switched spec.direction (and only with it); "
                      "pass both or neither.")
-  index = None if direction_index is None else jnp.asarray(direction_index, jnp.int32)
-  eps = jnp.asarray(eps, jnp.float32)
-  if baselines is not None:
-    baselines = {t: jnp.asarray(v, jnp.float32) for t, v in baselines.items()}
-  if mesh is not None:
-    state, eps, bounds, baselines, index = parallel.replicate(
-        (state, eps, bounds, baselines, index), mesh)
+  state, eps, bounds, baselines, index = _placed(state, eps, bounds, baselines, direction_index,
+                                                 mesh)
   hosted = spec is not None and host_loop.requested(spec.options)
   accumulator = tasks_lib.metrics.Accumulator(tasks, sample_budget)
   sums = {t.name: 0.0 for t in tasks}
@@ -232,10 +260,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
       sums[t] += float(v)
 
   for batch in batches:
-    if mesh is None:
-      batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    else:
-      batch = parallel.shard_batch(batch, mesh)
+    batch = _on(batch, mesh)
     if hosted:
       attacked = {**batch, "image": parallel.placed_like(
           _hosted(state, batch, eps, bounds, baselines, index, predict=predict, tasks=tasks,

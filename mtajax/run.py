@@ -150,7 +150,8 @@ def run(mode: str, config) -> None:
   if mode == "train" or not parallel.is_writer():
     return
   with sweep.PHASES("report"):
-    path = report(config, store, sweep.examples(config, targets[0]))
+    examples = sweep.examples(config, targets[0], parallel.make_mesh(config.mesh))
+    path = report(config, store, examples)
   print(f"{len(store)} records in {pathlib.Path(config.workdir) / 'results.jsonl'}; report: {path}")
   print(f"phases (wall and JAX compile seconds):\n{sweep.PHASES.summary()}")
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -322,24 +321,26 @@ def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
     bar.update(1)
 
 
-def examples(config, target: Target) -> dict[str, Any]:
+def examples(config, target: Target, mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Fig. 6 material: one test image, its GB-MTA-PGD perturbations and predictions before/after."""
-  batch = {k: jnp.asarray(v) for k, v in next(_batches(config, target.t)).items()}
-  # The grid's GB-MTA PGD (with one_program_per_attack its Switched program, already compiled).
+  batch = next(_batches(config, target.t))
+  # The grid's GB-MTA PGD program (with host loops already compiled; with one_program_per_attack
+  # its Switched program) on the grid's first batch, and the evaluation's forward pass.
   options = () if config.unroll is None else (("unroll", config.unroll),)
   spec, index = attack_spec(config, "pgd", "gbmta", options)
-  loss_fn = tasks_lib.make_loss_fn(functools.partial(target.predict, target.state),
-                                   target.loaded.tasks, spec.direction.reduction)
   rgb = lambda x: np.clip(preprocess.decode_image(np.asarray(x[0])), 0, 255).astype(np.uint8)  # pylint: disable=unnecessary-lambda-assignment
   perturbed, x_adv = {}, batch["image"]
   for eps in config.examples_eps:
-    x_adv = spec.run(loss_fn, batch["image"], batch, preprocess.input_bounds(), eps, None, index)
+    x_adv = evaluate_lib.attack_batch(target.predict, target.state, batch, target.loaded.tasks,
+                                      spec=spec, eps=eps, bounds=preprocess.input_bounds(),
+                                      direction_index=index, mesh=mesh)
     perturbed[float(eps)] = rgb(x_adv)
   predict = jax.jit(target.predict)
   first = lambda p: {k: np.asarray(v[0]) for k, v in p.items()}  # pylint: disable=unnecessary-lambda-assignment
   return {"image_rgb": rgb(batch["image"]), "perturbed": perturbed,
           "preds_clean": first(predict(target.state, batch["image"])),
-          "preds_adv": first(predict(target.state, x_adv)), "tasks": list(target.t.tasks)}
+          "preds_adv": first(predict(target.state, np.asarray(x_adv))),
+          "tasks": list(target.t.tasks)}
 
 
 def run(config: ml_collections.ConfigDict, *, train_only: bool = False,

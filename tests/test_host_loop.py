@@ -179,6 +179,23 @@ def test_evaluation_and_robust_evaluation_with_host_loops():
   assert got.arp >= max(v for v in got.candidate_arp.values() if v is not None) - 1e-6
 
 
+def test_attack_batch_runs_the_evaluation_program():
+  from mtajax import directions as D  # pylint: disable=g-import-not-at-top
+  from mtajax import evaluate as E  # pylint: disable=g-import-not-at-top
+  predict, params, batches, tasks = test_robust.problem()
+  spec = E.AttackSpec("pgd", E.switched([D.total(), D.gbmta()]), 3, (("unroll", "host"),))
+  kw = dict(spec=spec, eps=8.0, bounds=(-128.0, 128.0), direction_index=1)
+  ev = E.evaluate(predict, params, batches[:1], tasks, **kw)
+  compiled = len(host_loop._COMPILED)  # pylint: disable=protected-access
+  x_adv = E.attack_batch(predict, params, batches[0], tasks, **kw)
+  assert len(host_loop._COMPILED) == compiled  # pylint: disable=protected-access
+  step = np.abs(np.asarray(x_adv) - batches[0]["image"])
+  assert 0 < step.max() <= 8.0 + 1e-4  # attacked, within the ε-ball
+  attacked = E.evaluate(predict, params, [{**batches[0], "image": np.asarray(x_adv)}], tasks)
+  for t in ev.losses:
+    np.testing.assert_allclose(attacked.losses[t], ev.losses[t], rtol=1e-5)
+
+
 def test_bad_unroll_names_the_fix():
   from mtajax import attacks  # pylint: disable=g-import-not-at-top
   from mtajax import directions as D  # pylint: disable=g-import-not-at-top
