@@ -8,18 +8,28 @@ Two rules occur in the reference (spec §2, §7):
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 _COEF_BITS = 11
 _COEF_SCALE = 1 << _COEF_BITS
 
 
+def _read_only(*arrays: np.ndarray) -> None:
+  for a in arrays:
+    a.setflags(write=False)
+
+
+@functools.lru_cache(maxsize=4096)  # The training augmentation resizes to a few hundred sizes.
 def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-  """Source index read by each destination index under the reference "nearest" rule."""
+  """Source index read by each destination index under the reference "nearest" rule (read-only,
+  computed once per size pair)."""
   if in_size < 1 or out_size < 1:
     raise ValueError(f'sizes must be positive, got in={in_size}, out={out_size}.')
-  idx = (np.arange(out_size, dtype=np.int64) * in_size) // out_size
-  return np.minimum(idx, in_size - 1)
+  idx = np.minimum((np.arange(out_size, dtype=np.int64) * in_size) // out_size, in_size - 1)
+  _read_only(idx)
+  return idx
 
 
 def resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -30,9 +40,11 @@ def resize_nearest(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return x[rows][:, cols]
 
 
+@functools.lru_cache(maxsize=4096)
 def _linear_taps(in_size: int, out_size: int, clamp_weights: bool, src_dtype: type
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """OpenCV INTER_LINEAR source indices (i0, i1) and weight of i1 per destination index.
+  """OpenCV INTER_LINEAR source indices (i0, i1) and weight of i1 per destination index
+  (read-only, computed once per size pair).
 
   OpenCV zeroes the weight of out-of-range taps (`clamp_weights`) except for the rows of its
   uint8 fixed-point path, where it only clamps the row indices; the two round differently there.
@@ -44,8 +56,9 @@ def _linear_taps(in_size: int, out_size: int, clamp_weights: bool, src_dtype: ty
   frac = (src - i0).astype(np.float32)
   if clamp_weights:
     frac[(i0 < 0) | (i0 >= in_size - 1)] = 0.0
-  i1 = np.clip(i0 + 1, 0, in_size - 1)
-  return np.clip(i0, 0, in_size - 1), i1, frac
+  taps = np.clip(i0, 0, in_size - 1), np.clip(i0 + 1, 0, in_size - 1), frac
+  _read_only(*taps)
+  return taps
 
 
 def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
