@@ -200,10 +200,19 @@ class Target:
     return cls(t, loaded, *loaded.pure_predict())
 
 
+@functools.lru_cache(maxsize=8)
+def _eval_loader(dataset: str, data_dir: str, split: str, batch_size: int, tasks: tuple[str, ...],
+                 data_config: tuple[tuple[str, Any], ...] | None) -> pipeline.Loader:
+  return pipeline.dataset(dataset, data_dir, split, batch_size=batch_size, tasks=tasks,
+                          config=None if data_config is None else dict(data_config))
+
+
 def _batches(config, t) -> Iterator[dict[str, np.ndarray]]:
-  loader = pipeline.dataset(t.dataset, os.path.expanduser(t.data_dir), config.eval_split,
-                            batch_size=config.eval_batch_size, tasks=t.tasks,
-                            config=t.data_config)
+  """The evaluation batches; one loader per split and process, so a small split's decoded
+  records (``pipeline.Loader.record``) serve every record of the grid and the robust suite."""
+  data_config = None if t.data_config is None else tuple(sorted(dict(t.data_config).items()))
+  loader = _eval_loader(t.dataset, os.path.expanduser(t.data_dir), config.eval_split,
+                        config.eval_batch_size, tuple(t.tasks), data_config)
   return itertools.islice(iter(loader), config.eval_max_batches)
 
 
