@@ -113,7 +113,8 @@ def losses_per_step(loss_fn, x0: Array, labels: Any, num_steps: int,
 
 
 # loss function -> {(kind, id(direction)): (direction, shared call)}: an entry lives as long as its
-# loss function (the calls read it through a weak reference), i.e. for one attack's trace.
+# loss function (the calls read it through a weak reference) — for the evaluations' loss functions,
+# which close over a model's traced weights, one attack's trace.
 _SHARED_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
