@@ -150,7 +150,10 @@ def run(mode: str, config) -> None:
   if mode == "train" or not parallel.is_writer():
     return
   with sweep.PHASES("report"):
-    examples = sweep.examples(config, targets[0], parallel.make_mesh(config.mesh))
+    # Process 0 alone makes the examples: on the mesh of a one-process run (the grid's compiled
+    # programs), on its own device in a multi-process one (a global mesh would wait for the rest).
+    mesh = parallel.make_mesh(config.mesh) if jax.process_count() == 1 else None
+    examples = sweep.examples(config, targets[0], mesh)
     path = report(config, store, examples)
   print(f"{len(store)} records in {pathlib.Path(config.workdir) / 'results.jsonl'}; report: {path}")
   print(f"phases (wall and JAX compile seconds):\n{sweep.PHASES.summary()}")
