@@ -55,12 +55,13 @@ class Apply:
     # Hashing or comparing graph definitions walks them (~7 ms), and a jit cache lookup compares
     # its static arguments: both are done once here, and equal definitions share one token.
     defs = (self.train_def, self.eval_def)
-    known = _TOKENS.setdefault(hash(defs), [])
+    digest = hash(defs)
+    known = _TOKENS.setdefault(digest, [])
     token = next((t for d, t in known if d == defs), None)
     if token is None:
       token = object()
       known.append((defs, token))
-    object.__setattr__(self, "_hash", hash(defs))
+    object.__setattr__(self, "_hash", digest)
     object.__setattr__(self, "_token", token)
 
   def __hash__(self) -> int:
