@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from array_record.python import array_record_module
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
@@ -62,6 +63,13 @@ class Options:
       raise ValueError(f'crop_size must be (H, W) with positive sizes, got {self.crop_size}.')
 
 
+def _damaged(name: str, folder: str | Path, problem: str) -> ValueError:
+  """The one-line error for a damaged prepared dataset, naming its folder and the fix."""
+  problem = (problem.strip().splitlines() or ['unreadable'])[0]
+  return ValueError(f'The prepared {name} dataset in {folder} is damaged ({problem}); delete '
+                    f'{folder} and rerun to prepare it again.')
+
+
 def _builder(name: str, data_dir: str | Path, config: Any) -> tfds.core.DatasetBuilder:
   kwargs = dict(data_dir=str(data_dir), file_format='array_record')
   if name == 'synthetic':
@@ -74,9 +82,52 @@ def _builder(name: str, data_dir: str | Path, config: Any) -> tfds.core.DatasetB
     predefined = {c.name for c in synthetic_builder.MtajaxSynthetic.BUILDER_CONFIGS}
     if config.name in predefined:  # TFDS refuses a custom config named like a predefined one.
       config = config.name
-    return synthetic_builder.MtajaxSynthetic(config=config, **kwargs)
-  cls = {'nyuv2': nyuv2.MtajaxNyuv2, 'taskonomy': taskonomy.MtajaxTaskonomy}[name]
-  return cls(**kwargs)
+    kwargs['config'] = config
+  cls = {'synthetic': synthetic_builder.MtajaxSynthetic, 'nyuv2': nyuv2.MtajaxNyuv2,
+         'taskonomy': taskonomy.MtajaxTaskonomy}[name]
+  try:  # Reads dataset_info.json when the dataset is prepared.
+    return cls(**kwargs)
+  except Exception as e:  # pylint: disable=broad-except  (protobuf, JSON and TFDS errors alike)
+    config = kwargs.get('config')
+    folder = Path(data_dir, cls.name, getattr(config, 'name', config) or '', str(cls.VERSION))
+    if not (folder / 'dataset_info.json').exists():
+      raise
+    raise _damaged(name, folder, f'dataset_info.json: {e}') from None
+
+
+def _check_split(name: str, builder: tfds.core.DatasetBuilder, split: str) -> None:
+  """Checks that every shard file of `split` is there and holds the records that
+  dataset_info.json lists (a truncated file holds fewer); a garbled record shows when read."""
+  info = builder.info.splits[split]
+  for path, length in zip(info.filepaths, info.shard_lengths):
+    if not path.exists():
+      raise _damaged(name, builder.data_dir, f'missing file {path.name}')
+    try:
+      reader = array_record_module.ArrayRecordReader(str(path), options='readahead_buffer_size:0')
+      count = reader.num_records()
+      reader.close()  # Raises when the file's index did not read (a truncated file).
+    except RuntimeError as e:
+      detail = f'{path.name} is truncated or garbled' + (f': {e}' if str(e) else '')
+      raise _damaged(name, builder.data_dir, detail) from None
+    if count != length:
+      raise _damaged(name, builder.data_dir, f'{path.name} holds {count} of its {length} records')
+
+
+class _Records(Sequence):
+  """A split's decoded records; a read error (a garbled file) names the damaged dataset."""
+
+  def __init__(self, name: str, builder: tfds.core.DatasetBuilder, split: str):
+    self.name, self.folder = name, builder.data_dir
+    self.source = builder.as_data_source(split=split)
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> Mapping[str, Any]:
+    try:
+      return self.source[index]
+    except (OSError, RuntimeError, ValueError) as e:
+      raise _damaged(self.name, self.folder, f'record {index}: {e}') from None
 
 
 def prepare(name: str, data_dir: str | Path, manual_dir: str | Path | None = None,
@@ -173,20 +224,24 @@ class Loader:
 
   def record(self, index: int) -> dict[str, np.ndarray]:
     """The decoded source record ``index`` (read-only arrays). A split whose decoded records fit
-    in ``CACHE_BYTES`` (the embedded benchmark) is decoded once and kept: a training run reads each
-    record once per epoch, and decoding costs about a third of an example's preparation."""
-    if self._records is not None and index in self._records:
+    in ``CACHE_BYTES`` (the embedded benchmark) is decoded whole at the first use and kept: a
+    training run reads each record once per epoch, decoding costs about a third of an example's
+    preparation, and a damaged record stops the run before any step uses the split."""
+    if self._records is not None:
       return self._records[index]
+    rec = self._decode(index)
+    if not self._cache_checked:
+      if sum(v.nbytes for v in rec.values()) * self.num_examples <= CACHE_BYTES:
+        self._records = {i: rec if i == index else self._decode(i)
+                         for i in range(self.num_examples)}
+      self._cache_checked = True
+    return rec
+
+  def _decode(self, index: int) -> dict[str, np.ndarray]:
     keys = {'image'} | set(self.tasks) | {f'{t}_mask' for t in self.tasks}
     rec = {k: np.asarray(v) for k, v in self.source[index].items() if k in keys}
     for v in rec.values():
       v.setflags(write=False)
-    if not self._cache_checked:
-      self._cache_checked = True
-      if sum(v.nbytes for v in rec.values()) * self.num_examples <= CACHE_BYTES:
-        self._records = {}
-    if self._records is not None:
-      self._records[index] = rec
     return rec
 
   def example(self, index: int, epoch: int = 0) -> dict[str, np.ndarray]:
@@ -285,16 +340,24 @@ def dataset(name: str, data_dir: str | Path, split: str = 'test', *, batch_size:
     process_count: default `jax.process_count()`.
   """
   builder = prepare(name, data_dir, manual_dir, config)
+  if not builder.info.splits:
+    raise _damaged(name, builder.data_dir, 'no splits: dataset_info.json missing or incomplete')
   if split not in builder.info.splits:
     raise ValueError(f'Split {split!r} not in {name}; available: {sorted(builder.info.splits)}.')
+  _check_split(name, builder, split)
   weights = None
   if name == 'taskonomy':
-    weights = np.asarray(builder.info.metadata['semseg_prior_factor'], dtype=np.float32)
-  return Loader(
-      name, builder.as_data_source(split=split), batch_size=batch_size,
+    try:
+      weights = np.asarray(builder.info.metadata['semseg_prior_factor'], dtype=np.float32)
+    except (OSError, ValueError, KeyError) as e:  # a missing, broken or incomplete metadata.json
+      raise _damaged(name, builder.data_dir, f'metadata.json: {e}') from None
+  loader = Loader(
+      name, _Records(name, builder, split), batch_size=batch_size,
       tasks=default_tasks(name) if tasks is None else tasks, train=train, seed=seed,
       options=options or Options(), shuffle=train if shuffle is None else shuffle,
       drop_remainder=train if drop_remainder is None else drop_remainder,
       process_index=jax.process_index() if process_index is None else process_index,
       process_count=jax.process_count() if process_count is None else process_count,
       class_weights=weights, pad=not train if pad is None else pad)
+  loader.record(0)  # Reads a small split whole: a garbled record fails here, before any use.
+  return loader
