@@ -12,6 +12,12 @@ up with blank examples (black image, every label ignored) and every batch carrie
 `example_weight`, float32 (B,), 1 for a real example and 0 for padding (as big_vision does). So
 every process gets the same local shape at every step, the evaluation compiles once, and every real
 example is seen exactly once; losses and metrics skip weight-0 examples.
+
+A damaged prepared dataset (a missing, truncated or garbled shard file, a broken dataset_info.json)
+is one ValueError naming its folder and the fix (delete it and rerun). `dataset` checks each shard
+file's record count against dataset_info.json and reads a split that `Loader.record` keeps whole
+when it builds the loader, so no step uses a partly readable split; in a larger split a garbled
+record fails when it is read.
 """
 from __future__ import annotations
 
