@@ -28,7 +28,6 @@ class DamagedCheckpointError(ValueError):
   """A checkpoint step whose files are unreadable or whose arrays differ from their checksums."""
 
   def __init__(self, directory: Path, step: int, problem: str):
-    self.step = step
     super().__init__(f"Checkpoint {directory}/{step} is damaged ({problem}); delete "
                      f"{directory}/{step} to resume from the previous step.")
 
