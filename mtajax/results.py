@@ -5,7 +5,9 @@ and fsyncs it, holding an exclusive ``fcntl.flock`` on the file only meanwhile. 
 the lock. A writer first reads what other processes appended since its last read, so two runs on
 one workdir keep each other's records and never store a key twice; a second writer waits for the
 first. A torn last line (a crash mid-write, garbage after a power loss) is dropped with a warning
-and moved to ``<file>.torn``. I/O is O(total): every byte is read once and written once.
+and moved to ``<file>.torn``. I/O is O(total): every byte is read once and written once. The records
+held are always as the file reads back (keys sorted, tuples as lists), so a report made after
+``add`` equals one made from a reload.
 """
 
 from __future__ import annotations
@@ -74,10 +76,10 @@ class Store:
     key = record["key"]
     if key in self._records:
       raise ValueError(f"record {key} is already stored.")
-    if not self.write:
-      self._records[key] = dict(record)
-      return
     line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    if not self.write:
+      self._records[key] = json.loads(line)
+      return
     self.path.parent.mkdir(parents=True, exist_ok=True)
     created = not self.path.exists()
     with open(self.path, "a+b") as f:
@@ -91,7 +93,7 @@ class Store:
           f.flush()
           os.fsync(f.fileno())
           self._offset = f.tell()
-          self._records[key] = dict(record)
+          self._records[key] = json.loads(line)  # As a reload reads it: same records, same report.
       finally:
         fcntl.flock(f, fcntl.LOCK_UN)
     if created:

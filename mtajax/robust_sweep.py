@@ -66,10 +66,15 @@ def record_key(config, t, eps: float) -> str:
                             _hash(config, t))
 
 
+def model_keys(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict) -> set[str]:
+  """The keys of the robust records of model ``t``."""
+  return {record_key(config, t, eps) for eps in eps_values(config)}
+
+
 def current_keys(config: ml_collections.ConfigDict) -> set[str]:
   """The keys of the robust records this config makes (what the report shows by default)."""
-  return {record_key(config, sweep.train_config(config, layout, adv), eps)
-          for adv in (False, True) for layout in config.layouts for eps in eps_values(config)}
+  return set().union(*(model_keys(config, sweep.train_config(config, layout, adv))
+                       for adv in (False, True) for layout in config.layouts))
 
 
 def _record(config, target: sweep.Target, eps: float, ev: robust.RobustEvaluation,
@@ -116,9 +121,12 @@ def evaluate_models(config: ml_collections.ConfigDict, targets: list[sweep.Targe
             f"{ev.passes_per_image:.0f} passes/image, {time.perf_counter() - start:.1f}s")
 
 
-def run(config: ml_collections.ConfigDict) -> tuple[results.Store, list[sweep.Target]]:
-  """Trains the config's missing models and robust-evaluates them (the ``robust`` mode)."""
+def run(config: ml_collections.ConfigDict,
+        examples: bool = False) -> tuple[results.Store, list[sweep.Target]]:
+  """Trains the config's missing models and robust-evaluates them (the ``robust`` mode); a model
+  whose robust records are all stored is not loaded (``examples``: as in :func:`sweep.run`)."""
   validate(config)
-  store, targets = sweep.run(config, train_only=True)
+  store, targets = sweep.run(config, train_only=True, keys=lambda t: model_keys(config, t),
+                             examples=examples)
   evaluate_models(config, targets, store, parallel.make_mesh(config.mesh))
   return store, targets

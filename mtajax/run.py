@@ -34,6 +34,7 @@ from mtajax import sweep
 from mtajax.train import imported
 
 MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts", "import", "robust")
+EXAMPLES = "examples.npz"  # The Fig. 6 examples in the workdir, made once per model and ε.
 
 
 def config_path(path: str) -> str:
@@ -65,13 +66,22 @@ def define_config_flag() -> None:
     _exit_bad_flags(e)
 
 
+def _examples_key(config) -> str:
+  """The key of the Fig. 6 examples: those of the config's first clean-trained model."""
+  return sweep.examples_key(config, sweep.train_config(config, config.layouts[0]))
+
+
 def report(config, store: results.Store, examples=None) -> pathlib.Path:
-  """Writes the Markdown report and figures of the config's records (all with report_history)."""
+  """Writes the Markdown report and figures of the config's records (all with report_history).
+
+  ``examples`` (``sweep.examples`` of the first model) are stored in ``workdir/examples.npz``;
+  without them the stored ones are used.
+  """
   from mtajax import report as report_lib  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(config.workdir)
-  saved = workdir / "examples.npz"
+  saved = workdir / EXAMPLES
   if examples is not None:
-    _save_examples(saved, examples)
+    _save_examples(saved, examples, _examples_key(config))
   elif saved.exists():
     examples = _load_examples(saved)
   records = store.records()
@@ -91,9 +101,9 @@ def report(config, store: results.Store, examples=None) -> pathlib.Path:
                                  examples=examples)
 
 
-def _save_examples(path: pathlib.Path, ex) -> None:
+def _save_examples(path: pathlib.Path, ex, key: str) -> None:
   import numpy as np  # pylint: disable=g-import-not-at-top
-  arrays = {"image_rgb": ex["image_rgb"]}
+  arrays = {"image_rgb": ex["image_rgb"], "key": np.array(key)}
   arrays.update({f"perturbed/{k}": v for k, v in ex["perturbed"].items()})
   arrays.update({f"clean/{k}": v for k, v in ex["preds_clean"].items()})
   arrays.update({f"adv/{k}": v for k, v in ex["preds_adv"].items()})
@@ -102,9 +112,14 @@ def _save_examples(path: pathlib.Path, ex) -> None:
   os.replace(tmp, path)
 
 
-def _load_examples(path: pathlib.Path):
+def _load_examples(path: pathlib.Path, key: str | None = None):
+  """The examples stored at ``path``; with ``key``: None unless they were made for it."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+  if key is not None and not path.exists():
+    return None
   with np.load(path) as z:
+    if key is not None and ("key" not in z.files or str(z["key"]) != key):
+      return None  # Made for another model, ε or evaluation data (or before they had a key).
     group = lambda p: {k[len(p):]: z[k] for k in z.files if k.startswith(p)}  # pylint: disable=unnecessary-lambda-assignment
     return {"image_rgb": z["image_rgb"], "tasks": list(z["tasks"]),
             "perturbed": {float(k): v for k, v in group("perturbed/").items()},
@@ -131,19 +146,26 @@ def run(mode: str, config) -> None:
     store = results.Store(pathlib.Path(config.workdir) / "results.jsonl")
     print(f"report: {report(config, store)}")
     return
+  workdir = pathlib.Path(config.workdir)
+  examples = _load_examples(workdir / EXAMPLES, _examples_key(config))  # None: to be made.
   if mode == "attack":
-    for layout in config.layouts:
+    stored = results.Store(workdir / "results.jsonl", write=False)
+    for i, layout in enumerate(config.layouts):
       t = sweep.train_config(config, layout)
-      if not (pathlib.Path(config.workdir) / "models" / sweep.model_id(t)).is_dir():
+      needed = (examples is None and i == 0) or not all(
+          k in stored for k in sweep.model_keys(config, t))
+      if needed and not (workdir / "models" / sweep.model_id(t)).is_dir():
         raise ValueError(f"model {sweep.model_id(t)} is not trained in {config.workdir}; run the "
                          "'train' or 'sweep' mode first.")
   if mode == "robust":
-    store, targets = robust_sweep.run(config)
+    store, targets = robust_sweep.run(config, examples=examples is None)
   else:
+    keys = None  # A model is not loaded once its grid records (and robust ones, if run) are stored.
     if mode == "sweep" and config.robust.enabled:
       robust_sweep.validate(config)
-    store, targets = sweep.run(config, train_only=mode == "train",
-                               adversarial=mode == "advtrain")
+      keys = lambda t: sweep.model_keys(config, t) | robust_sweep.model_keys(config, t)  # pylint: disable=unnecessary-lambda-assignment
+    store, targets = sweep.run(config, train_only=mode == "train", adversarial=mode == "advtrain",
+                               keys=keys, examples=examples is None)
     if mode == "sweep" and config.robust.enabled:
       with sweep.PHASES("robust"):
         robust_sweep.evaluate_models(config, targets, store, parallel.make_mesh(config.mesh))
@@ -152,9 +174,12 @@ def run(mode: str, config) -> None:
   with sweep.PHASES("report"):
     # Process 0 alone makes the examples: on the mesh of a one-process run (the grid's compiled
     # programs), on its own device in a multi-process one (a global mesh would wait for the rest).
-    mesh = parallel.make_mesh(config.mesh) if jax.process_count() == 1 else None
-    examples = sweep.examples(config, targets[0], mesh)
-    path = report(config, store, examples)
+    # Stored examples of the same model and ε are reused (a complete workdir needs no model).
+    if examples is None:
+      mesh = parallel.make_mesh(config.mesh) if jax.process_count() == 1 else None
+      path = report(config, store, sweep.examples(config, targets[0], mesh))
+    else:
+      path = report(config, store)
   print(f"{len(store)} records in {pathlib.Path(config.workdir) / 'results.jsonl'}; report: {path}")
   print(f"phases (wall and JAX compile seconds):\n{sweep.PHASES.summary()}")
 

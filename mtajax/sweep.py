@@ -14,7 +14,7 @@ import itertools
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import ml_collections
@@ -167,13 +167,19 @@ def ensure_trained(t: ml_collections.ConfigDict, workdir: Path,
                    mesh: jax.sharding.Mesh | None = None) -> load.LoadedModel:
   """The model of ``t`` at step ``t.num_steps``, trained (or trained further) if it is not there.
 
-  A checkpoint of another model (``train.config.identity``) is refused, never overwritten.
+  A checkpoint of another model (``train.config.identity``) is refused, never overwritten. Training
+  resumes from the latest intact step; a damaged final step is an error naming what to delete.
   """
   model_dir = workdir / "models" / model_id(t)
   ckpt = model_dir / "checkpoints"
   step = checkpoint.latest_step(ckpt)  # None: no checkpoint (or killed before the first save).
   if step is not None:
-    train_config_lib.check_same_model(checkpoint.restore_meta(ckpt)[1]["config"], t, model_dir)
+    try:
+      train_config_lib.check_same_model(checkpoint.restore_meta(ckpt)[1]["config"], t, model_dir)
+    except checkpoint.DamagedCheckpointError:
+      if step >= t.num_steps:
+        raise
+      # Training checks the model and falls back to the latest intact step.
   if step is None or step < t.num_steps:
     print(f"training {model_id(t)} ({t.num_steps} steps)")
     loop.train(t, model_dir, mesh)
@@ -189,14 +195,16 @@ def ensure_trained(t: ml_collections.ConfigDict, workdir: Path,
 
 @dataclasses.dataclass
 class Target:
-  """A trained model under evaluation."""
+  """A trained model under evaluation (``loaded`` None: every record of it is stored, not loaded)."""
   t: ml_collections.ConfigDict
-  loaded: load.LoadedModel
+  loaded: load.LoadedModel | None
   predict: Any
   state: Any
 
   @classmethod
   def of(cls, t, loaded):
+    if loaded is None:
+      return cls(t, None, None, None)
     return cls(t, loaded, *loaded.pure_predict())
 
 
@@ -267,12 +275,21 @@ def key(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict, attack:
                             config_hash(config, t), attack_loss)
 
 
+def model_keys(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict) -> set[str]:
+  """The keys of the grid's records of model ``t``: its clean record and every attacked cell."""
+  cells = [("clean", None, 0.0, "default")] + [(a, d, e, l) for a, d, l, e in grid(config)]
+  return {key(config, t, *cell) for cell in cells}
+
+
 def current_keys(config: ml_collections.ConfigDict) -> set[str]:
   """The keys of every record this config makes (clean-trained and adversarially trained models)."""
-  configs = [train_config(config, layout, adv) for adv in (False, True)
-             for layout in config.layouts]
-  cells = [("clean", None, 0.0, "default")] + [(a, d, e, l) for a, d, l, e in grid(config)]
-  return {key(config, t, *cell) for t in configs for cell in cells}
+  return set().union(*(model_keys(config, train_config(config, layout, adv))
+                       for adv in (False, True) for layout in config.layouts))
+
+
+def examples_key(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict) -> str:
+  """What the Fig. 6 examples of model ``t`` depend on: the model, its steps, data and the ε."""
+  return results.digest([key(config, t, "pgd", "gbmta", e) for e in config.examples_eps])
 
 
 def _refresh(store: results.Store) -> None:
@@ -301,11 +318,12 @@ def attack_spec(config, attack: str, direction: str, options: tuple[tuple[str, A
 def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
                    mesh: jax.sharding.Mesh | None = None) -> None:
   """The clean record and every (attack, direction, ε) record of one model, skipping stored ones."""
-  t, tasks = target.t, target.loaded.tasks
+  t = target.t
   devices = 1 if mesh is None else mesh.size
   clean_key = key(config, t, "clean", None, 0.0)
   _refresh(store)
   if clean_key not in store:
+    tasks = target.loaded.tasks
     bar.write(f"clean evaluation {model_id(t)}")
     start = time.perf_counter()
     ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t), tasks,
@@ -322,7 +340,8 @@ def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
       bar.write(f"attacking {model_id(t)}: {attack} {direction} {loss} eps={eps:g}")
       spec, index = attack_spec(config, attack, direction, options, loss)
       start = time.perf_counter()
-      ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t), tasks,
+      ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t),
+                                 target.loaded.tasks,
                                  spec=spec, eps=eps, bounds=bounds, baselines=clean["losses"],
                                  direction_index=index, mesh=mesh)
       store.add(_record(target, config, attack, direction, eps, ev, clean,
@@ -352,12 +371,16 @@ def examples(config, target: Target, mesh: jax.sharding.Mesh | None = None) -> d
           "tasks": list(target.t.tasks)}
 
 
-def run(config: ml_collections.ConfigDict, *, train_only: bool = False,
-        adversarial: bool = False) -> tuple[results.Store, list[Target]]:
+def run(config: ml_collections.ConfigDict, *, train_only: bool = False, adversarial: bool = False,
+        keys: Callable[[ml_collections.ConfigDict], set[str]] | None = None,
+        examples: bool = False) -> tuple[results.Store, list[Target]]:
   """Trains what is missing and evaluates the whole grid; returns the store and the models.
 
-  Runs data-parallel over ``parallel.make_mesh(config.mesh)``. Under ``jax.distributed`` every
-  process runs this (the workdir must be on storage all of them see); only process 0 writes.
+  A model whose records ``keys(t)`` (default: :func:`model_keys`; none with ``train_only``, which
+  loads every model) are all stored is neither trained nor loaded (``Target.loaded`` None), unless
+  ``examples`` (the Fig. 6 examples are to be made) and it is the first model. Runs data-parallel over
+  ``parallel.make_mesh(config.mesh)``. Under ``jax.distributed`` every process runs this (the
+  workdir must be on storage all of them see); only process 0 writes.
   """
   validate(config)
   mesh = parallel.make_mesh(config.mesh)
@@ -374,8 +397,10 @@ def run(config: ml_collections.ConfigDict, *, train_only: bool = False,
     parallel.sync("mtajax-sweep-ready")  # Every process read the stored keys before any write.
   targets = []
   with PHASES("training"):
-    for t in configs:
-      targets.append(Target.of(t, ensure_trained(t, workdir, mesh)))
+    needs = keys or (None if train_only else functools.partial(model_keys, config))
+    for i, t in enumerate(configs):
+      stored = needs is not None and not (examples and i == 0) and all(k in store for k in needs(t))
+      targets.append(Target.of(t, None if stored else ensure_trained(t, workdir, mesh)))
       release_compiled()
   if train_only:
     return store, targets

@@ -202,7 +202,7 @@ def test_missing_corrupt_and_incompatible_checkpoints_raise(finished, tmp_path):
   for f in (corrupt / str(NUM_STEPS) / "state").rglob("*"):
     if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
       f.write_bytes(b"garbage")
-  with pytest.raises(ValueError, match="corrupt"):
+  with pytest.raises(ValueError, match=f"damaged .*; delete {corrupt}/{NUM_STEPS} to resume"):
     load_model(corrupt)
 
   incompatible = tmp_path / "incompatible"

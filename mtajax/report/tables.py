@@ -6,14 +6,17 @@ Each table is a pure function of a list of records of one (dataset, backbone, ta
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Iterable, Sequence
 
+import ml_collections
 import numpy as np
 
 from mtajax import tasks as tasks_lib
 from mtajax.models import layouts
 from mtajax.report import records as rec_lib
 from mtajax.report.records import Record
+from mtajax.train import assemble
 
 
 def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -218,14 +221,33 @@ def per_task_table(records: Sequence[Record], model: str | None = None,
   return markdown(header, rows)
 
 
+@functools.cache
+def _declared_metrics(dataset: str, task: str) -> tuple[str, ...]:
+  """The metric names ``Task.metrics`` declares for ``task`` of ``dataset`` (() if unknown)."""
+  config = ml_collections.ConfigDict(
+      {"dataset": dataset, "tasks": (task,), "metric_definition": "reference"})
+  try:
+    return tuple(assemble.make_tasks(config)[0].metrics)
+  except ValueError:  # A dataset or task of hand-made records.
+    return ()
+
+
+def metric_order(dataset: str, task: str, names: Iterable[str]) -> list[str]:
+  """``names`` in the task's declared order (others after it, by name): never the records' key
+  order, which a reload from results.jsonl sorts."""
+  declared = _declared_metrics(dataset, task)
+  return sorted(names, key=lambda m: (declared.index(m) if m in declared else len(declared), m))
+
+
 def clean_table(records: Sequence[Record]) -> str:
   """The clean metrics of every clean-trained model (what the attacks start from), one row each."""
   clean = {r["model"]: r for r in records if r["attack"] == "clean"}
   infos = [m for m in rec_lib.models(records) if m.model in clean]
   if not infos:
     raise rec_lib.MissingData("no clean records")
-  first = clean[infos[0].model]["metrics"]
-  columns = [(t, m) for t in infos[0].tasks for m in first.get(t, {})]
+  first = clean[infos[0].model]
+  columns = [(t, m) for t in infos[0].tasks
+             for m in metric_order(first.get("dataset", ""), t, first["metrics"].get(t, {}))]
   if not columns:
     raise rec_lib.MissingData("the clean records hold no metrics")
   header = ["Model", "Sharing", "Train steps"] + [

@@ -85,7 +85,7 @@ def load_model(checkpoint_dir: str | Path, step: int | None = None) -> LoadedMod
   optimizer = optim.make_optimizer(config, step_lib.updates_per_step(config.adv))
   target = jax.eval_shape(lambda: step_lib.init_state(
       nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats), optimizer, config.seed))
-  restored = checkpoint.restore_state(checkpoint_dir, step, target)
+  restored = checkpoint.restore_state(checkpoint_dir, step, target, meta.get("checksums"))
   for kind, name in ((nnx.Param, "params"), (nnx.BatchStat, "batch_stats")):
     state = nnx.state(model, kind)
     nnx.replace_by_pure_dict(state, restored[name])

@@ -3,9 +3,10 @@
 ``train(config, workdir)`` writes ``workdir/metrics.jsonl`` (one JSON object per train step and per
 evaluation; the step losses are fetched from the device every ``config.log_every`` steps, so there
 is no host sync per step) and Orbax checkpoints to ``workdir/checkpoints``. If that folder already
-holds a checkpoint, training resumes from the latest complete one (same model required:
-``config.identity``) and reaches the same parameters as an uninterrupted run: batches are a pure
-function of (seed, step) and the PRNG key is checkpointed. A resumed run logs each step once.
+holds a checkpoint, training resumes from the latest complete and intact one (same model required:
+``config.identity``; damaged later steps are renamed ``<step>.damaged``, saying so) and reaches the
+same parameters as an uninterrupted run: batches are a pure function of (seed, step) and the PRNG
+key is checkpointed. A resumed run logs each step once.
 """
 
 from __future__ import annotations
@@ -96,6 +97,19 @@ def _meta(config: ml_collections.ConfigDict, layout: models.Layout, step: int,
           "class_weights": None if class_weights is None else class_weights.tolist()}
 
 
+def _set_aside(ckpt_dir: Path, damaged: list[int], start: int) -> None:
+  """Renames each damaged step to a free ``<step>.damaged[N]`` (kept for inspection; the step is
+  saved anew) and says so in one line."""
+  moved = []
+  for step in damaged:
+    names = (f"{step}.damaged{n or ''}" for n in itertools.count())
+    moved.append(ckpt_dir / next(n for n in names if not (ckpt_dir / n).exists()))
+    if parallel.is_writer():
+      os.rename(ckpt_dir / str(step), moved[-1])
+  print(f"checkpoint {', '.join(str(ckpt_dir / str(s)) for s in damaged)} is damaged, moved to "
+        f"{', '.join(p.name for p in moved)}; resuming from step {start}")
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path,
           mesh: jax.sharding.Mesh | None = None) -> TrainResult:
   """Trains (or resumes training) per ``config`` in ``workdir``; see the module docstring.
@@ -127,9 +141,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
 
   start = 0
   if checkpoint.latest_step(ckpt_dir) is not None:
-    start, saved = checkpoint.restore_meta(ckpt_dir)
-    config_lib.check_same_model(saved["config"], config, ckpt_dir)
-    state = checkpoint.restore_state(ckpt_dir, start, state)
+    start, state, damaged = checkpoint.restore_intact(
+        ckpt_dir, state, lambda meta: config_lib.check_same_model(meta["config"], config, ckpt_dir))
+    if damaged:
+      _set_aside(ckpt_dir, damaged, start)
   if mesh is not None:
     state = parallel.replicate(state, mesh)
 
