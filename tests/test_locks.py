@@ -1,0 +1,111 @@
+"""Two runs on one workdir: one trains a model (or builds a dataset), the other waits and reuses it."""
+
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from mtajax import locks
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Holds the lock on argv[1], prints 'held' and keeps it until its stdin is closed (or it is killed).
+HOLDER = """
+import sys
+from mtajax import locks
+with locks.exclusive(sys.argv[1], "holder waits"):
+  print("held", flush=True)
+  sys.stdin.read()
+"""
+# Takes the lock on argv[1] and prints 'took'.
+TAKER = """
+import sys
+from mtajax import locks
+with locks.exclusive(sys.argv[1], "taker waits"):
+  print("took", flush=True)
+"""
+
+
+def _python(code: str, *args) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], text=True,
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _holder(path: pathlib.Path) -> subprocess.Popen:
+  holder = _python(HOLDER, path)
+  assert holder.stdout.readline() == "held\n"
+  return holder
+
+
+def test_a_second_process_waits_until_the_holder_releases(tmp_path):
+  path = tmp_path / "sub" / "x.lock"
+  holder = _holder(path)
+  taker = _python(TAKER, path)
+  assert taker.stdout.readline() == "taker waits\n"  # Said once, then blocked:
+  time.sleep(0.5)
+  assert taker.poll() is None
+  holder.stdin.close()
+  assert holder.wait(timeout=60) == 0
+  assert taker.communicate(timeout=60)[0] == "took\n" and taker.returncode == 0
+
+
+def test_a_killed_holder_frees_the_lock(tmp_path):
+  path = tmp_path / "x.lock"
+  holder = _holder(path)
+  holder.send_signal(signal.SIGKILL)
+  holder.wait(timeout=60)
+  assert _python(TAKER, path).communicate(timeout=60)[0] == "took\n"  # No waiting.
+  assert path.exists()  # The lock file stays; it holds no state.
+
+
+def test_the_lock_is_reentrant_in_one_process(tmp_path):
+  path = tmp_path / "x.lock"
+  with locks.exclusive(path, "never printed"):
+    with locks.exclusive(path, "never printed"):  # flock on a second descriptor would deadlock.
+      pass
+    taker = _python(TAKER, path)
+    assert taker.stdout.readline() == "taker waits\n"  # Still held by the outer block.
+  assert taker.communicate(timeout=60)[0] == "took\n"
+
+
+# One tiny model (4 steps, a checkpoint every 2) on a dataset the two runs find unbuilt: one builds
+# and trains, the other waits for each, then both attack it (FGSM, one direction, one ε).
+ARGS = ["sweep", "--config", f"{ROOT}/configs/quickstart.py:smoke", "--config.layouts=(0,)",
+        "--config.attacks=('fgsm',)", "--config.directions=('total',)", "--config.eps=(8.0,)",
+        "--config.examples_eps=(8.0,)", "--config.train.num_steps=4",
+        "--config.train.eval_every=4", "--config.train.checkpoint_every=2",
+        "--config.train.keep_checkpoints=3", "--config.train.progress_bar=False",
+        "--config.robust.enabled=False", "--config.workdir=work", "--config.train.data_dir=tfds"]
+MODEL = "synthetic-small-L0"
+
+
+def test_two_sweeps_on_one_fresh_workdir_train_and_build_once(tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1",
+         "MTAJAX_JAX_CACHE": str(ROOT / ".jax_cache")}
+  procs = [subprocess.Popen([sys.executable, "-m", "mtajax.run", *ARGS], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for _ in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for proc, out in zip(procs, outs):
+    assert proc.returncode == 0, out[-3000:]
+  trained = [out for out in outs if re.search(rf"^training {MODEL} \(4 steps\)", out, re.M)]
+  assert len(trained) == 1, outs  # The other run reused the model, not retrained it.
+  waited = outs[1 - outs.index(trained[0])]
+  assert f"waiting for another run training {MODEL}\n" in waited, waited
+  assert waited.count("waiting for another run training") == 1
+  assert sum(out.count("waiting for another run building") for out in outs) <= 1
+
+  model = tmp_path / "work" / "models" / MODEL
+  steps = sorted(int(p.name) for p in (model / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps == [2, 4]  # One history: no half-written or repeated step.
+  log = [json.loads(line) for line in (model / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in log if r["split"] == "train"] == [1, 2, 3, 4]
+  keys = [json.loads(line)["key"]
+          for line in (tmp_path / "work" / "results.jsonl").read_text().splitlines()]
+  assert len(keys) == 2 and len(set(keys)) == 2  # clean + fgsm/total, each once
+  assert not list(tmp_path.glob("work/**/*tmp*"))
