@@ -10,9 +10,11 @@ import sys
 import time
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from mtajax import locks
 from mtajax import run
+from mtajax.data import pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -74,6 +76,29 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path):
     taker = _python(TAKER, path)
     assert taker.stdout.readline() == "taker waits\n"  # Still held by the outer block.
   assert taker.communicate(timeout=60)[0] == "took\n"
+
+
+# Prepares a 2 + 1 scene embedded dataset in argv[1] and prints its number of train examples.
+PREPARE = """
+import sys
+from mtajax.data import pipeline
+builder = pipeline.prepare("synthetic", sys.argv[1], config=dict(resolution=8, num_train=2,
+                                                                  num_test=1))
+print(builder.info.splits["train"].num_examples, flush=True)
+"""
+
+
+def test_a_second_run_waits_for_the_dataset_and_reuses_it(tmp_path):
+  builder = pipeline._builder("synthetic", tmp_path, dict(resolution=8, num_train=2, num_test=1))  # pylint: disable=protected-access
+  holder = _holder(locks.lock_file(builder.data_dir))  # The first run, building.
+  second = _python(PREPARE, tmp_path)
+  assert second.stdout.readline() == ("waiting for another run building "
+                                      f"{builder.info.full_name} in {tmp_path}\n")
+  tfds.core.GeneratorBasedBuilder.download_and_prepare(builder)  # What the first run builds.
+  holder.stdin.close()
+  assert second.communicate(timeout=60)[0] == "2\n" and second.returncode == 0
+  assert sorted(p.name for p in pathlib.Path(builder.data_dir).parent.iterdir()) == [
+      "1.0.0", "1.0.0.lock"]  # Built once: no second build, renamed or left incomplete.
 
 
 # One tiny model (4 steps, a checkpoint every 2) on a dataset the two runs find unbuilt: one builds
