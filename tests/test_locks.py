@@ -1,10 +1,12 @@
 """Two runs on one workdir: one trains a model (or builds a dataset), the other waits and reuses it."""
 
+import errno
 import json
 import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -76,6 +78,44 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path):
     taker = _python(TAKER, path)
     assert taker.stdout.readline() == "taker waits\n"  # Still held by the outer block.
   assert taker.communicate(timeout=60)[0] == "took\n"
+
+
+def test_a_read_only_folder_needs_no_lock(tmp_path, monkeypatch):
+  def read_only(*_):
+    raise OSError(errno.EROFS, "Read-only file system")
+  monkeypatch.setattr(os, "open", read_only)
+  with locks.exclusive(tmp_path / "x.lock", "never printed"):  # Reads only finished data.
+    pass
+
+
+# Process argv[1] of a 2-process jax.distributed run (port argv[2]) in the lock of model argv[3].
+DISTRIBUTED = """
+import sys
+import jax
+pid, port, model_dir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
+from mtajax import locks
+with locks.model(model_dir):
+  with locks.model(model_dir):  # Nested (ensure_trained around loop.train): no barrier.
+    print(f"inside {pid}", flush=True)
+"""
+
+
+def test_a_multi_host_run_waits_for_the_lock_without_deadlock(tmp_path):
+  model_dir = tmp_path / "models" / "m"
+  holder = _holder(locks.lock_file(model_dir))  # Another run, training m.
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  procs = [_python(DISTRIBUTED, i, port, model_dir) for i in range(2)]
+  assert procs[0].stdout.readline() == "waiting for another run training m\n"
+  time.sleep(1.0)
+  assert [p.poll() for p in procs] == [None, None]  # Process 1 waits at the barrier.
+  holder.stdin.close()
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert [out.splitlines()[-1] for out in outs] == ["inside 0", "inside 1"]  # Gloo logs first.
 
 
 # Prepares a 2 + 1 scene embedded dataset in argv[1] and prints its number of train examples.
