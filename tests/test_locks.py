@@ -167,6 +167,8 @@ def test_two_sweeps_on_one_fresh_workdir_train_and_build_once(tmp_path):
   assert f"waiting for another run training {MODEL}\n" in waited, waited
   assert waited.count("waiting for another run training") == 1
   assert sum(out.count("waiting for another run building") for out in outs) <= 1
+  built = tmp_path / "tfds" / "mtajax_synthetic" / "r32_n64-16_s0"
+  assert sorted(p.name for p in built.iterdir()) == ["1.0.0", "1.0.0.lock"]  # Built once.
 
   model = tmp_path / "work" / "models" / MODEL
   steps = sorted(int(p.name) for p in (model / "checkpoints").iterdir() if p.name.isdigit())
