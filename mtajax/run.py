@@ -18,6 +18,7 @@ import importlib.util
 import os
 import pathlib
 import sys
+import tempfile
 
 from absl import app
 from absl import flags
@@ -107,8 +108,11 @@ def _save_examples(path: pathlib.Path, ex, key: str) -> None:
   arrays.update({f"perturbed/{k}": v for k, v in ex["perturbed"].items()})
   arrays.update({f"clean/{k}": v for k, v in ex["preds_clean"].items()})
   arrays.update({f"adv/{k}": v for k, v in ex["preds_adv"].items()})
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, tasks=np.array(ex["tasks"]), **arrays)
+  # A file of its own: another run on the workdir may be saving its examples at the same time.
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  with os.fdopen(fd, "wb") as f:
+    np.savez(f, tasks=np.array(ex["tasks"]), **arrays)
+  os.chmod(tmp, 0o644)
   os.replace(tmp, path)
 
 

@@ -25,6 +25,7 @@ from mtajax import attacks
 from mtajax import directions as directions_lib
 from mtajax import evaluate as evaluate_lib
 from mtajax import host_loop
+from mtajax import locks
 from mtajax import models
 from mtajax import parallel
 from mtajax import results
@@ -169,8 +170,16 @@ def ensure_trained(t: ml_collections.ConfigDict, workdir: Path,
 
   A checkpoint of another model (``train.config.identity``) is refused, never overwritten. Training
   resumes from the latest intact step; a damaged final step is an error naming what to delete.
+  Runs under the model's lock (``mtajax.locks.model``): a second run on the workdir waits for the
+  model the first is training and then reuses it.
   """
   model_dir = workdir / "models" / model_id(t)
+  with locks.model(model_dir):
+    return _ensure_trained(t, model_dir, mesh)
+
+
+def _ensure_trained(t: ml_collections.ConfigDict, model_dir: Path,
+                    mesh: jax.sharding.Mesh | None) -> load.LoadedModel:
   ckpt = model_dir / "checkpoints"
   step = checkpoint.latest_step(ckpt)  # None: no checkpoint (or killed before the first save).
   if step is not None:

@@ -135,7 +135,8 @@ def _adashare_examples(manual_dir: Path, split: str):
     }
 
 
-class MtajaxNyuv2(tfds_support.LocalCodePath, tfds.core.GeneratorBasedBuilder):
+class MtajaxNyuv2(tfds_support.LocalCodePath, tfds_support.LockedPrepare,
+                  tfds.core.GeneratorBasedBuilder):
   """NYUv2 with 40-class segmentation, depth and surface normals (manual download)."""
 
   VERSION = tfds.core.Version('1.0.0')

@@ -31,7 +31,8 @@ def make_config(resolution: int = 64, num_train: int = 2000, num_test: int = 500
                          resolution=resolution, num_train=num_train, num_test=num_test, seed=seed)
 
 
-class MtajaxSynthetic(tfds_support.LocalCodePath, tfds.core.GeneratorBasedBuilder):
+class MtajaxSynthetic(tfds_support.LocalCodePath, tfds_support.LockedPrepare,
+                      tfds.core.GeneratorBasedBuilder):
   """Ray-cast indoor scenes with five dense targets (see `mtajax.data.synthetic`)."""
 
   VERSION = tfds.core.Version('1.0.0')

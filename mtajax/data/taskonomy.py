@@ -107,7 +107,8 @@ def _examples(root: Path, split: str, entries: list[list[str]]):
                               _read(keypoints, 16), _read(edges, 16))
 
 
-class MtajaxTaskonomy(tfds_support.LocalCodePath, tfds.core.GeneratorBasedBuilder):
+class MtajaxTaskonomy(tfds_support.LocalCodePath, tfds_support.LockedPrepare,
+                      tfds.core.GeneratorBasedBuilder):
   """Tiny-Taskonomy, five tasks with masks at 256x256 (manual download)."""
 
   VERSION = tfds.core.Version('1.0.0')

@@ -6,6 +6,8 @@ from pathlib import Path
 from etils import epath
 import tensorflow_datasets as tfds
 
+from mtajax import locks
+
 
 class LocalCodePath:
   """Mixin pointing TFDS at the builder's own source file.
@@ -18,6 +20,22 @@ class LocalCodePath:
   @classmethod
   def code_path(cls) -> epath.Path:
     return epath.Path(__import__(cls.__module__, fromlist=['_']).__file__)
+
+
+class LockedPrepare:
+  """Mixin building the dataset under its lock (``<data_dir>.lock``, ``mtajax.locks``).
+
+  Two runs that would build one dataset at once build it once: the second waits, then reads what
+  the first built (TFDS alone renames its build onto the first's and fails).
+  """
+
+  def download_and_prepare(self, *args, **kwargs) -> None:
+    waiting = f'waiting for another run building {self.info.full_name} in {self.data_dir_root}'
+    with locks.exclusive(locks.lock_file(self.data_dir), waiting):
+      built = self.is_prepared()  # By another run since this builder was made.
+      super().download_and_prepare(*args, **kwargs)
+      if built:
+        self.info.read_from_directory(self.data_dir)
 
 
 def manual_dir_of(dl_manager: tfds.download.DownloadManager) -> Path:

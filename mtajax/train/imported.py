@@ -17,6 +17,7 @@ from typing import Any
 import ml_collections
 from flax import nnx
 
+from mtajax import locks
 from mtajax import models
 from mtajax import sweep
 from mtajax.data import pipeline
@@ -59,6 +60,14 @@ def import_checkpoint(config: ml_collections.ConfigDict) -> Path:
   ckpt = models.read_checkpoint(source)
   t = sweep.train_config(config, checkpoint_layout(config, ckpt))
   ckpt_dir = Path(config.workdir) / "models" / sweep.model_id(t) / "checkpoints"
+  with locks.model(ckpt_dir.parent):
+    _store(t, ckpt, source, ckpt_dir)
+  return ckpt_dir
+
+
+def _store(t: ml_collections.ConfigDict, ckpt: models.torch_import.Checkpoint, source: Path,
+           ckpt_dir: Path) -> None:
+  """Stores the converted ``ckpt`` in ``ckpt_dir`` (refused where a model is)."""
   if ckpt_dir.exists():
     raise ValueError(f"{ckpt_dir.parent} already holds a model; use another workdir or delete "
                      "it.")
@@ -79,4 +88,3 @@ def import_checkpoint(config: ml_collections.ConfigDict) -> Path:
     saver.wait()
   finally:
     saver.close()
-  return ckpt_dir

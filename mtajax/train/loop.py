@@ -26,6 +26,7 @@ import numpy as np
 import tqdm
 
 from mtajax import evaluate as evaluate_lib
+from mtajax import locks
 from mtajax import models
 from mtajax import parallel
 from mtajax.data import pipeline
@@ -116,11 +117,18 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path,
 
   With ``mesh`` (``mtajax.parallel.make_mesh``) every step runs data-parallel: the global batch
   is sharded over the mesh, the train state replicated. All processes call this; Orbax saves the
-  checkpoints collectively and only process 0 writes ``metrics.jsonl``.
+  checkpoints collectively and only process 0 writes ``metrics.jsonl``. Runs under the lock of
+  ``workdir`` (``mtajax.locks.model``): a second run training into it waits for the first.
   """
-  workdir = Path(workdir)
   if config.log_every < 1:
     raise ValueError(f"config.log_every must be >= 1; got {config.log_every}.")
+  workdir = Path(workdir)
+  with locks.model(workdir):
+    return _train(config, workdir, mesh)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: Path,
+           mesh: jax.sharding.Mesh | None) -> TrainResult:
   if parallel.is_writer():
     workdir.mkdir(parents=True, exist_ok=True)
   ckpt_dir = workdir / "checkpoints"
