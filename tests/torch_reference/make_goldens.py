@@ -63,7 +63,7 @@ def seeded_state_dict(key_shapes: KeyShapes, seed: int) -> dict[str, np.ndarray]
       state[key] = np.asarray(rng.integers(1, 10**6), np.int64)
     elif module not in batchnorms:  # A conv.
       scale = np.prod(shape[1:]) ** -0.5 if name == "weight" else 0.1
-      state[key] = (rng.standard_normal(shape, np.float32) * np.float32(scale))
+      state[key] = rng.standard_normal(shape, np.float32) * np.float32(scale)
     elif name in ("weight", "running_var"):
       low, width = (0.5, 1.0) if name == "weight" else (0.5, 1.5)
       state[key] = rng.random(shape, np.float32) * np.float32(width) + np.float32(low)
