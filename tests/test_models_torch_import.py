@@ -8,11 +8,13 @@ mtajax). ``tests/torch_reference/treemtl.py`` is mtajax's own PyTorch transcript
 keys, key order, shapes and outputs for AS, IND and layout 5 of both backbones) and wrote
 ``keys_layout5.json.gz``, TreeMTL's own key names and shapes.
 
-Without torch (the CI path unless torch is installed) the tests check the conversion against those
-key names and shapes, the error messages, the restricted pickle loader on a checkpoint written by
-``torch.save`` (``tiny_checkpoint.model``) and on crafted pickles, and the ``import`` command.
-With torch they also build the transcription with random weights and random BatchNorm statistics
-and compare every head's eval output and input gradients with mtajax's.
+None of the tests needs torch. They check the conversion against those key names and shapes, the
+error messages, the restricted pickle loader on files written by ``torch.save``
+(``tiny_checkpoint.model``, ``deeplab_layout5.pth``, ``loader_tensors.pth``) and on crafted
+pickles, and the ``import`` command; and they compare every head's eval output and the input
+gradients with the goldens ``torch_reference/make_goldens.py`` computed with the transcription
+(rerun it, with torch, when the transcription or the cases change), on state dicts rebuilt here
+from the same NumPy seeds.
 """
 
 import functools
@@ -29,16 +31,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from mtajax import models
 from mtajax.models import torch_import
 from mtajax.models import torch_pickle
+from torch_reference import make_goldens
 
 HERE = pathlib.Path(__file__).resolve().parent
 REFERENCE = HERE / "torch_reference"
 ROOT = HERE.parent
-TASKS = {"segment_semantic": 5, "normal": 3, "depth_zbuffer": 1}
-PROTOTXT = {"resnet34": "deeplab_resnet34_adashare", "mobilenetv2": "mobilenetv2"}
+TASKS = make_goldens.TASKS
 
 
 @functools.cache
@@ -244,17 +247,17 @@ def test_conversion_errors_are_one_line(change, message):
   assert "\n" not in str(e.value)
 
 
-# -- equivalence with the PyTorch transcription (needs torch) ------------------------------------
+# -- equivalence with the PyTorch transcription (goldens of make_goldens.py; no torch needed) ---
 
-def _reference(backbone: str, model_class: str, layout_idx: int):
-  pytest.importorskip("torch")
-  from torch_reference import treemtl  # pylint: disable=g-import-not-at-top
-  state = [[set(s) for s in block] for block in models.fine_layout(backbone, layout_idx, 3).blocks]
-  if model_class == "Deeplab_ASPP_Layout":
-    model = treemtl.Deeplab_ASPP_Layout(state, TASKS)
-  else:
-    model = treemtl.MTSeqModel(PROTOTXT[backbone], state, TASKS)
-  return treemtl.randomize(model, seed=layout_idx)
+@functools.cache
+def _goldens() -> dict[str, np.ndarray]:
+  with np.load(REFERENCE / "goldens.npz") as z:
+    return {k: z[k] for k in z.files}
+
+
+@functools.cache
+def _case_keys() -> dict[str, list]:
+  return json.loads(gzip.decompress((REFERENCE / "golden_keys.json.gz").read_bytes()))
 
 
 def _rel(a, b) -> float:
@@ -262,41 +265,27 @@ def _rel(a, b) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone,model_class,layout_idx,gradient", [
-    ("resnet34", "Deeplab_ASPP_Layout", 0, False), ("resnet34", "Deeplab_ASPP_Layout", 2, False),
-    ("resnet34", "Deeplab_ASPP_Layout", 5, True), ("resnet34", "MTSeqModel", 5, True),
-    ("mobilenetv2", "MTSeqModel", 0, False), ("mobilenetv2", "MTSeqModel", 2, False),
-    ("mobilenetv2", "MTSeqModel", 5, False)])
-def test_matches_the_pytorch_reference(backbone, model_class, layout_idx, gradient, tmp_path):
-  torch = pytest.importorskip("torch")
-  torch.set_num_threads(1)
-  reference = _reference(backbone, model_class, layout_idx)
-  state_dict = reference.state_dict()
-  if layout_idx == 5:  # The transcription has TreeMTL's keys, and a torch.save file converts too.
-    assert [[k, list(v.shape)] for k, v in state_dict.items()] == _golden_keys()[
-        f"{backbone}/{model_class}"]
-    torch.save({"iter": 1, "state_dict": state_dict}, tmp_path / "model.pth")
-    state_dict = tmp_path / "model.pth"
+@pytest.mark.parametrize("backbone,model_class,layout_idx,gradient", make_goldens.CASES)
+def test_matches_the_pytorch_reference(backbone, model_class, layout_idx, gradient):
+  name = make_goldens.case_name(backbone, model_class, layout_idx)
+  keys, golden = _case_keys()[name], _goldens()
+  if layout_idx == 5:  # The transcription has TreeMTL's keys.
+    assert keys == _golden_keys()[f"{backbone}/{model_class}"]
+  state_dict = make_goldens.seeded_state_dict(keys, layout_idx)
+  np.testing.assert_allclose(
+      [v.sum(dtype=np.float64) for v in state_dict.values()], golden[f"{name}/sums"], rtol=1e-6,
+      err_msg="the NumPy-seeded weights are not those of the goldens; if NumPy's random stream "
+      "changed, rerun tests/torch_reference/make_goldens.py")
   predict, state = models.pure_predict(models.from_torch(state_dict, backbone, TASKS, layout_idx))
-  rng = np.random.default_rng(layout_idx)
-  x = rng.uniform(-120.0, 130.0, (2, 33, 41, 3)).astype(np.float32)  # odd, non-square input
-  with torch.no_grad():
-    want = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy()))
+  x = golden[f"{name}/x"]
   got = jax.jit(predict)(state, x)
   for t in TASKS:
-    ref = want[t].numpy().transpose(0, 2, 3, 1)
+    ref = golden[f"{name}/{t}"]
     assert got[t].shape == ref.shape
     assert _rel(np.asarray(got[t]), ref) <= 1e-4, t
     assert _rel(ref[0], ref[1]) > 1e-2, "outputs do not depend on the input"
-  if gradient:
-    # In float64 on both sides: in float32, ReLU inputs within rounding of 0 (the wide ASPP heads
-    # have ~1e6 of them) flip a few units between PyTorch and XLA and move ~1e-3 of the gradient.
-    cotangent = {t: rng.normal(size=got[t].shape) for t in TASKS}
-    x_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64)).requires_grad_(True)
-    out = reference.double()(x_torch)
-    sum((out[t] * torch.from_numpy(cotangent[t].transpose(0, 3, 1, 2).copy())).sum()
-        for t in TASKS).backward()
-    ref = x_torch.grad.numpy().transpose(0, 2, 3, 1)
+  if gradient:  # float64 on both sides, as in make_goldens.py
+    ref, cotangent = golden[f"{name}/grad"], {t: golden[f"{name}/cotangent/{t}"] for t in TASKS}
     with jax.enable_x64(True):
       state64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), state)
       loss = lambda s, x: sum((predict(s, x)[t] * cotangent[t]).sum() for t in TASKS)  # pylint: disable=unnecessary-lambda-assignment
@@ -305,19 +294,29 @@ def test_matches_the_pytorch_reference(backbone, model_class, layout_idx, gradie
     assert _rel(grad, ref) <= 1e-4
 
 
-def test_loader_agrees_with_torch_load(tmp_path):
-  torch = pytest.importorskip("torch")
-  base = torch.arange(24, dtype=torch.float64)
-  saved = {"a": base.reshape(4, 6)[1:, ::2], "b": base.to(torch.bfloat16)[3:7],
-           "c": torch.tensor(3, dtype=torch.int64), "d": torch.randn(2, 3, 5).permute(2, 0, 1),
-           "e": torch.tensor([[True], [False]])}
-  torch.save(saved, tmp_path / "sd.pth")
-  ours = torch_pickle.load(tmp_path / "sd.pth")
-  theirs = torch.load(tmp_path / "sd.pth", weights_only=True)
-  assert list(ours) == list(theirs)
-  for k, v in theirs.items():
-    want = v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
-    np.testing.assert_array_equal(np.asarray(ours[k], want.dtype), want, err_msg=k)
+def test_a_torch_saved_full_checkpoint_converts():
+  """``deeplab_layout5.pth``: torch.save of a layout-5 Deeplab_ASPP_Layout ``state_dict()``."""
+  path, keys = REFERENCE / "deeplab_layout5.pth", _golden_keys()["resnet34/Deeplab_ASPP_Layout"]
+  read = models.read_checkpoint(path).state_dict
+  assert [[k, list(v.shape)] for k, v in read.items()] == keys
+  for i, (k, v) in enumerate(read.items()):
+    assert v.dtype == (np.int64 if k.endswith("num_batches_tracked") else np.float32), k
+    assert np.all(v == make_goldens.constant_value(i, k)), k
+  model = models.from_torch(path, "resnet34", TASKS, 5)
+  index = {k: i for i, (k, _) in enumerate(keys)}
+  for key, leaf, _ in _PROBES["resnet34/Deeplab_ASPP_Layout"] + _HEAD_PROBES:
+    assert np.all(_leaf(model, leaf) == make_goldens.constant_value(index[key], key)), key
+
+
+def test_loader_agrees_with_torch_load():
+  """``loader_tensors.pth`` (torch.save) read as torch.load read it (``loader_tensors.npz``)."""
+  ours = torch_pickle.load(REFERENCE / "loader_tensors.pth")
+  with np.load(REFERENCE / "loader_tensors.npz") as theirs:
+    assert list(ours) == theirs.files == ["a", "b", "c", "d", "e"]
+    for k in theirs.files:
+      want = theirs[k]
+      np.testing.assert_array_equal(np.asarray(ours[k], want.dtype), want, err_msg=k)
+      assert ours[k].shape == want.shape, k
 
 
 # -- the import command (no torch needed: the checkpoint is an .npz of a state_dict) -------------
