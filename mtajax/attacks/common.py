@@ -14,9 +14,9 @@ import weakref
 from typing import Any, Callable, Literal, Mapping, NamedTuple
 
 import jax
+from jax.experimental import checkify
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import checkify
 
 from mtajax import host_loop
 from mtajax import platform
@@ -339,6 +339,9 @@ def run(impl: Callable[..., AttackResult], loss_fn, direction, args: dict[str, A
   batch ``x0`` (or ``x``), ``eps``, ``bounds`` and optionally ``step_size``: images that
   :func:`invalid_images` flags come back NaN (:func:`nan_where_invalid`).
   """
+  check_labels = getattr(loss_fn, "check_labels", None)  # e.g. a LossFn's label range checks.
+  if check_labels is not None and _is_concrete(args["labels"]):
+    check_labels(args["labels"])
   loss_static, loss_arrays = split(loss_fn)
   dir_static, dir_arrays = split(direction)
   hosted = options.get("unroll") == host_loop.HOST and not any(

@@ -7,6 +7,8 @@ Destination index ``i`` reads source index ``floor(i * in_size / out_size)`` (Py
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,3 +30,22 @@ def resize_nearest(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
     return x
   x = jnp.take(x, jnp.asarray(nearest_indices(x.shape[1], h)), axis=1)
   return jnp.take(x, jnp.asarray(nearest_indices(x.shape[2], w)), axis=2)
+
+
+def is_integer_scaling(src: tuple[int, int], dst: tuple[int, int]) -> bool:
+  """Whether ``dst`` is ``src`` down- or up-sampled by one integer factor on both axes (a model's
+  output stride: the nearest rule then reads a regular grid)."""
+  (h, w), (oh, ow) = src, dst
+  return any(a % b == 0 and c % d == 0 and a // b == c // d
+             for a, b, c, d in ((h, oh, w, ow), (oh, h, ow, w)))
+
+
+def resize_labels(y: jax.Array, hw: tuple[int, int], task: str) -> jax.Array:
+  """Labels (B, H, W, ...) brought to the prediction size ``hw`` by :func:`resize_nearest`, as the
+  reference does; warns (once per shape pair) unless the sizes differ by an integer factor."""
+  src = (y.shape[1], y.shape[2])
+  if src != tuple(hw) and not is_integer_scaling(src, tuple(hw)):
+    warnings.warn(f"Task {task!r}: labels {src[0]}x{src[1]} resized to the prediction's "
+                  f"{hw[0]}x{hw[1]} by the nearest rule, not an integer down/up-sampling; pass "
+                  f"labels at an integer multiple of the prediction size.", stacklevel=2)
+  return resize_nearest(y, hw)
