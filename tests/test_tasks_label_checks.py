@@ -59,7 +59,7 @@ def test_label_resize_warns_once_per_shape_pair_unless_an_integer_scaling():
   pred, _ = _problem()
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("default")
-    for hw in (4, 8, 16, 8):  # equal, ×2, ×4: the models' output strides
+    for hw in (4, 8, 16, 15, 8):  # equal, ×2, ×4, ceil(15 / 4): the models' output strides
       SEG.loss(pred, _problem(hw=hw)[1])
     assert not caught
     for _ in range(2):

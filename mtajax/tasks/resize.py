@@ -32,20 +32,21 @@ def resize_nearest(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
   return jnp.take(x, jnp.asarray(nearest_indices(x.shape[2], w)), axis=2)
 
 
-def is_integer_scaling(src: tuple[int, int], dst: tuple[int, int]) -> bool:
-  """Whether ``dst`` is ``src`` down- or up-sampled by one integer factor on both axes (a model's
-  output stride: the nearest rule then reads a regular grid)."""
+def is_stride_scaling(src: tuple[int, int], dst: tuple[int, int]) -> bool:
+  """Whether ``dst`` is ``src`` times one integer k, or ``src`` divided by one integer stride k and
+  rounded either way (a strided network's output: 321x321 at stride 8 gives 41x41)."""
   (h, w), (oh, ow) = src, dst
-  return any(a % b == 0 and c % d == 0 and a // b == c // d
-             for a, b, c, d in ((h, oh, w, ow), (oh, h, ow, w)))
+  if oh % h == 0 and ow % w == 0 and oh // h == ow // w:
+    return True
+  return any(h // k <= oh <= -(-h // k) and w // k <= ow <= -(-w // k) for k in range(1, h + 1))
 
 
 def resize_labels(y: jax.Array, hw: tuple[int, int], task: str) -> jax.Array:
   """Labels (B, H, W, ...) brought to the prediction size ``hw`` by :func:`resize_nearest`, as the
-  reference does; warns (once per shape pair) unless the sizes differ by an integer factor."""
+  reference does; warns (once per shape pair) unless :func:`is_stride_scaling` holds."""
   src = (y.shape[1], y.shape[2])
-  if src != tuple(hw) and not is_integer_scaling(src, tuple(hw)):
+  if src != tuple(hw) and not is_stride_scaling(src, tuple(hw)):
     warnings.warn(f"Task {task!r}: labels {src[0]}x{src[1]} resized to the prediction's "
-                  f"{hw[0]}x{hw[1]} by the nearest rule, not an integer down/up-sampling; pass "
-                  f"labels at an integer multiple of the prediction size.", stacklevel=2)
+                  f"{hw[0]}x{hw[1]} by the nearest rule, not one output stride or integer upsampling; pass "
+                  f"labels at the network's input size.", stacklevel=2)
   return resize_nearest(y, hw)
