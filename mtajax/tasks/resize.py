@@ -47,6 +47,6 @@ def resize_labels(y: jax.Array, hw: tuple[int, int], task: str) -> jax.Array:
   src = (y.shape[1], y.shape[2])
   if src != tuple(hw) and not is_stride_scaling(src, tuple(hw)):
     warnings.warn(f"Task {task!r}: labels {src[0]}x{src[1]} resized to the prediction's "
-                  f"{hw[0]}x{hw[1]} by the nearest rule, not one output stride or integer upsampling; pass "
-                  f"labels at the network's input size.", stacklevel=2)
+                  f"{hw[0]}x{hw[1]} by the nearest rule, not one output stride or integer "
+                  "upsampling; pass labels at the network's input size.", stacklevel=2)
   return resize_nearest(y, hw)
