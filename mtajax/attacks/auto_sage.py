@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from mtajax import directions as directions_lib
 from mtajax.attacks import common
+from mtajax.attacks import threat as threat_lib
 
 
 def sech2(u: jax.Array) -> jax.Array:
@@ -50,10 +51,11 @@ def _auto_sage(loss_fn, direction, *, x0, labels, eps, step_size, lr, kappa, dec
     s = jnp.sum(a * dm, axis=0)
     x1 = common.step(x, x0, s, step_size, eps, bounds)
     dfdx = -lookahead_grad(loss, x1)
-    a = a - lr * dfdx[None] * (kappa * step_size * dm * sech2(kappa * s)[None])
+    a = a - lr * dfdx[None] * (kappa * step * dm * sech2(kappa * s)[None])
     g = decay * g + jnp.sum(a * dm, axis=0)
     return (common.step(x, x0, g, step_size, eps, bounds), a, g), losses
 
+  step = threat_lib.per_sample(step_size, x0)  # A (B,) step against the (T, B, ...) weights.
   init = (x0, jnp.ones((len(names),) + x0.shape, x0.dtype), jnp.zeros_like(x0))
   (x, _, _), losses = jax.lax.scan(body, init, jnp.arange(num_steps),
                                    unroll=common.resolve_unroll(unroll))
@@ -76,7 +78,7 @@ def auto_sage(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
     x: clean batch (B, ..., C) inside ``bounds``.
     labels: anything ``loss_fn`` needs (a traced pytree).
     direction: ``total()`` (reference baseline ``AS_Ori``) or ``gbmta()`` (``AS_MTL``).
-    eps: L∞ radius in input units (traced).
+    eps: L∞ radius in input units, scalar or (B,) (traced).
     bounds: per-channel ``(low, high)`` of the valid input box.
     num_steps: N (static).
     step_size: s (traced); default ε/N.

@@ -14,6 +14,7 @@ import weakref
 from typing import Any, Callable, Literal, Mapping, NamedTuple
 
 import jax
+from jax.experimental import checkify
 import jax.numpy as jnp
 import numpy as np
 
@@ -315,8 +316,11 @@ def merge(static: _Static, arrays: list[Array]) -> Any:
 
 
 def _attack(loss_arrays, dir_arrays, args, *, impl, loss_static, dir_static, options):
-  return impl(merge(loss_static, loss_arrays), merge(dir_static, dir_arrays), **args,
-              **{k: v for k, _, v in options})
+  result = impl(merge(loss_static, loss_arrays), merge(dir_static, dir_arrays), **args,
+                **{k: v for k, _, v in options})
+  x = args["x0"] if "x0" in args else args["x"]
+  return nan_where_invalid(result, invalid_images(x, args["eps"], args["bounds"],
+                                                  args.get("step_size")))
 
 
 _STATIC = ("impl", "loss_static", "dir_static", "options")
@@ -331,8 +335,13 @@ def run(impl: Callable[..., AttackResult], loss_fn, direction, args: dict[str, A
   ``args`` are traced (arrays, pytrees, None); ``options`` are static (hashable). The compiled
   program is reused whenever the loss function's and direction's static structure and the options
   are equal, whatever their arrays hold. With ``unroll='host'`` (outside a trace) the attack's loop
-  runs from the host over one compiled step (:mod:`mtajax.host_loop`).
+  runs from the host over one compiled step (:mod:`mtajax.host_loop`). ``args`` name the clean
+  batch ``x0`` (or ``x``), ``eps``, ``bounds`` and optionally ``step_size``: images that
+  :func:`invalid_images` flags come back NaN (:func:`nan_where_invalid`).
   """
+  check_labels = getattr(loss_fn, "check_labels", None)  # e.g. a LossFn's label range checks.
+  if check_labels is not None and _is_concrete(args["labels"]):
+    check_labels(args["labels"])
   loss_static, loss_arrays = split(loss_fn)
   dir_static, dir_arrays = split(direction)
   hosted = options.get("unroll") == host_loop.HOST and not any(
@@ -343,8 +352,9 @@ def run(impl: Callable[..., AttackResult], loss_fn, direction, args: dict[str, A
       options=tuple((k, type(v), v) for k, v in sorted(options.items())))
 
 
-def _is_concrete(v: Any) -> bool:
-  return not isinstance(v, jax.core.Tracer)
+def _is_concrete(*values: Any) -> bool:
+  """Whether no leaf of ``values`` is a tracer (values captured by a trace are concrete)."""
+  return not any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(values))
 
 
 def check_inputs(x: Array, eps: Any, bounds: Bounds, *, step_size: Any = None,
@@ -353,8 +363,9 @@ def check_inputs(x: Array, eps: Any, bounds: Bounds, *, step_size: Any = None,
                  x_init: Array | None = None) -> threat_lib.ThreatModel:
   """Validates attack inputs; raises a one-line ValueError naming the problem and the fix.
 
-  Value checks (finite input inside the box, ε ≥ 0) run only on concrete arrays; under an outer
-  ``jit`` the caller is responsible for them. Returns the threat model of ``norm``.
+  Value checks (finite input inside the box, ε ≥ 0, step > 0, low ≤ high without NaN) run on
+  every concrete value, also one captured inside the caller's ``jit``; traced values are left to
+  :func:`invalid_images` (the attack's result is NaN for them). Returns the threat model of ``norm``.
   """
   threat = threat_lib.by_name(norm)
   if x.ndim < 2:
@@ -376,23 +387,59 @@ def check_inputs(x: Array, eps: Any, bounds: Bounds, *, step_size: Any = None,
     raise ValueError(f"x_init must have the shape of x {x.shape}; got {np.shape(x_init)}.")
   if targets is not None:
     _check_targets(targets, labels)
-  if _is_concrete(eps) and not float(np.min(eps)) >= 0:
-    raise ValueError(f"eps must be >= 0; got {eps}.")
-  if step_size is not None and _is_concrete(step_size) and not float(np.min(step_size)) > 0:
-    raise ValueError(f"step_size must be > 0; got {step_size}.")
-  if _is_concrete(x):
-    if not bool(jnp.all(jnp.isfinite(x))):
-      raise ValueError("x contains NaN or inf; attacks need a finite input batch. Fix: clean or "
-                       "drop those samples first.")
-    if _is_concrete(low) and _is_concrete(high):
-      lo = jnp.asarray(low, x.dtype)
-      hi = jnp.asarray(high, x.dtype)
-      if bool(jnp.any(lo > hi)):
-        raise ValueError(f"bounds low > high for some channel: {low} vs {high}.")
-      if bool(jnp.any((x < lo - 1e-4) | (x > hi + 1e-4))):
-        raise ValueError("x lies outside the input bounds; pass the bounds of the model's input "
-                         "encoding (mtajax.data.preprocess.input_bounds() for the reference one).")
+  # Concrete values are checked now, even under the caller's trace (where jnp would trace).
+  with jax.ensure_compile_time_eval():
+    if _is_concrete(eps) and not bool(jnp.all(jnp.asarray(eps) >= 0)):
+      raise ValueError(f"eps must be >= 0 (no NaN); got {eps}.")
+    if step_size is not None and _is_concrete(step_size) and not bool(
+        jnp.all(jnp.asarray(step_size) > 0)):
+      raise ValueError(f"step_size must be > 0 (no NaN); got {step_size}.")
+    if _is_concrete(low, high) and not bool(jnp.all(jnp.asarray(low) <= jnp.asarray(high))):
+      raise ValueError(f"bounds must satisfy low <= high, without NaN, for every channel; got "
+                       f"low={low}, high={high}.")
+    if _is_concrete(x):
+      if not bool(jnp.all(jnp.isfinite(x))):
+        raise ValueError("x contains NaN or inf; attacks need a finite input batch. Fix: clean "
+                         "or drop those samples first.")
+      if _is_concrete(low, high):
+        lo = jnp.asarray(low, x.dtype)
+        hi = jnp.asarray(high, x.dtype)
+        if bool(jnp.any((x < lo - 1e-4) | (x > hi + 1e-4))):
+          raise ValueError("x lies outside the input bounds; pass the bounds of the model's "
+                           "input encoding (mtajax.data.preprocess.input_bounds() for the "
+                           "reference one).")
   return threat
+
+
+def invalid_images(x: Array, eps: Array, bounds: Bounds, step_size: Array | None = None
+                   ) -> Array:
+  """(B,) bool: the images whose values :func:`check_inputs` would reject, for traced values.
+
+  An image is invalid when its ε is negative or NaN, its step size is not > 0, it holds a NaN or
+  inf, or when any channel's box has low > high or a NaN bound (then every image is). An input
+  outside a valid box is not: the attack's first projection clamps it into the box.
+  """
+  low, high = (jnp.asarray(b, x.dtype) for b in bounds)
+  batch = x.shape[:1]
+  bad = ~jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
+  bad |= ~jnp.all(low <= high) | ~(jnp.broadcast_to(eps, batch) >= 0)
+  if step_size is not None:
+    bad |= ~(jnp.broadcast_to(step_size, batch) > 0)
+  return bad
+
+
+def nan_where_invalid(result: AttackResult, bad: Array) -> AttackResult:
+  """``result`` with the ``bad`` images' ``x_adv`` all NaN, and a ``checkify`` check that none is.
+
+  The check is a no-op unless the caller wraps the attack in ``jax.experimental.checkify
+  .checkify``, which then returns it as an error; without it the NaN images show the fault to
+  every metric downstream. Valid images are returned bit for bit.
+  """
+  checkify.debug_check(~jnp.any(bad), "attack inputs invalid: an image has eps < 0 or NaN, a step "
+                       "size <= 0, a NaN/inf value, or the bounds have low > high or NaN; their "
+                       "x_adv is NaN. Fix: pass eps >= 0, step_size > 0, finite x, low <= high.")
+  nan = jnp.asarray(jnp.nan, result.x_adv.dtype)
+  return result._replace(x_adv=jnp.where(per_sample(bad, result.x_adv), nan, result.x_adv))
 
 
 def _check_targets(targets: Mapping[str, Any], labels: Any) -> None:

@@ -284,6 +284,10 @@ class Task(abc.ABC):
     the streaming fallback of its sampled metrics shrunk to nothing. Default: itself."""
     return self
 
+  def check_labels(self, batch: Batch) -> None:
+    """Raises a one-line ValueError for concrete labels this task cannot score. Default: none."""
+    del batch
+
   def check_pred(self, pred: jax.Array) -> None:
     if pred.ndim != 4 or pred.shape[-1] != self.channels:
       raise ValueError(f"Task {self.name!r} expects predictions (B, h, w, {self.channels}), got "

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from mtajax.tasks import base
 from mtajax.tasks import l1
+from mtajax.tasks.resize import resize_labels
 from mtajax.tasks.resize import resize_nearest
 
 SIGMA_THRESHOLDS = (1.25, 1.25**2, 1.25**3)
@@ -46,7 +47,7 @@ class Depth(l1.L1Task):
   def _labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
     g = batch[self.name].astype(jnp.float32)
     if hw is not None:
-      g = resize_nearest(g, hw)
+      g = resize_labels(g, hw, self.name)
     mask = base.label_mask(batch, self.name, hw)
     valid = g > self.min_depth if mask is None else (g != 255) & mask
     return g, valid

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from mtajax.tasks import base
+from mtajax.tasks.resize import resize_labels
 from mtajax.tasks.resize import resize_nearest
 
 
@@ -48,7 +49,7 @@ class MaskedL1(L1Task):
   def _labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
     g = batch[self.name].astype(jnp.float32)
     if hw is not None:
-      g = resize_nearest(g, hw)
+      g = resize_labels(g, hw, self.name)
     valid = g != 255
     mask = base.label_mask(batch, self.name, hw)
     return g, valid if mask is None else valid & mask

@@ -47,6 +47,12 @@ class LossFn:
     del batch
     return self.predict(x0)
 
+  def check_labels(self, batch: base.Batch) -> None:
+    """Each task's :meth:`~mtajax.tasks.base.Task.check_labels` (the attacks call it on concrete
+    labels before tracing them)."""
+    for t in self.tasks:
+      t.check_labels(batch)
+
   def __call__(self, x: jax.Array, batch: base.Batch, context: Any = None
                ) -> dict[str, jax.Array]:
     preds = self.predict(x)

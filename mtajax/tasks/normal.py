@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mtajax.tasks import base
+from mtajax.tasks.resize import resize_labels
 from mtajax.tasks.resize import resize_nearest
 
 ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
@@ -64,7 +65,7 @@ class Normal(base.Task):
     """Unit label vectors and validity at ``hw``: loss ``max < 255`` (strict), metrics ``max != 255``."""
     g = batch[self.name].astype(jnp.float32)
     if hw is not None:
-      g = resize_nearest(g, hw)
+      g = resize_labels(g, hw, self.name)
     top = jnp.max(g, axis=-1)
     valid = top < 255 if strict else top != 255
     mask = base.label_mask(batch, self.name, hw)

@@ -7,6 +7,8 @@ Destination index ``i`` reads source index ``floor(i * in_size / out_size)`` (Py
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,3 +30,23 @@ def resize_nearest(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
     return x
   x = jnp.take(x, jnp.asarray(nearest_indices(x.shape[1], h)), axis=1)
   return jnp.take(x, jnp.asarray(nearest_indices(x.shape[2], w)), axis=2)
+
+
+def is_stride_scaling(src: tuple[int, int], dst: tuple[int, int]) -> bool:
+  """Whether ``dst`` is ``src`` times one integer k, or ``src`` divided by one integer stride k and
+  rounded either way (a strided network's output: 321x321 at stride 8 gives 41x41)."""
+  (h, w), (oh, ow) = src, dst
+  if oh % h == 0 and ow % w == 0 and oh // h == ow // w:
+    return True
+  return any(h // k <= oh <= -(-h // k) and w // k <= ow <= -(-w // k) for k in range(1, h + 1))
+
+
+def resize_labels(y: jax.Array, hw: tuple[int, int], task: str) -> jax.Array:
+  """Labels (B, H, W, ...) brought to the prediction size ``hw`` by :func:`resize_nearest`, as the
+  reference does; warns (once per shape pair) unless :func:`is_stride_scaling` holds."""
+  src = (y.shape[1], y.shape[2])
+  if src != tuple(hw) and not is_stride_scaling(src, tuple(hw)):
+    warnings.warn(f"Task {task!r}: labels {src[0]}x{src[1]} resized to the prediction's "
+                  f"{hw[0]}x{hw[1]} by the nearest rule, not one output stride or integer "
+                  "upsampling; pass labels at the network's input size.", stacklevel=2)
+  return resize_nearest(y, hw)

@@ -6,10 +6,12 @@ import dataclasses
 from typing import Literal
 
 import jax
+from jax.experimental import checkify
 import jax.numpy as jnp
 import numpy as np
 
 from mtajax.tasks import base
+from mtajax.tasks.resize import resize_labels
 from mtajax.tasks.resize import resize_nearest
 
 
@@ -47,11 +49,33 @@ class Segmentation(base.Task):
       return {"mIoU": True, "Pixel Acc": True}
     return {"err": False}
 
+  def _out_of_range(self, y: jax.Array) -> jax.Array:
+    """(B,) bool: images with a label outside [0, channels) that is not ``ignore_label``."""
+    bad = (y != self.ignore_label) & ((y < 0) | (y >= self.channels))
+    return jnp.any(bad, axis=tuple(range(1, y.ndim)))
+
+  def check_labels(self, batch: base.Batch) -> None:
+    """Raises a one-line ValueError if concrete labels hold a class outside the range (traced
+    labels: :meth:`pixel_loss` is NaN for those images, and a ``checkify`` check fails)."""
+    y = batch.get(self.name)
+    if y is None or isinstance(y, jax.core.Tracer):
+      return
+    y = np.asarray(y).astype(np.int64)  # Concrete, also when captured by a trace.
+    bad = np.unique(y[(y != self.ignore_label) & ((y < 0) | (y >= self.channels))])
+    if bad.size:
+      raise ValueError(f"Task {self.name!r} labels must be in [0, {self.channels}) or the ignore "
+                       f"value {self.ignore_label}; got {bad[:5].tolist()}. Fix: map those "
+                       f"classes into range, or to {self.ignore_label} to ignore them.")
+
   def _labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
     """Labels and validity (label in [0, channels), not ignored, mask if used) at ``hw``."""
+    self.check_labels(batch)
     y = batch[self.name].astype(jnp.int32)
+    checkify.debug_check(~jnp.any(self._out_of_range(y)),
+                         f"Task {self.name!r} labels outside [0, {self.channels}) and not the "
+                         f"ignore value {self.ignore_label}; their images' loss is NaN.")
     if hw is not None:
-      y = resize_nearest(y, hw)
+      y = resize_labels(y, hw, self.name)
     valid = (y != self.ignore_label) & (y >= 0) & (y < self.channels)
     if self.use_mask:
       mask = base.label_mask(batch, self.name, hw)
@@ -75,8 +99,12 @@ class Segmentation(base.Task):
     return self._labels(batch, hw)[1]
 
   def pixel_loss(self, pred: jax.Array, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
+    """Weighted NLL; NaN on every pixel of an image with an out-of-range label (traced labels)."""
     y, valid = self._labels(batch, pred.shape[1:3])
-    return self._weighted_nll(pred, y, valid)
+    num, den = self._weighted_nll(pred, y, valid)
+    bad = self._out_of_range(batch[self.name].astype(jnp.int32))[:, None, None]
+    # Weight 1 keeps the NaN in the image's mean when no pixel of it is valid.
+    return jnp.where(bad, jnp.nan, num), jnp.where(bad, 1.0, den)
 
   def metric_init(self) -> base.MetricState:
     if self.metric_set == "nyuv2":
