@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
+import tempfile
 from typing import Any, BinaryIO, Iterable, Mapping
 import warnings
 
@@ -126,16 +127,37 @@ class Store:
     return self._offset
 
 
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> bool:
+  """Writes ``data`` to ``path`` atomically unless the file already holds exactly those bytes.
+
+  The bytes go to a temporary file of this call's own beside ``path`` (two runs may write the same
+  file at once), are fsynced and renamed into place. An unchanged file is not touched, so a re-run
+  that produces the same outputs works on a read-only workdir. Returns whether it wrote.
+  """
+  path = Path(path)
+  try:
+    if path.read_bytes() == data:
+      return False
+  except OSError:  # Missing (or unreadable): write it.
+    pass
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+  return True
+
+
 def write_lines(path: Path, lines: Iterable[str]) -> None:
   """Writes ``lines`` to ``path`` atomically (the robust evaluation's per-image records)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  with open(tmp, "w") as f:
-    for line in lines:
-      f.write(line + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  write_atomic(path, "".join(line + "\n" for line in lines).encode())
 
 
 def _lock(f: BinaryIO, path: Path) -> None:

@@ -15,10 +15,10 @@ Bad input exits with status 2 and a one-line ``error:`` message; results already
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import pathlib
 import sys
-import tempfile
 
 from absl import app
 from absl import flags
@@ -108,12 +108,9 @@ def _save_examples(path: pathlib.Path, ex, key: str) -> None:
   arrays.update({f"perturbed/{k}": v for k, v in ex["perturbed"].items()})
   arrays.update({f"clean/{k}": v for k, v in ex["preds_clean"].items()})
   arrays.update({f"adv/{k}": v for k, v in ex["preds_adv"].items()})
-  # A file of its own: another run on the workdir may be saving its examples at the same time.
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  with os.fdopen(fd, "wb") as f:
-    np.savez(f, tasks=np.array(ex["tasks"]), **arrays)
-  os.chmod(tmp, 0o644)
-  os.replace(tmp, path)
+  data = io.BytesIO()
+  np.savez(data, tasks=np.array(ex["tasks"]), **arrays)
+  results.write_atomic(path, data.getvalue())
 
 
 def _load_examples(path: pathlib.Path, key: str | None = None):

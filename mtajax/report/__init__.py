@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import tempfile
 from typing import Any, Callable, Iterable, Mapping
 
+from mtajax import results
 from mtajax.report import records as rec_lib
 from mtajax.report import study
 from mtajax.report import robust as robust_lib
@@ -34,18 +34,6 @@ REPORT_NAME = "report.md"
 
 def _slug(*parts: str) -> str:
   return re.sub(r"[^A-Za-z0-9]+", "-", "_".join(parts)).strip("-").lower()
-
-
-def _write_text(path: pathlib.Path, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
 
 
 def _piece(make: Callable[[], str]) -> str:
@@ -225,5 +213,5 @@ def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
     lines += ["## Fig. 6: an image, its adversarial versions and the predictions", "",
               "![Fig. 6: adversarial examples](fig6_examples.png)", ""]
   path = out_dir / REPORT_NAME
-  _write_text(path, "\n".join(lines).rstrip() + "\n")
+  results.write_atomic(path, ("\n".join(lines).rstrip() + "\n").encode())
   return path

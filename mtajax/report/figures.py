@@ -7,9 +7,9 @@ arrays (an image, its adversarial versions and the model's predictions). Each re
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
-import tempfile
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -17,6 +17,7 @@ from matplotlib import figure as mpl_figure
 from matplotlib.backends import backend_agg
 import numpy as np
 
+from mtajax import results
 from mtajax.report import records as rec_lib
 from mtajax.report import tables
 from mtajax.report.records import Record
@@ -32,19 +33,12 @@ def _figure(width: float, height: float) -> mpl_figure.Figure:
 
 
 def save_png(fig: mpl_figure.Figure, path: str | os.PathLike[str]) -> pathlib.Path:
-  """Writes ``fig`` as PNG to a temporary file beside ``path``, then renames it into place."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      fig.savefig(f, format="png")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-  return path
+  """Writes ``fig`` as PNG to ``path`` atomically (``results.write_atomic``: an unchanged file is
+  left as it is)."""
+  png = io.BytesIO()
+  fig.savefig(png, format="png")
+  results.write_atomic(path, png.getvalue())
+  return pathlib.Path(path)
 
 
 def figure_per_task(records: Sequence[Record], model: str | None = None,

@@ -29,6 +29,7 @@ from mtajax import evaluate as evaluate_lib
 from mtajax import locks
 from mtajax import models
 from mtajax import parallel
+from mtajax import results
 from mtajax.data import pipeline
 from mtajax.tasks import base
 from mtajax.train import assemble
@@ -64,9 +65,7 @@ class _MetricsLog:
     records = self.read(path)
     kept = [r for r in records if r.get("step", 0) <= start]
     if len(kept) < len(path.read_text().splitlines()):
-      tmp = path.with_name(path.name + ".tmp")
-      tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-      os.replace(tmp, path)
+      results.write_lines(path, [json.dumps(r) for r in kept])
 
   @staticmethod
   def read(path: Path) -> list[dict[str, Any]]:
