@@ -13,17 +13,7 @@ from mtajax import directions as D
 from mtajax import testing
 from mtajax.attacks.auto_sage import sech2
 
-EPS = 8.0
-BOUNDS = (np.array([-104.0, -116.7, -122.7], np.float32), np.array([151.0, 138.3, 132.3], np.float32))
-
-
-@pytest.fixture(scope="module", name="setup")
-def fixture_setup():
-  key = jax.random.PRNGKey(0)
-  params = testing.init(key, 3, width=4)
-  labels = (params, testing.random_labels(key, params, 3, 8))
-  x = jax.random.uniform(key, (3, 8, 8, 3), minval=-100.0, maxval=100.0)
-  return x, labels
+from fixtures import BOUNDS, EPS
 
 
 def clip_proj(x, x0, eps):

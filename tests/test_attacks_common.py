@@ -18,7 +18,7 @@ from mtajax import testing
 from mtajax.attacks import common
 from mtajax.train import load
 
-from test_attacks import BOUNDS, EPS, fixture_setup  # noqa: F401  (the shared toy-net fixture)
+from fixtures import BOUNDS, EPS
 
 
 def masked_loss(x, labels):

@@ -10,7 +10,8 @@ from configs import quickstart
 from mtajax import run
 from mtajax import sweep
 from mtajax.train import checkpoint
-from test_checkpoint_damage import damage
+
+from fixtures import damage
 
 
 def _config(workdir: pathlib.Path, data_dir: pathlib.Path):
