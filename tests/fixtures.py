@@ -212,3 +212,7 @@ def damage(step_dir: pathlib.Path, how: str) -> None:
   else:
     data[100:164] = b"\x00" * 64
   f.write_bytes(bytes(data))
+
+
+# The paper backbones' three NYUv2 tasks and their channels (model shape tests).
+TASKS3 = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}

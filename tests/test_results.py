@@ -127,3 +127,19 @@ def test_non_writing_store_keeps_records_in_memory(tmp_path):
   store = results.Store(tmp_path / "r.jsonl", write=False)
   store.add(_record("a"))
   assert store.get("a") == _record("a") and not (tmp_path / "r.jsonl").exists()
+
+
+def test_attack_loss_is_part_of_the_key_and_the_default_keeps_old_keys():
+  old = results.digest(["m", "pgd", "gbmta", 8.0, 10, "h"])  # the key before the attack-loss axis
+  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h") == old
+  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h", "default") == old
+  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h", "segpgd") != old
+
+
+def test_store_is_atomic_and_rejects_duplicates(tmp_path):
+  store = results.Store(tmp_path / "r.jsonl")
+  store.add({"key": "a", "v": 1})
+  with pytest.raises(ValueError, match="already stored"):
+    store.add({"key": "a", "v": 2})
+  assert results.Store(tmp_path / "r.jsonl").records() == [{"key": "a", "v": 1}]
+  assert not list(tmp_path.glob(".*tmp*"))

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs import quickstart
@@ -159,22 +160,6 @@ def test_checkpoint_of_another_layout_is_refused(tmp_path):
   assert (tmp_path / "models" / sweep.model_id(t0) / "checkpoints").is_dir()  # Nothing deleted.
 
 
-def test_attack_loss_is_part_of_the_key_and_the_default_keeps_old_keys():
-  old = results.digest(["m", "pgd", "gbmta", 8.0, 10, "h"])  # the key before the attack-loss axis
-  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h") == old
-  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h", "default") == old
-  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h", "segpgd") != old
-
-
-def test_store_is_atomic_and_rejects_duplicates(tmp_path):
-  store = results.Store(tmp_path / "r.jsonl")
-  store.add({"key": "a", "v": 1})
-  with pytest.raises(ValueError, match="already stored"):
-    store.add({"key": "a", "v": 2})
-  assert results.Store(tmp_path / "r.jsonl").records() == [{"key": "a", "v": 1}]
-  assert not list(tmp_path.glob(".*tmp*"))
-
-
 def test_model_killed_before_its_first_checkpoint_is_trained_again(tmp_path):
   config = _config()
   t = sweep.train_config(config, 0)
@@ -276,3 +261,22 @@ def test_damaged_model_with_records_missing_names_the_step_to_delete(fresh, tmp_
   with pytest.raises(checkpoint.DamagedCheckpointError,
                      match=f"delete {step} to resume from the previous step"):
     run.run("attack", _rerun_config(workdir, root / "tfds"))
+
+
+def test_examples_saved_by_two_runs_at_once(tmp_path, monkeypatch):
+  path = tmp_path / "examples.npz"
+  ex = {"image_rgb": np.zeros((4, 4, 3), np.uint8), "perturbed": {8.0: np.ones((4, 4, 3))},
+        "preds_clean": {"depth": np.zeros((4, 4, 1))}, "preds_adv": {"depth": np.ones((4, 4, 1))},
+        "tasks": ["depth"]}
+  replace = os.replace
+
+  def racing(src, dst):  # Another run saves the examples just before this one renames its file.
+    monkeypatch.setattr(os, "replace", replace)
+    run._save_examples(path, ex)  # pylint: disable=protected-access
+    replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", racing)
+  run._save_examples(path, ex)  # pylint: disable=protected-access
+  loaded = run._load_examples(path)  # pylint: disable=protected-access
+  assert loaded["tasks"] == ["depth"] and loaded["perturbed"][8.0].sum() == 48
+  assert [p.name for p in tmp_path.iterdir()] == ["examples.npz"]
