@@ -18,6 +18,11 @@ EPS = 8.0
 BOUNDS = (np.array([-104.0, -116.7, -122.7], np.float32), np.array([151.0, 138.3, 132.3], np.float32))
 
 
+def clip_proj(x, x0, eps):
+  """Projection onto the L∞ ball of radius eps around x0 and the box, in NumPy."""
+  return np.clip(np.clip(x, x0 - eps, x0 + eps), BOUNDS[0], BOUNDS[1])
+
+
 def attack_setup():
   """Images of the box's scale and labels of the toy net: (x, (params, labels))."""
   key = jax.random.PRNGKey(0)
