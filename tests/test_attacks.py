@@ -1,9 +1,12 @@
-"""Attacks against eager transcriptions of reference-spec §5, plus property tests."""
+"""Every attack by name: properties, one-line errors on bad input, NaN losses, one compile per shape,
+and the attacks inside a user's ``jax.jit`` / ``jax.vmap`` (traced and captured inputs give the eager
+result; bad traced values give NaN images and a ``checkify`` error, bad concrete ones one line)."""
 
-import math
+import functools
 
 from hypothesis import given, settings, strategies as st
 import jax
+from jax.experimental import checkify
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -11,159 +14,7 @@ import pytest
 from mtajax import attacks
 from mtajax import directions as D
 from mtajax import testing
-from mtajax.attacks.auto_sage import sech2
 
-EPS = 8.0
-BOUNDS = (np.array([-104.0, -116.7, -122.7], np.float32), np.array([151.0, 138.3, 132.3], np.float32))
-
-
-@pytest.fixture(scope="module", name="setup")
-def fixture_setup():
-  key = jax.random.PRNGKey(0)
-  params = testing.init(key, 3, width=4)
-  labels = (params, testing.random_labels(key, params, 3, 8))
-  x = jax.random.uniform(key, (3, 8, 8, 3), minval=-100.0, maxval=100.0)
-  return x, labels
-
-
-def clip_proj(x, x0, eps):
-  return np.clip(np.clip(x, x0 - eps, x0 + eps), BOUNDS[0], BOUNDS[1])
-
-
-def eager_grad(task, x, labels, normalize=False):
-  """Per-task gradient of the batch mean (optionally divided by the per-image loss), eagerly."""
-  g = jax.grad(lambda x_: jnp.mean(testing.loss_fn(x_, labels)[task]))(x)
-  if normalize:
-    g = g / testing.loss_fn(x, labels)[task][:, None, None, None]
-  return np.asarray(g)
-
-
-def test_checkpoints_match_the_reference_float64_recurrence():
-  assert attacks.checkpoints(10) == [0, 3, 5, 6, 8, 9, 10]
-  assert attacks.checkpoints(20) == [0, 5, 9, 12, 15, 16, 18, 19, 20]
-  assert attacks.checkpoints(5) == [0, 2, 3, 4, 5]
-  assert attacks.checkpoints(100) == [0, 22, 41, 58, 70, 80, 87, 93, 99]
-
-
-@pytest.mark.parametrize("direction", [D.single("normal"), D.total(), D.sign_total(), D.gbmta()],
-                         ids=lambda d: d.name)
-def test_fgsm_and_pgd_match_eager_ifgsm(setup, direction):
-  x0, labels = setup
-  x0n = np.asarray(x0)
-  d, _ = direction(testing.loss_fn, x0, labels)
-  want = np.clip(x0n + EPS * np.sign(d), *BOUNDS)
-  got = attacks.fgsm(testing.loss_fn, x0, labels, direction=direction, eps=EPS, bounds=BOUNDS)
-  np.testing.assert_allclose(got.x_adv, want, atol=1e-4)
-  x = x0n
-  for _ in range(4):
-    d, _ = direction(testing.loss_fn, jnp.asarray(x), labels)
-    x = clip_proj(x + EPS / 4 * np.sign(d), x0n, EPS)
-  got = attacks.pgd(testing.loss_fn, x0, labels, direction=direction, eps=EPS, bounds=BOUNDS,
-                    num_steps=4)
-  np.testing.assert_allclose(got.x_adv, x, atol=1e-4)
-  assert got.objective.shape == (4, 3)
-
-
-def eager_apgd(direction, x0, labels, n, baselines=None, revised=False):
-  """Line-by-line transcription of the reference APGD pseudocode (spec §5.3), batch objective."""
-  x0 = np.asarray(x0)
-
-  def grad(x):
-    return np.asarray(direction(testing.loss_fn, jnp.asarray(x), labels)[0])
-
-  def objective(x):
-    losses = testing.loss_fn(jnp.asarray(x), labels)
-    return float(jnp.mean(direction.objective(losses, baselines)))
-  p = [0, 0.22]
-  while p[-1] + max(p[-1] - p[-2] - 0.03, 0.06) < 1:
-    p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-  w = []
-  for pj in p:
-    if math.ceil(pj * n) not in w:
-      w.append(math.ceil(pj * n))
-  eta = [EPS / n] * (n + 1)
-  f = [0.0] * (n + 1)
-  x1 = clip_proj(x0 + eta[0] * np.sign(grad(x0)), x0, EPS)
-  f[0], f[1] = objective(x0), objective(x1)
-  x_best = x1 if f[1] > f[0] else x0
-  f_best = max(f[0], f[1])
-  x_prev, x_cur = x0, x1
-  for k in range(1, n):
-    z = np.clip(x_cur + eta[k] * np.sign(grad(x_cur)), x0 - EPS, x0 + EPS)
-    x_new = x_cur + 0.75 * (z - x_cur) + 0.25 * (x_cur - x_prev)
-    x_new = clip_proj(x_new, x0, EPS)
-    f[k + 1] = objective(x_new)
-    if f[k + 1] >= f_best:
-      x_best = x_new
-    f_best = max(f_best, f[k + 1])
-    eta[k + 1] = eta[k]
-    if k in w:
-      cur, prev = w[w.index(k)], w[w.index(k) - 1]
-      cond1 = sum(f[i + 1] > f[i] for i in range(prev, cur)) < 0.75 * (cur - prev)
-      cond2 = eta[prev] == eta[cur] and f[prev] == f[cur]
-      if cond1 or cond2:
-        eta[k + 1] = eta[k] / 2
-        if revised:
-          x_new = x_best
-    x_prev, x_cur = x_cur, x_new
-  return x_best, f, eta
-
-
-@pytest.mark.parametrize("revised", [False, True])
-@pytest.mark.parametrize("direction", [D.total(), D.gbmta(), D.sign_total()], ids=lambda d: d.name)
-def test_apgd_matches_eager_reference_transcription(setup, direction, revised):
-  x0, labels = setup
-  n = 10
-  baselines = {t: jnp.mean(v) for t, v in testing.loss_fn(x0, labels).items()}
-  want, f, _ = eager_apgd(direction, x0, labels, n, baselines, revised)
-  got = attacks.apgd(testing.loss_fn, x0, labels, direction=direction, eps=EPS, bounds=BOUNDS,
-                     num_steps=n, baselines=baselines, restart_from_best=revised)
-  np.testing.assert_allclose(got.objective[:, 0], f, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(got.x_adv, want, atol=1e-3)
-
-
-def test_apgd_per_sample_mode_runs_per_sample_step_sizes(setup):
-  x0, labels = setup
-  got = attacks.apgd(testing.loss_fn, x0, labels, direction=D.total(), eps=EPS, bounds=BOUNDS,
-                     num_steps=10, per_sample=True, step_size=2 * EPS, random_start=True,
-                     key=jax.random.key(1), restart_from_best=True)
-  assert not np.allclose(got.objective[:, 0], got.objective[:, 1])  # Per-sample objective.
-  # The best point has the highest objective of all evaluated iterates, per sample.
-  final = D.total().objective(testing.loss_fn(got.x_adv, labels))
-  np.testing.assert_allclose(final, np.max(got.objective, axis=0), rtol=1e-5)
-
-
-@pytest.mark.parametrize("lookahead", ["all", "last_task"])
-@pytest.mark.parametrize("direction", [D.total(), D.gbmta()], ids=lambda d: d.name)
-def test_auto_sage_matches_eager_reference_transcription(setup, direction, lookahead):
-  x0, labels = setup
-  x0n = np.asarray(x0)
-  tasks = list(labels[1])
-  normalize = direction.name == "gbmta"
-  n, s, lr, kappa = 3, EPS / 3, 10.0, 50.0
-  x = x0n
-  a = np.ones((len(tasks),) + x0n.shape, np.float32)
-  for _ in range(n):
-    dm = np.stack([eager_grad(t, jnp.asarray(x), labels, normalize) for t in tasks])
-    big_s = np.sum(a * dm, 0)
-    x1 = clip_proj(x + s * np.sign(big_s), x0n, EPS)
-    if lookahead == "all":
-      dfdx = -sum(eager_grad(t, jnp.asarray(x1), labels, normalize) for t in tasks)
-    else:
-      dfdx = -len(tasks) * eager_grad(tasks[-1], jnp.asarray(x1), labels, normalize)
-    q = 1.0 / np.cosh(np.clip(kappa * big_s, -80, 80)) ** 2
-    a = a - lr * dfdx[None] * (kappa * s * dm * q[None])
-    x = clip_proj(x + s * np.sign(np.sum(a * dm, 0)), x0n, EPS)
-  got = attacks.auto_sage(testing.loss_fn, x0, labels, direction=direction, eps=EPS,
-                          bounds=BOUNDS, num_steps=n, lookahead=lookahead)
-  np.testing.assert_allclose(got.x_adv, x, atol=1e-3)
-
-
-def test_sech2_is_stable():
-  u = jnp.array([0.0, 1.0, -3.0, 44.5, -1e4])
-  np.testing.assert_allclose(sech2(u),
-                             1.0 / np.cosh(np.array([0.0, 1.0, -3.0, 44.5, 700.0])) ** 2,
-                             rtol=1e-5, atol=1e-30)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,3 +116,71 @@ def test_each_attack_compiles_once_per_shape(attack):
     kw = {} if attack == "fgsm" else {"num_steps": 2, "step_size": eps / 3}
     fn(counted, x + 0.1, labels, direction=D.gbmta(), eps=eps, bounds=(low, 2.0), **kw)
   assert len(traces) == first
+
+
+# ----------------------------------------------------------------------------------------------
+# Inside a user's jax.jit / jax.vmap.
+
+ATTACKS = {"fgsm": {}, "pgd": {"num_steps": 2}, "apgd": {"num_steps": 3},
+           "auto_sage": {"num_steps": 2}}
+
+
+@pytest.fixture(scope="module", name="toy")
+def fixture_toy():
+  params = testing.init(jax.random.key(0), 2, 4)
+  xs = jax.random.uniform(jax.random.key(1), (2, 2, 8, 8, 3))  # two independent batches
+  ys = jax.vmap(lambda k: testing.random_labels(k, params, 2, 8))(
+      jax.random.split(jax.random.key(2), 2))
+  return params, xs, ys
+
+
+def _attack(name, params, x, y, eps=0.05, bounds=(0.0, 1.0)):
+  return getattr(attacks, name)(testing.loss_fn, x, (params, y), direction=D.gbmta(), eps=eps,
+                                bounds=bounds, **ATTACKS[name]).x_adv
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attacks_under_jit_and_vmap_equal_the_eager_call(toy, name):
+  params, xs, ys = toy
+  first = lambda tree: jax.tree.map(lambda v: v[0], tree)  # pylint: disable=unnecessary-lambda-assignment
+  fn = functools.partial(_attack, name, params)
+  eager = np.stack([fn(xs[i], jax.tree.map(lambda v, i=i: v[i], ys)) for i in range(2)])
+  traced = jax.jit(lambda x, y, eps, low, high: fn(x, y, eps, (low, high)))
+  np.testing.assert_array_equal(traced(xs[0], first(ys), 0.05, 0.0, 1.0), eager[0])
+  np.testing.assert_array_equal(jax.jit(jax.vmap(fn))(xs, ys), eager)
+  # x captured from outside the trace (concrete): checked, then attacked; XLA may fold it as a
+  # constant, so equal up to rounding.
+  x0 = xs[0]
+  captured = jax.jit(lambda y: fn(x0, y))(first(ys))
+  np.testing.assert_allclose(captured, eager[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_bad_traced_values_give_nan_images_and_a_checkify_error(toy, name):
+  params, xs, ys = toy
+  x, y = xs[0], jax.tree.map(lambda v: v[0], ys)
+  fn = jax.jit(lambda eps, low, high: _attack(name, params, x, y, eps, (low, high)))
+  ok = jnp.full(2, 0.05)
+  assert np.isnan(fn(ok, 1.0, 0.0)).all()  # low > high: every image
+  assert np.isnan(fn(ok, 0.0, jnp.nan)).all()
+  per_image = np.asarray(fn(jnp.array([0.05, -1.0]), 0.0, 1.0))
+  assert np.isfinite(per_image[0]).all() and np.isnan(per_image[1]).all()
+  checked = checkify.checkify(fn)
+  err, out = checked(ok.at[1].set(-1.0), 0.0, 1.0)
+  with pytest.raises(checkify.JaxRuntimeError, match="eps < 0"):
+    err.throw()
+  assert np.isnan(out[1]).all()
+  err, out = checked(ok, 0.0, 1.0)
+  assert err.get() is None and np.isfinite(out).all()
+
+
+def test_bad_concrete_values_raise_one_line_also_inside_jit(toy):
+  params, xs, ys = toy
+  x, y = xs[0], jax.tree.map(lambda v: v[0], ys)
+  with pytest.raises(ValueError, match=r"^bounds must satisfy low <= high, without NaN") as info:
+    _attack("pgd", params, x, y, bounds=(0.0, np.nan))
+  assert "\n" not in str(info.value)
+  with pytest.raises(ValueError, match="low <= high"):
+    jax.jit(lambda y_: _attack("pgd", params, x, y_, bounds=(1.0, 0.0)))(y)
+  with pytest.raises(ValueError, match="eps must be >= 0"):
+    jax.jit(lambda x_: _attack("fgsm", params, x_, y, eps=-1.0))(x)

@@ -113,3 +113,10 @@ def test_cpu_workaround_keeps_vmapped_per_task_gradients_correct():
     rel = float(jnp.max(jnp.abs(fast[t] - eager)) / jnp.max(jnp.abs(eager)))
     assert rel < 1e-4, (name, rel)
     assert float(jnp.mean(jnp.sign(fast[t]) == jnp.sign(eager))) > 0.999, name
+
+
+def test_direction_registry_errors():
+  with pytest.raises(ValueError, match="unknown direction 'nosuch'.*register"):
+    D.by_name("nosuch")
+  with pytest.raises(ValueError, match="single_<task> is built in"):
+    D.register("single_x", D.total)

@@ -12,7 +12,7 @@ import pytest
 
 from mtajax import host_loop
 
-import test_robust  # The plain-JAX multi-task problem of the robust tests (same directory).
+import fixtures
 
 TRACES = []
 
@@ -102,7 +102,7 @@ def test_shared_calls_compile_once_for_every_call_site():
 
 
 def problem():
-  predict, params, batches, tasks = test_robust.problem()
+  predict, params, batches, tasks = fixtures.problem()
   batch = {k: jnp.asarray(v) for k, v in batches[0].items()}
   return predict, params, batch, tasks
 
@@ -158,7 +158,7 @@ def test_evaluation_and_robust_evaluation_with_host_loops():
   from mtajax import directions as D  # pylint: disable=g-import-not-at-top
   from mtajax import evaluate as E  # pylint: disable=g-import-not-at-top
   from mtajax import robust  # pylint: disable=g-import-not-at-top
-  predict, params, batches, tasks = test_robust.problem()
+  predict, params, batches, tasks = fixtures.problem()
   names = ("single_normal", "total", "gbmta")
   evs = {}
   for unroll in (True, "host"):
@@ -182,7 +182,7 @@ def test_evaluation_and_robust_evaluation_with_host_loops():
 def test_attack_batch_runs_the_evaluation_program():
   from mtajax import directions as D  # pylint: disable=g-import-not-at-top
   from mtajax import evaluate as E  # pylint: disable=g-import-not-at-top
-  predict, params, batches, tasks = test_robust.problem()
+  predict, params, batches, tasks = fixtures.problem()
   spec = E.AttackSpec("pgd", E.switched([D.total(), D.gbmta()]), 3, (("unroll", "host"),))
   kw = dict(spec=spec, eps=8.0, bounds=(-128.0, 128.0), direction_index=1)
   ev = E.evaluate(predict, params, batches[:1], tasks, **kw)
@@ -208,7 +208,7 @@ def test_robust_one_program_serves_single_total_gbmta_with_equal_results():
   import jax  # pylint: disable=g-import-not-at-top,redefined-outer-name,reimported
   from mtajax import evaluate as E  # pylint: disable=g-import-not-at-top
   from mtajax import robust  # pylint: disable=g-import-not-at-top
-  predict, params, batches, tasks = test_robust.problem()
+  predict, params, batches, tasks = fixtures.problem()
   suite = [("apgd", "gbmta", {**robust.APGD_AA, "num_steps": 3, "restarts": 2}),
            ("apgd", "total", {**robust.APGD_AA, "num_steps": 3}),
            ("apgd", "single", {**robust.APGD_AA, "num_steps": 3}),

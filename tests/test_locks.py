@@ -11,11 +11,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import tensorflow_datasets as tfds
 
 from mtajax import locks
-from mtajax import run
 from mtajax.data import pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -179,22 +177,3 @@ def test_two_sweeps_on_one_fresh_workdir_train_and_build_once(tmp_path):
           for line in (tmp_path / "work" / "results.jsonl").read_text().splitlines()]
   assert len(keys) == 2 and len(set(keys)) == 2  # clean + fgsm/total, each once
   assert not list(tmp_path.glob("work/**/*tmp*"))
-
-
-def test_examples_saved_by_two_runs_at_once(tmp_path, monkeypatch):
-  path = tmp_path / "examples.npz"
-  ex = {"image_rgb": np.zeros((4, 4, 3), np.uint8), "perturbed": {8.0: np.ones((4, 4, 3))},
-        "preds_clean": {"depth": np.zeros((4, 4, 1))}, "preds_adv": {"depth": np.ones((4, 4, 1))},
-        "tasks": ["depth"]}
-  replace = os.replace
-
-  def racing(src, dst):  # Another run saves the examples just before this one renames its file.
-    monkeypatch.setattr(os, "replace", replace)
-    run._save_examples(path, ex)  # pylint: disable=protected-access
-    replace(src, dst)
-
-  monkeypatch.setattr(os, "replace", racing)
-  run._save_examples(path, ex)  # pylint: disable=protected-access
-  loaded = run._load_examples(path)  # pylint: disable=protected-access
-  assert loaded["tasks"] == ["depth"] and loaded["perturbed"][8.0].sum() == 48
-  assert [p.name for p in tmp_path.iterdir()] == ["examples.npz"]

@@ -6,7 +6,8 @@ from flax import nnx
 
 from mtajax import models as M
 from mtajax.models.heads import ASPPHead
-from test_models_layouts import PAPER_T3, PAPER_T5
+
+from fixtures import PAPER_T3, PAPER_T5
 
 # "#Params (M)" column of paper Table 16 (NYUv2, T=3) and Table 17 (Taskonomy, T=5).
 PAPER_PARAMS_T3 = {2: 63.83, 9: 63.6, 14: 63.6, 4: 63.6, 23: 63.59, 10: 62.48, 5: 62.48, 28: 62.47,

@@ -14,70 +14,7 @@ from mtajax.report import records as rec_lib
 from mtajax.report import tables
 from mtajax.report.findings import rank_correlation
 
-TASKS = ("segment_semantic", "normal", "depth_zbuffer")
-LAYOUTS = {
-    "as": ("[[{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}]]", 5, None),
-    "mid": ("[[{0, 1, 2}], [{0, 1, 2}], [{0}, {1, 2}], [{0}, {1, 2}], [{0}, {1}, {2}]]", 2, 41),
-    "ind": ("[[{0}, {1}, {2}], [{0}, {1}, {2}], [{0}, {1}, {2}], [{0}, {1}, {2}], "
-            "[{0}, {1}, {2}]]", 0, None),
-}
-ATTACK_SCALE = {"pgd": 1.0, "apgd": 1.1}
-SHARED = {"total": [50.0, 20.0, 30.0], "sign_total": [40.0, 30.0, 30.0],
-          "gbmta": [45.0, 40.0, 35.0]}
-
-
-def share(level: int) -> float:
-  """Known transferability of every Single-x on a model at this sharing level."""
-  return 0.1 + 0.1 * level
-
-
-def per_task(level, attack, direction, eps, shared=SHARED, share_fn=share):
-  """Single-x: the target at 60, every other task at 60·share (so TR = share exactly)."""
-  if direction.startswith("single_"):
-    target = direction[len("single_"):]
-    values = [60.0 if t == target else 60.0 * share_fn(level) for t in TASKS]
-  else:
-    values = shared[direction]
-  scale = ATTACK_SCALE[attack] * eps / 8
-  return {t: v * scale for t, v in zip(TASKS, values)}
-
-
-def record(model, attack, direction, eps, adv_training="none", at_scale=1.0, **kw):
-  layout, level, idx = LAYOUTS[model.split("_")[0]]
-  rec = {"key": f"{model}|{attack}|{direction}|{eps}", "model": model, "dataset": "synthetic",
-         "backbone": "small", "layout_idx": idx, "layout": layout, "sharing_level": level,
-         "adv_training": adv_training, "attack": attack, "direction": direction,
-         "eps": float(eps), "num_steps": 10, "tasks": list(TASKS), "metrics": {}, "losses": {},
-         "arp": None, "arp_per_task": None, "config_hash": "h", "devices": 1, "global_batch": 4,
-         "per_device_batch": 4, "time_s": 0.1}
-  if attack != "clean":
-    arps = {t: v * at_scale for t, v in per_task(level, attack, direction, eps, **kw).items()}
-    rec["arp_per_task"] = arps
-    rec["arp"] = float(np.mean(list(arps.values())))
-  return rec
-
-
-DIRECTIONS = tuple(f"single_{t}" for t in TASKS) + ("total", "sign_total", "gbmta")
-
-
-def make_records(models=("as", "mid", "ind"), attacks=("pgd", "apgd"), eps_grid=(4, 8, 16),
-                 directions=DIRECTIONS, at=True, **kw):
-  out = []
-  for model in models:
-    out.append(record(model, "clean", None, 0))
-    out += [record(model, a, d, e, **kw) for a in attacks for d in directions for e in eps_grid]
-  if at:
-    out.append(record("mid_fat", "clean", None, 0, adv_training="fat:gbmta:eps8"))
-    out += [record("mid_fat", "pgd", d, e, adv_training="fat:gbmta:eps8", at_scale=0.3, **kw)
-            for d in directions for e in eps_grid]
-  return out
-
-
-def rows(table: str) -> dict[str, list[str]]:
-  """Markdown table -> {first cell: [cells]} (header row under the key 'header')."""
-  lines = [l for l in table.strip().splitlines() if not l.startswith("| :--")]
-  parsed = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
-  return {"header": parsed[0], **{r[0]: r for r in parsed[1:]}}
+from fixtures import SHARED, TASKS, make_records, record, rows, share
 
 
 def test_default_eps():

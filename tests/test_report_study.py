@@ -7,7 +7,7 @@ import numpy as np
 from mtajax import report
 from mtajax.report import study
 
-import test_report as tr  # the synthetic-record helpers of the report tests
+import fixtures as tr  # the synthetic-record helpers of the report tests
 
 # Mean ARP of a (direction, loss) on model m: BASE[direction] + LOSS[loss] + MODEL[m].
 BASE = {"total": 10.0, "gbmta": 20.0, "mgda": 25.0, "cagrad": 15.0}

@@ -127,3 +127,38 @@ def test_non_writing_store_keeps_records_in_memory(tmp_path):
   store = results.Store(tmp_path / "r.jsonl", write=False)
   store.add(_record("a"))
   assert store.get("a") == _record("a") and not (tmp_path / "r.jsonl").exists()
+
+
+def test_attack_loss_is_part_of_the_key_and_the_default_keeps_old_keys():
+  old = results.digest(["m", "pgd", "gbmta", 8.0, 10, "h"])  # the key before the attack-loss axis
+  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h") == old
+  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h", "default") == old
+  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h", "segpgd") != old
+
+
+def test_store_is_atomic_and_rejects_duplicates(tmp_path):
+  store = results.Store(tmp_path / "r.jsonl")
+  store.add({"key": "a", "v": 1})
+  with pytest.raises(ValueError, match="already stored"):
+    store.add({"key": "a", "v": 2})
+  assert results.Store(tmp_path / "r.jsonl").records() == [{"key": "a", "v": 1}]
+  assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_write_atomic_with_two_writers_at_once_and_unchanged_bytes(tmp_path, monkeypatch):
+  path = tmp_path / "out.bin"
+  replace = os.replace
+
+  def racing(src, dst):  # Another run writes the file just before this one renames its own.
+    monkeypatch.setattr(os, "replace", replace)
+    assert results.write_atomic(path, b"theirs")
+    replace(src, dst)
+
+  monkeypatch.setattr(os, "replace", racing)
+  assert results.write_atomic(path, b"mine")
+  assert path.read_bytes() == b"mine"
+  assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # No temporary file left.
+  mtime = path.stat().st_mtime_ns
+  assert not results.write_atomic(path, b"mine")  # The same bytes: the file is not touched.
+  assert path.stat().st_mtime_ns == mtime
+  assert results.write_atomic(path, b"new") and path.read_bytes() == b"new"

@@ -12,31 +12,9 @@ import sys
 import numpy as np
 import pytest
 
+from fixtures import B, N, problem
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-S, B, N = 16, 4, 8  # image size, batch size, images
-
-
-def problem():
-  """A random plain-JAX net (mtajax.testing) with labels near its own clean predictions."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from mtajax import tasks as mt  # pylint: disable=g-import-not-at-top
-  from mtajax import testing  # pylint: disable=g-import-not-at-top
-  params = testing.init(jax.random.key(0), 3, width=4)
-  rng = np.random.default_rng(0)
-  x = rng.uniform(-100, 100, (N, S, S, 3)).astype(np.float32)
-  pred = testing.apply(params, jnp.asarray(x))
-  seg = np.asarray(jnp.argmax(pred["segment_semantic"], -1)).astype(np.int32)
-  seg[:, 0] = 255  # ignored pixels
-  labels = {"segment_semantic": seg,
-            "normal": np.asarray(pred["normal"]) + rng.normal(0, .3, (N, S // 4, S // 4, 3)),
-            "depth_zbuffer": np.abs(np.asarray(pred["depth_zbuffer"][..., 0])) + 0.5}
-  labels = {k: v.astype(np.int32 if k == "segment_semantic" else np.float32)
-            for k, v in labels.items()}
-  batches = [{"image": x[i:i + B], **{k: v[i:i + B] for k, v in labels.items()}}
-             for i in range(0, N, B)]
-  tasks = (mt.Segmentation(channels=13), mt.Normal(label_encoding="unit"), mt.Depth())
-  return testing.apply, params, batches, tasks
 
 
 def run(**kwargs):

@@ -1,20 +1,25 @@
-"""The main job: bad inputs fail cleanly, and a sweep killed in every phase loses nothing."""
+"""The main job: bad inputs fail cleanly, a sweep killed in every phase loses nothing, and re-runs
+on a complete workdir reuse what it holds."""
 
 import json
 import os
-import re
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from configs import quickstart
 from mtajax import results
 from mtajax import run
 from mtajax import sweep
+from mtajax.train import checkpoint
+
+from fixtures import damage
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # One model, two directions, two ε: training, a clean record and four attacked records.
@@ -155,22 +160,6 @@ def test_checkpoint_of_another_layout_is_refused(tmp_path):
   assert (tmp_path / "models" / sweep.model_id(t0) / "checkpoints").is_dir()  # Nothing deleted.
 
 
-def test_attack_loss_is_part_of_the_key_and_the_default_keeps_old_keys():
-  old = results.digest(["m", "pgd", "gbmta", 8.0, 10, "h"])  # the key before the attack-loss axis
-  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h") == old
-  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h", "default") == old
-  assert results.record_key("m", "pgd", "gbmta", 8, 10, "h", "segpgd") != old
-
-
-def test_store_is_atomic_and_rejects_duplicates(tmp_path):
-  store = results.Store(tmp_path / "r.jsonl")
-  store.add({"key": "a", "v": 1})
-  with pytest.raises(ValueError, match="already stored"):
-    store.add({"key": "a", "v": 2})
-  assert results.Store(tmp_path / "r.jsonl").records() == [{"key": "a", "v": 1}]
-  assert not list(tmp_path.glob(".*tmp*"))
-
-
 def test_model_killed_before_its_first_checkpoint_is_trained_again(tmp_path):
   config = _config()
   t = sweep.train_config(config, 0)
@@ -198,3 +187,95 @@ def test_report_shows_the_current_configs_records_unless_history_is_asked(tmp_pa
                       lambda records, *a, **k: seen.extend(r["key"] for r in records))
   run.report(config, store)
   assert sorted(seen) == sorted(current + stale if history else current)
+
+
+# Re-runs on a complete workdir: stored examples reused, no model needed (deleted or damaged),
+# and the report from stored records byte-identical to the one the fresh run wrote.
+def _rerun_config(workdir: pathlib.Path, data_dir: pathlib.Path):
+  """The smoke config cut to one model, one attacked cell, 4 train steps, no robust suite."""
+  c = quickstart.get_config("smoke")
+  c.workdir, c.train.data_dir = str(workdir), str(data_dir)
+  c.layouts, c.directions, c.eps = (0,), ("gbmta",), (8.0,)
+  c.train.num_steps, c.train.eval_every, c.train.checkpoint_every = 4, 4, 2
+  c.train.progress_bar = False
+  c.robust.enabled = False
+  return c
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+  """A fresh sweep: (its directory, the model's checkpoint dir, the files it wrote)."""
+  root = tmp_path_factory.mktemp("rerun")
+  config = _rerun_config(root / "fresh", root / "tfds")
+  run.run("sweep", config)
+  workdir = pathlib.Path(config.workdir)
+  ckpts = workdir / "models" / sweep.model_id(sweep.train_config(config, 0)) / "checkpoints"
+  files = {n: (workdir / n).read_bytes() for n in ("results.jsonl", "examples.npz",
+                                                    "report/report.md")}
+  return root, ckpts, files
+
+
+def _copy(fresh, tmp_path) -> pathlib.Path:
+  root, _, _ = fresh
+  shutil.copytree(root / "fresh", tmp_path / "w")
+  return tmp_path / "w"
+
+
+def _mtimes(workdir: pathlib.Path) -> dict[pathlib.Path, int]:
+  return {p: p.stat().st_mtime_ns for p in workdir.rglob("*")
+          if p.is_file() and "models" not in p.relative_to(workdir).parts}
+
+
+def _unchanged(workdir: pathlib.Path, files, mtimes: dict[pathlib.Path, int]) -> None:
+  for name, data in files.items():
+    assert (workdir / name).read_bytes() == data, name
+  # No file rewritten (examples, report, figures, records), so a read-only workdir would do.
+  assert _mtimes(workdir) == mtimes
+
+
+def test_report_from_stored_records_equals_the_fresh_one(fresh, tmp_path):
+  root, _, files = fresh
+  workdir = _copy(fresh, tmp_path)
+  (workdir / "report" / "report.md").unlink()
+  run.run("report", _rerun_config(workdir, root / "tfds"))
+  assert (workdir / "report" / "report.md").read_bytes() == files["report/report.md"]
+
+
+@pytest.mark.parametrize("mode", ["sweep", "attack"])
+def test_rerun_reuses_the_examples_and_needs_no_model(fresh, tmp_path, mode):
+  root, ckpts, files = fresh
+  workdir = _copy(fresh, tmp_path)
+  mtimes = _mtimes(workdir)
+  config = _rerun_config(workdir, root / "tfds")
+  shutil.rmtree(workdir / "models")  # Every record is stored: no model is needed...
+  run.run(mode, config)
+  _unchanged(workdir, files, mtimes)
+  assert not (workdir / "models").exists()  # ...so none is trained again.
+  shutil.copytree(ckpts.parent, workdir / "models" / ckpts.parent.name)
+  damage(workdir / "models" / ckpts.parent.name / "checkpoints" / "4", "flip")
+  run.run(mode, config)  # Nor loaded: its damaged final step is not read.
+  _unchanged(workdir, files, mtimes)
+
+
+def test_damaged_model_with_records_missing_names_the_step_to_delete(fresh, tmp_path):
+  root, ckpts, _ = fresh
+  workdir = _copy(fresh, tmp_path)
+  results = workdir / "results.jsonl"
+  results.write_text("".join(results.read_text().splitlines(keepends=True)[:-1]))
+  step = workdir / "models" / ckpts.parent.name / "checkpoints" / "4"
+  damage(step, "flip")
+  with pytest.raises(checkpoint.DamagedCheckpointError,
+                     match=f"delete {step} to resume from the previous step"):
+    run.run("attack", _rerun_config(workdir, root / "tfds"))
+
+
+def test_examples_are_stored_with_their_key(tmp_path):
+  path = tmp_path / "examples.npz"
+  ex = {"image_rgb": np.zeros((4, 4, 3), np.uint8), "perturbed": {8.0: np.ones((4, 4, 3))},
+        "preds_clean": {"depth": np.zeros((4, 4, 1))}, "preds_adv": {"depth": np.ones((4, 4, 1))},
+        "tasks": ["depth"]}
+  run._save_examples(path, ex, "k1")  # pylint: disable=protected-access
+  loaded = run._load_examples(path, "k1")  # pylint: disable=protected-access
+  assert loaded["tasks"] == ["depth"] and loaded["perturbed"][8.0].sum() == 48
+  assert run._load_examples(path, "k2") is None  # pylint: disable=protected-access
+  assert run._load_examples(tmp_path / "missing.npz", "k1") is None  # pylint: disable=protected-access

@@ -24,25 +24,8 @@ from mtajax.train import loop
 from mtajax.train import step as step_lib
 from mtajax.train import assemble
 from mtajax.train import checkpoint
-from mtajax.train import config as config_lib
 
-NUM_STEPS = 6
-
-
-def tiny_config(data_dir):
-  c = config_lib.default_config()
-  c.data_dir = str(data_dir)
-  c.data_config = dict(resolution=16, num_train=24, num_test=8)
-  c.width = 4
-  c.tasks = ("segment_semantic", "depth_zbuffer")
-  c.batch_size = 4
-  c.num_steps = NUM_STEPS
-  c.eval_every = NUM_STEPS
-  c.eval_batch_size = 8
-  c.checkpoint_every = 1
-  c.keep_checkpoints = 2
-  c.progress_bar = False
-  return c
+from fixtures import NUM_STEPS, tiny_config
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -99,7 +82,7 @@ _CHILD = textwrap.dedent("""
   from mtajax.data import pipeline
   from mtajax.train import loop
   sys.path.insert(0, {tests!r})
-  from test_train_loop import tiny_config
+  from fixtures import tiny_config
   batch = pipeline.Loader.batch
   def slow_batch(self, step):  # slows the run down so that the parent can kill it mid-way
     if self.train and step >= 2:

@@ -1,14 +1,10 @@
-"""A sweep's process does not accumulate compiled code: `sweep.release_compiled` after each model.
+"""sweep: wall and compile seconds per phase, and compiled code released after each model."""
 
-Every XLA:CPU executable keeps its own memory mappings of machine code; a process that keeps a few
-hundred attack programs runs out of them (``LLVM ERROR: Unable to allocate section memory``).
-The programs below are compiled through one module-level ``jax.jit`` with a static function
-argument, as `mtajax.evaluate` compiles one program per model; benchmarks/compile_memory.py runs
-the same at the NYUv2 sweep's size.
-"""
+from __future__ import annotations
 
 import functools
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +13,33 @@ import pytest
 from mtajax import sweep
 
 
+def test_phases_time_wall_and_compile():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from mtajax import sweep  # pylint: disable=g-import-not-at-top
+  phases = sweep.Phases()
+  with phases("data"):
+    time.sleep(0.05)
+  with phases("attacks"):
+    f = jax.jit(lambda x: jnp.sin(x) * 3.0 + jnp.cos(x))  # A new function: traced and compiled.
+    f(jnp.arange(7.0)).block_until_ready()
+  with phases("data"):  # Re-entering a phase adds to it.
+    time.sleep(0.05)
+  assert phases.wall["data"] >= 0.1
+  assert phases.compile.get("data", 0.0) == 0.0  # Nothing compiled there.
+  assert 0 < phases.compile["attacks"] <= phases.wall["attacks"]
+  lines = phases.summary().splitlines()
+  assert [line.split()[0] for line in lines] == ["phase", "data", "attacks", "total"]
+  assert float(lines[-1].split()[1]) >= 0.1
+
+
+# A sweep's process does not accumulate compiled code: `sweep.release_compiled` after each model.
+#
+# Every XLA:CPU executable keeps its own memory mappings of machine code; a process that keeps a few
+# hundred attack programs runs out of them (``LLVM ERROR: Unable to allocate section memory``).
+# The programs below are compiled through one module-level ``jax.jit`` with a static function
+# argument, as `mtajax.evaluate` compiles one program per model; benchmarks/compile_memory.py runs
+# the same at the NYUv2 sweep's size.
 @functools.partial(jax.jit, static_argnames="fn")
 def _step(x, *, fn):
   for k in range(3):

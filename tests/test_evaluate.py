@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import test_robust  # The plain-JAX multi-task problem of the robust tests (same directory).
+import fixtures
 
 
 def problem():
   """A random plain-JAX net (mtajax.testing) with labels near its clean predictions; one batch
   whose images ignore different numbers of pixels, so per-image and pooled losses differ."""
-  predict, params, batches, tasks = test_robust.problem()
+  predict, params, batches, tasks = fixtures.problem()
   batch = dict(batches[0])
   seg = batch["segment_semantic"].copy()
   for i in range(len(seg)):

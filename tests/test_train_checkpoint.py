@@ -2,7 +2,6 @@
 falls back to the previous intact step (bit-identically), checkpoints without checksums load."""
 
 import json
-import pathlib
 import shutil
 
 import jax
@@ -13,7 +12,8 @@ import mtajax  # noqa: F401  (XLA:CPU workaround before JAX initialises)
 from mtajax.train import checkpoint
 from mtajax.train import load_model
 from mtajax.train import loop
-from test_train_loop import tiny_config
+
+from fixtures import damage, tiny_config
 
 STEPS = 4  # Checkpoints at steps 2 and 4.
 
@@ -31,26 +31,6 @@ def trained(tmp_path_factory):
   config = _config(tmp_path_factory.mktemp("data"))
   workdir = tmp_path_factory.mktemp("run")
   return config, workdir, loop.train(config, workdir).state
-
-
-def _array_file(step_dir: pathlib.Path) -> pathlib.Path:
-  """The largest array-data file of a step (OCDBT data, not metadata)."""
-  files = [f for f in (step_dir / "state").rglob("*") if f.is_file() and "ocdbt.process" in str(f)]
-  return max(files, key=lambda f: f.stat().st_size)
-
-
-def damage(step_dir: pathlib.Path, how: str) -> None:
-  """Flips 4 bits in, truncates or garbles the step's largest array-data file."""
-  f = _array_file(step_dir)
-  data = bytearray(f.read_bytes())
-  if how == "flip":
-    for i in range(4):
-      data[len(data) // 2 + 101 * i] ^= 1 << i
-  elif how == "truncate":
-    data = data[:len(data) // 2]
-  else:
-    data[100:164] = b"\x00" * 64
-  f.write_bytes(bytes(data))
 
 
 def _leaves(tree):

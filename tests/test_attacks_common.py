@@ -1,5 +1,5 @@
-"""Attack core, second pass: NaN-safe objectives, compile once on the README's paths, open
-directions, attack-loss context, L2 and targeted threat models, AutoAttack's APGD, result fields."""
+"""Attack core (attacks/common.py): NaN-safe objectives, compile once on the README's paths, user
+directions, attack-loss context, L2 and targeted threat models, result fields."""
 
 import functools
 
@@ -15,10 +15,9 @@ from mtajax import directions as D
 from mtajax import models
 from mtajax import tasks as tasks_lib
 from mtajax import testing
-from mtajax.attacks import common
 from mtajax.train import load
 
-from test_attacks import BOUNDS, EPS, fixture_setup  # noqa: F401  (the shared toy-net fixture)
+from fixtures import BOUNDS, EPS
 
 
 def masked_loss(x, labels):
@@ -227,13 +226,6 @@ def test_a_registered_user_direction_works_by_name_in_every_attack(setup):
     attacks.auto_sage(testing.loss_fn, x0, labels, direction=direction, eps=EPS, bounds=BOUNDS)
 
 
-def test_direction_registry_errors():
-  with pytest.raises(ValueError, match="unknown direction 'nosuch'.*register"):
-    D.by_name("nosuch")
-  with pytest.raises(ValueError, match="single_<task> is built in"):
-    D.register("single_x", D.total)
-
-
 # ------------------------------------------------------------------------------------------------
 # The attack's context: iteration index and clean prediction.
 
@@ -394,91 +386,6 @@ def test_target_errors():
 
 # ------------------------------------------------------------------------------------------------
 # APGD as AutoAttack has it: an eager transcription of fra31/auto-attack's attack_single_run.
-
-def eager_autoattack_apgd(direction, x0, labels, n, x_start, norm, eps):
-  """fra31/auto-attack ``APGDAttack.attack_single_run`` (L∞/L2 branches), loss = objective."""
-  x0 = np.asarray(x0, np.float32)
-  ndim = (1, 2, 3)
-
-  def grad_and_f(x):
-    d, losses = direction(testing.loss_fn, jnp.asarray(x), labels)
-    return np.array(d), losses
-
-  def unit(g):
-    if norm == "linf":
-      return np.sign(g)
-    return g / (np.sqrt(np.sum(g ** 2, axis=ndim, keepdims=True)) + 1e-12)
-
-  def proj(x):
-    if norm == "linf":
-      return np.clip(np.minimum(np.maximum(x, x0 - eps), x0 + eps), *BOUNDS)
-    delta = x - x0
-    nrm = np.sqrt(np.sum(delta ** 2, axis=ndim, keepdims=True))
-    return np.clip(x0 + delta / (nrm + 1e-12) * np.minimum(eps, nrm), *BOUNDS)
-  n_iter_2, n_iter_min, size_decr = max(int(0.22 * n), 1), max(int(0.06 * n), 1), max(
-      int(0.03 * n), 1)
-  x_adv = np.array(x_start)
-  grad, losses0 = grad_and_f(x_adv)
-  baselines = direction.init(testing.loss_fn, x_adv, labels, losses0)
-
-  def objective(losses):
-    return np.array(direction.objective(losses, baselines))
-  loss_best = objective(losses0)
-  x_best, grad_best = x_adv.copy(), grad.copy()
-  step = 2 * eps * np.ones((x0.shape[0], 1, 1, 1), np.float32)
-  x_old = x_adv.copy()
-  k, counter3 = n_iter_2, 0
-  loss_steps = np.zeros((n, x0.shape[0]), np.float32)
-  best_last, reduced_last = loss_best.copy(), np.ones_like(loss_best)
-  steps = []
-  for i in range(n):
-    grad2 = x_adv - x_old
-    x_old = x_adv.copy()
-    a = 0.75 if i > 0 else 1.0
-    steps.append(step[:, 0, 0, 0].copy())
-    x1 = proj(x_adv + step * unit(grad))
-    x1 = proj(x_adv + (x1 - x_adv) * a + grad2 * (1 - a))
-    x_adv = x1
-    grad, losses = grad_and_f(x_adv)
-    y1 = objective(losses)
-    loss_steps[i] = y1
-    ind = y1 > loss_best
-    x_best[ind], grad_best[ind], loss_best[ind] = x_adv[ind], grad[ind], y1[ind]
-    counter3 += 1
-    if counter3 == k:
-      t = np.zeros(x0.shape[0])
-      for c in range(k):
-        t += loss_steps[i - c] > loss_steps[i - c - 1]
-      fl = (t <= k * 0.75).astype(np.float32)
-      fl = np.maximum(fl, (1 - reduced_last) * (best_last >= loss_best))
-      reduced_last, best_last = fl.copy(), loss_best.copy()
-      idx = fl > 0
-      step[idx] /= 2.0
-      x_adv[idx], grad[idx] = x_best[idx], grad_best[idx]
-      k = max(k - size_decr, n_iter_min)
-      counter3 = 0
-  return x_best, loss_best, np.stack(steps)
-
-
-@pytest.mark.parametrize("norm,eps", [("linf", EPS), ("l2", 200.0)])
-@pytest.mark.parametrize("direction", [D.total(), D.gbmta()], ids=lambda d: d.name)
-def test_autoattack_apgd_matches_an_eager_transcription_of_fra31(setup, direction, norm, eps):
-  x0, labels = setup
-  n, key = 10, jax.random.key(5)
-  x_start = common.clip(attacks.NORMS[norm].autoattack_start(key, x0, jnp.float32(eps)), BOUNDS)
-  want_x, want_f, want_steps = eager_autoattack_apgd(direction, x0, labels, n, x_start, norm, eps)
-  got = attacks.apgd(testing.loss_fn, x0, labels, direction=direction, eps=eps, bounds=BOUNDS,
-                     num_steps=n, variant="autoattack", random_start=True, key=key, norm=norm)
-  np.testing.assert_allclose(got.step_size, want_steps, rtol=1e-6)
-  np.testing.assert_allclose(np.max(got.objective, axis=0), want_f, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(got.x_adv, want_x, atol=1e-2)
-  assert np.any(want_steps[-1] < want_steps[0])  # The schedule halved at least once.
-
-
-def test_autoattack_schedule_matches_its_counter_rule():
-  is_check, window = attacks.autoattack_schedule(100)
-  assert list(np.flatnonzero(is_check)[:4]) == [21, 40, 56, 69]  # k = 22, 19, 16, 13, ...
-  assert list(window[is_check][:4]) == [22, 19, 16, 13]
 
 
 # ------------------------------------------------------------------------------------------------

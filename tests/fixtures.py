@@ -1,0 +1,223 @@
+"""Helpers shared by several test modules: toy problems, synthetic records, reference tables.
+
+Plain functions and constants; the pytest fixtures built on them are registered in conftest.py.
+"""
+
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mtajax import tasks as mt
+from mtajax import testing
+from mtajax.train import config as config_lib
+
+# The toy net of mtajax.testing for the attack tests (fixture `setup`): input scale and box.
+EPS = 8.0
+BOUNDS = (np.array([-104.0, -116.7, -122.7], np.float32), np.array([151.0, 138.3, 132.3], np.float32))
+
+
+def clip_proj(x, x0, eps):
+  """Projection onto the L∞ ball of radius eps around x0 and the box, in NumPy."""
+  return np.clip(np.clip(x, x0 - eps, x0 + eps), BOUNDS[0], BOUNDS[1])
+
+
+def attack_setup():
+  """Images of the box's scale and labels of the toy net: (x, (params, labels))."""
+  key = jax.random.PRNGKey(0)
+  params = testing.init(key, 3, width=4)
+  labels = (params, testing.random_labels(key, params, 3, 8))
+  x = jax.random.uniform(key, (3, 8, 8, 3), minval=-100.0, maxval=100.0)
+  return x, labels
+
+
+# The plain-JAX multi-task problem of the robust, evaluation and host-loop tests.
+S, B, N = 16, 4, 8  # image size, batch size, images
+
+
+def problem():
+  """A random plain-JAX net (mtajax.testing) with labels near its own clean predictions."""
+  params = testing.init(jax.random.key(0), 3, width=4)
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-100, 100, (N, S, S, 3)).astype(np.float32)
+  pred = testing.apply(params, jnp.asarray(x))
+  seg = np.asarray(jnp.argmax(pred["segment_semantic"], -1)).astype(np.int32)
+  seg[:, 0] = 255  # ignored pixels
+  labels = {"segment_semantic": seg,
+            "normal": np.asarray(pred["normal"]) + rng.normal(0, .3, (N, S // 4, S // 4, 3)),
+            "depth_zbuffer": np.abs(np.asarray(pred["depth_zbuffer"][..., 0])) + 0.5}
+  labels = {k: v.astype(np.int32 if k == "segment_semantic" else np.float32)
+            for k, v in labels.items()}
+  batches = [{"image": x[i:i + B], **{k: v[i:i + B] for k, v in labels.items()}}
+             for i in range(0, N, B)]
+  tasks = (mt.Segmentation(channels=13), mt.Normal(label_encoding="unit"), mt.Depth())
+  return testing.apply, params, batches, tasks
+
+
+# Paper Table 16 (NYUv2, T=3) and Table 17 (Tiny-Taskonomy, T=5): index -> layout as printed.
+PAPER_T3 = {
+    2: "[[{0}, {2}, {1}], [{0}, {2}, {1}], [{0}, {2}, {1}], [{0}, {2}, {1}], [{0}, {2}, {1}]]",
+    9: "[[{1}, {0, 2}], [{1}, {0, 2}], [{1}, {2}, {0}], [{1}, {2}, {0}], [{1}, {2}, {0}]]",
+    14: "[[{2}, {0, 1}], [{2}, {0, 1}], [{2}, {1}, {0}], [{2}, {1}, {0}], [{2}, {1}, {0}]]",
+    4: "[[{1, 2}, {0}], [{1, 2}, {0}], [{0}, {2}, {1}], [{0}, {2}, {1}], [{0}, {2}, {1}]]",
+    23: "[[{0, 1, 2}], [{1}, {0, 2}], [{1}, {2}, {0}], [{1}, {2}, {0}], [{1}, {2}, {0}]]",
+    10: "[[{1}, {0, 2}], [{1}, {0, 2}], [{1}, {0, 2}], [{1}, {2}, {0}], [{1}, {2}, {0}]]",
+    5: "[[{1, 2}, {0}], [{1, 2}, {0}], [{1, 2}, {0}], [{0}, {2}, {1}], [{0}, {2}, {1}]]",
+    28: "[[{0, 1, 2}], [{2}, {0, 1}], [{2}, {0, 1}], [{2}, {1}, {0}], [{2}, {1}, {0}]]",
+    38: "[[{0, 1, 2}], [{0, 1, 2}], [{2}, {0, 1}], [{2}, {1}, {0}], [{2}, {1}, {0}]]",
+    41: "[[{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{0}, {2}, {1}], [{0}, {2}, {1}]]",
+    33: "[[{0, 1, 2}], [{0, 1, 2}], [{1, 2}, {0}], [{1, 2}, {0}], [{0}, {2}, {1}]]",
+    39: "[[{0, 1, 2}], [{0, 1, 2}], [{2}, {0, 1}], [{2}, {0, 1}], [{2}, {1}, {0}]]",
+    42: "[[{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{1, 2}, {0}], [{0}, {2}, {1}]]",
+    44: "[[{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{1}, {0, 2}], [{1}, {2}, {0}]]",
+    48: "[[{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{0}, {2}, {1}]]",
+    26: "[[{0, 1, 2}], [{2}, {0, 1}], [{2}, {0, 1}], [{2}, {0, 1}], [{2}, {0, 1}]]",
+    17: "[[{0, 1, 2}], [{1, 2}, {0}], [{1, 2}, {0}], [{1, 2}, {0}], [{1, 2}, {0}]]",
+    34: "[[{0, 1, 2}], [{0, 1, 2}], [{1}, {0, 2}], [{1}, {0, 2}], [{1}, {0, 2}]]",
+    43: "[[{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{1}, {0, 2}], [{1}, {0, 2}]]",
+    49: "[[{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{1}, {0, 2}]]",
+    0: "[[{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}]]",
+}
+PAPER_T5 = {
+    4: "[[{0}, {1}, {2}, {4}, {3}], [{0}, {1}, {2}, {4}, {3}], [{0}, {1}, {2}, {4}, {3}], "
+       "[{0}, {1}, {2}, {4}, {3}], [{0}, {1}, {2}, {4}, {3}]]",
+    190: "[[{0}, {3}, {1, 2, 4}], [{0}, {3}, {4}, {1, 2}], [{0}, {3}, {4}, {1, 2}], "
+         "[{0}, {3}, {4}, {2}, {1}], [{0}, {3}, {4}, {2}, {1}]]",
+    348: "[[{1, 2, 3, 4}, {0}], [{0}, {1, 2}, {4}, {3}], [{0}, {1, 2}, {4}, {3}], "
+         "[{0}, {4}, {3}, {2}, {1}], [{0}, {4}, {3}, {2}, {1}]]",
+    200: "[[{0}, {3}, {1, 2, 4}], [{0}, {3}, {1, 2, 4}], [{0}, {3}, {4}, {1, 2}], "
+         "[{0}, {3}, {4}, {2}, {1}], [{0}, {3}, {4}, {2}, {1}]]",
+    469: "[[{1, 2, 3, 4}, {0}], [{1, 2, 3, 4}, {0}], [{0}, {1, 2}, {4}, {3}], "
+         "[{0}, {4}, {3}, {2}, {1}], [{0}, {4}, {3}, {2}, {1}]]",
+    358: "[[{1, 2, 3, 4}, {0}], [{0}, {3, 4}, {1, 2}], [{0}, {3, 4}, {1, 2}], "
+         "[{0}, {4}, {3}, {2}, {1}], [{0}, {4}, {3}, {2}, {1}]]",
+    481: "[[{1, 2, 3, 4}, {0}], [{1, 2, 3, 4}, {0}], [{0}, {3}, {1, 2, 4}], "
+         "[{0}, {3}, {1}, {4}, {2}], [{0}, {3}, {1}, {4}, {2}]]",
+    191: "[[{0}, {3}, {1, 2, 4}], [{0}, {3}, {4}, {1, 2}], [{0}, {3}, {4}, {1, 2}], "
+         "[{0}, {3}, {4}, {1, 2}], [{0}, {3}, {4}, {2}, {1}]]",
+    959: "[[{1, 2, 4}, {0, 3}], [{0, 3}, {4}, {1, 2}], [{0, 3}, {4}, {1, 2}], "
+         "[{0, 3}, {4}, {2}, {1}], [{4}, {2}, {1}, {3}, {0}]]",
+    958: "[[{1, 2, 4}, {0, 3}], [{0, 3}, {4}, {1, 2}], [{0, 3}, {4}, {1, 2}], "
+         "[{0, 3}, {4}, {2}, {1}], [{0, 3}, {4}, {2}, {1}]]",
+    1020: "[[{1, 2, 4}, {0, 3}], [{1, 2, 4}, {0, 3}], [{0, 3}, {4}, {1, 2}], "
+          "[{0, 3}, {4}, {2}, {1}], [{0, 3}, {4}, {2}, {1}]]",
+    1043: "[[{1, 2, 4}, {0, 3}], [{1, 2, 4}, {0, 3}], [{1, 2, 4}, {0, 3}], "
+          "[{0, 3}, {2, 4}, {1}], [{2, 4}, {1}, {3}, {0}]]",
+    1037: "[[{1, 2, 4}, {0, 3}], [{1, 2, 4}, {0, 3}], [{1, 2, 4}, {0, 3}], "
+          "[{0, 3}, {2, 4}, {1}], [{0, 3}, {2, 4}, {1}]]",
+    0: "[[{0, 1, 2, 3, 4}], [{0, 1, 2, 3, 4}], [{0, 1, 2, 3, 4}], [{0, 1, 2, 3, 4}], "
+       "[{0, 1, 2, 3, 4}]]",
+}
+
+
+# Synthetic records with known ARPs for the report tests.
+TASKS = ("segment_semantic", "normal", "depth_zbuffer")
+LAYOUTS = {
+    "as": ("[[{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}], [{0, 1, 2}]]", 5, None),
+    "mid": ("[[{0, 1, 2}], [{0, 1, 2}], [{0}, {1, 2}], [{0}, {1, 2}], [{0}, {1}, {2}]]", 2, 41),
+    "ind": ("[[{0}, {1}, {2}], [{0}, {1}, {2}], [{0}, {1}, {2}], [{0}, {1}, {2}], "
+            "[{0}, {1}, {2}]]", 0, None),
+}
+ATTACK_SCALE = {"pgd": 1.0, "apgd": 1.1}
+SHARED = {"total": [50.0, 20.0, 30.0], "sign_total": [40.0, 30.0, 30.0],
+          "gbmta": [45.0, 40.0, 35.0]}
+
+
+def share(level: int) -> float:
+  """Known transferability of every Single-x on a model at this sharing level."""
+  return 0.1 + 0.1 * level
+
+
+def per_task(level, attack, direction, eps, shared=SHARED, share_fn=share):
+  """Single-x: the target at 60, every other task at 60·share (so TR = share exactly)."""
+  if direction.startswith("single_"):
+    target = direction[len("single_"):]
+    values = [60.0 if t == target else 60.0 * share_fn(level) for t in TASKS]
+  else:
+    values = shared[direction]
+  scale = ATTACK_SCALE[attack] * eps / 8
+  return {t: v * scale for t, v in zip(TASKS, values)}
+
+
+def record(model, attack, direction, eps, adv_training="none", at_scale=1.0, **kw):
+  layout, level, idx = LAYOUTS[model.split("_")[0]]
+  rec = {"key": f"{model}|{attack}|{direction}|{eps}", "model": model, "dataset": "synthetic",
+         "backbone": "small", "layout_idx": idx, "layout": layout, "sharing_level": level,
+         "adv_training": adv_training, "attack": attack, "direction": direction,
+         "eps": float(eps), "num_steps": 10, "tasks": list(TASKS), "metrics": {}, "losses": {},
+         "arp": None, "arp_per_task": None, "config_hash": "h", "devices": 1, "global_batch": 4,
+         "per_device_batch": 4, "time_s": 0.1}
+  if attack != "clean":
+    arps = {t: v * at_scale for t, v in per_task(level, attack, direction, eps, **kw).items()}
+    rec["arp_per_task"] = arps
+    rec["arp"] = float(np.mean(list(arps.values())))
+  return rec
+
+
+DIRECTIONS = tuple(f"single_{t}" for t in TASKS) + ("total", "sign_total", "gbmta")
+
+
+def make_records(models=("as", "mid", "ind"), attacks=("pgd", "apgd"), eps_grid=(4, 8, 16),
+                 directions=DIRECTIONS, at=True, **kw):
+  out = []
+  for model in models:
+    out.append(record(model, "clean", None, 0))
+    out += [record(model, a, d, e, **kw) for a in attacks for d in directions for e in eps_grid]
+  if at:
+    out.append(record("mid_fat", "clean", None, 0, adv_training="fat:gbmta:eps8"))
+    out += [record("mid_fat", "pgd", d, e, adv_training="fat:gbmta:eps8", at_scale=0.3, **kw)
+            for d in directions for e in eps_grid]
+  return out
+
+
+def rows(table: str) -> dict[str, list[str]]:
+  """Markdown table -> {first cell: [cells]} (header row under the key 'header')."""
+  lines = [l for l in table.strip().splitlines() if not l.startswith("| :--")]
+  parsed = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+  return {"header": parsed[0], **{r[0]: r for r in parsed[1:]}}
+
+
+# The tiny training run of the train-loop and checkpoint tests.
+NUM_STEPS = 6
+
+
+def tiny_config(data_dir):
+  c = config_lib.default_config()
+  c.data_dir = str(data_dir)
+  c.data_config = dict(resolution=16, num_train=24, num_test=8)
+  c.width = 4
+  c.tasks = ("segment_semantic", "depth_zbuffer")
+  c.batch_size = 4
+  c.num_steps = NUM_STEPS
+  c.eval_every = NUM_STEPS
+  c.eval_batch_size = 8
+  c.checkpoint_every = 1
+  c.keep_checkpoints = 2
+  c.progress_bar = False
+  return c
+
+
+# Damaged checkpoints (train checkpoint and rerun tests).
+def _array_file(step_dir: pathlib.Path) -> pathlib.Path:
+  """The largest array-data file of a step (OCDBT data, not metadata)."""
+  files = [f for f in (step_dir / "state").rglob("*") if f.is_file() and "ocdbt.process" in str(f)]
+  return max(files, key=lambda f: f.stat().st_size)
+
+
+def damage(step_dir: pathlib.Path, how: str) -> None:
+  """Flips 4 bits in, truncates or garbles the step's largest array-data file."""
+  f = _array_file(step_dir)
+  data = bytearray(f.read_bytes())
+  if how == "flip":
+    for i in range(4):
+      data[len(data) // 2 + 101 * i] ^= 1 << i
+  elif how == "truncate":
+    data = data[:len(data) // 2]
+  else:
+    data[100:164] = b"\x00" * 64
+  f.write_bytes(bytes(data))
+
+
+# The paper backbones' three NYUv2 tasks and their channels (model shape tests).
+TASKS3 = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
