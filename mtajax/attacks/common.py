@@ -415,16 +415,18 @@ def invalid_images(x: Array, eps: Array, bounds: Bounds, step_size: Array | None
                    ) -> Array:
   """(B,) bool: the images whose values :func:`check_inputs` would reject, for traced values.
 
-  An image is invalid when its ε is negative or NaN, its step size is not > 0, it holds a NaN or
-  inf, or when any channel's box has low > high or a NaN bound (then every image is). An input
-  outside a valid box is not: the attack's first projection clamps it into the box.
+  An image is invalid when its ε is negative or NaN, its step size is negative or NaN, it holds
+  a NaN or inf, or when any channel's box has low > high or a NaN bound (then every image is). A
+  step of 0 is valid (ε = 0 gives it by default, and a tiny ε's step ε/N can flush to 0): the image
+  is not moved. An input outside a valid box is not invalid: the first projection clamps it in.
   """
   low, high = (jnp.asarray(b, x.dtype) for b in bounds)
   batch = x.shape[:1]
   bad = ~jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
-  bad |= ~jnp.all(low <= high) | ~(jnp.broadcast_to(eps, batch) >= 0)
+  eps = jnp.broadcast_to(eps, batch)
+  bad |= ~jnp.all(low <= high) | ~(eps >= 0)
   if step_size is not None:
-    bad |= ~(jnp.broadcast_to(step_size, batch) > 0)
+    bad |= ~(jnp.broadcast_to(step_size, batch) >= 0)
   return bad
 
 
@@ -436,8 +438,8 @@ def nan_where_invalid(result: AttackResult, bad: Array) -> AttackResult:
   every metric downstream. Valid images are returned bit for bit.
   """
   checkify.debug_check(~jnp.any(bad), "attack inputs invalid: an image has eps < 0 or NaN, a step "
-                       "size <= 0, a NaN/inf value, or the bounds have low > high or NaN; their "
-                       "x_adv is NaN. Fix: pass eps >= 0, step_size > 0, finite x, low <= high.")
+                       "size < 0 or NaN, a NaN/inf value, or the bounds have low > high or NaN; "
+                       "their x_adv is NaN. Fix: pass eps >= 0, step_size >= 0, finite x, low <= high.")
   nan = jnp.asarray(jnp.nan, result.x_adv.dtype)
   return result._replace(x_adv=jnp.where(per_sample(bad, result.x_adv), nan, result.x_adv))
 
