@@ -118,7 +118,9 @@ def test_8_device_attack_equals_1_device_attack(eight_devices):
 
 
 def test_metrics_over_8_shards_equal_1_device(eight_devices):
-  assert eight_devices["eval_rel"] < 1e-5
+  # float32 sums over ~16k pixels in another order: ~1e-5 (2.4e-5 at XLA:CPU optimisation level 0);
+  # a lost or doubled shard or a counted padding row would be >= 1e-2.
+  assert eight_devices["eval_rel"] < 1e-4
   metrics = eight_devices["eval_metrics"]
   assert metrics["segment_semantic"]["Pixel Acc"] > 0  # Not a vacuous all-zero comparison.
 
