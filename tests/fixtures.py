@@ -178,6 +178,23 @@ def rows(table: str) -> dict[str, list[str]]:
   return {"header": parsed[0], **{r[0]: r for r in parsed[1:]}}
 
 
+def is_png(path) -> bool:
+  """Whether the file is a PNG image of more than 1000 bytes."""
+  return path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def example_arrays():
+  """The inputs of ``report.figure_examples``: an image, two perturbations, clean and adv preds."""
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  perturbed = {e: np.clip(image + rng.integers(-e, e + 1, image.shape), 0, 255).astype(np.uint8)
+               for e in (4, 8)}
+  preds = {"segment_semantic": rng.normal(size=(16, 16, 5)),
+           "normal": rng.normal(size=(16, 16, 3)), "depth_zbuffer": rng.random((16, 16, 1))}
+  return dict(image_rgb=image, perturbed=perturbed, preds_clean=preds,
+              preds_adv={k: -v for k, v in preds.items()}, tasks=list(TASKS))
+
+
 # The tiny training run of the train-loop and checkpoint tests.
 NUM_STEPS = 6
 
