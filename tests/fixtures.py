@@ -3,6 +3,7 @@
 Plain functions and constants; the pytest fixtures built on them are registered in conftest.py.
 """
 
+import math
 import pathlib
 
 import jax
@@ -53,6 +54,91 @@ def problem():
              for i in range(0, N, B)]
   tasks = (mt.Segmentation(channels=13), mt.Normal(label_encoding="unit"), mt.Depth())
   return testing.apply, params, batches, tasks
+
+
+# The task-loss tests: labels of B images at H×W (B as above) and predictions at h×w, with NumPy
+# transcriptions of the reference criteria (spec §3).
+H, W, h, w = 13, 11, 5, 4
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def nearest_np(x, out_h, out_w):
+  """PyTorch-style nearest: source index floor(i * in / out), clamped (Python float arithmetic)."""
+  rows = [min(math.floor(i * x.shape[1] / out_h), x.shape[1] - 1) for i in range(out_h)]
+  cols = [min(math.floor(j * x.shape[2] / out_w), x.shape[2] - 1) for j in range(out_w)]
+  return x[:, rows][:, :, cols]
+
+
+def make_batch(seed, num_classes=6, masks=True):
+  """Labels with ignore pixels, masks and image 0 entirely invalid for every task."""
+  rng = np.random.default_rng(seed)
+  seg = rng.integers(0, num_classes, (B, H, W))
+  seg[rng.random((B, H, W)) < 0.2] = 255
+  seg[0] = 255
+  normal = rng.integers(0, 255, (B, H, W, 3)).astype(np.float32)
+  normal[rng.random((B, H, W)) < 0.2, rng.integers(0, 3)] = 255
+  normal[0, ..., 1] = 255
+  depth = rng.uniform(0.5, 5.0, (B, H, W)).astype(np.float32)
+  depth[rng.random((B, H, W)) < 0.2] = 0.0
+  depth[0] = 0.0
+  key = rng.uniform(-1, 1, (B, H, W)).astype(np.float32)
+  key[rng.random((B, H, W)) < 0.2] = 255
+  key[0] = 255
+  batch = {"segment_semantic": seg.astype(np.int32), "normal": normal,
+           "depth_zbuffer": depth, "keypoints2d": key}
+  if masks:
+    for name in ("normal", "depth_zbuffer"):
+      mask = (rng.random((B, H, W)) > 0.3).astype(np.float32)
+      mask[0] = 0.0
+      batch[name + "_mask"] = mask
+  return batch
+
+
+def preds(seed, channels):
+  """Random predictions (B, h, w, channels)."""
+  return np.random.default_rng(seed).normal(size=(B, h, w, channels)).astype(np.float32)
+
+
+def reduce_np(num, den):
+  """Reference 'none' (per image) and 'mean' (batch-pooled) from per-pixel numerator/weights."""
+  per_image = np.array([n[d > 0].sum() / d.sum() if d.sum() > 0 else 0.0
+                        for n, d in zip(num, den)])
+  pooled = num.sum() / den.sum()
+  return per_image, pooled
+
+
+def check(task, pred, batch, want):
+  """The task's jitted per-image and pooled losses and valid counts against want (reduce_np's)."""
+  per_image, pooled = want
+  loss = jax.jit(task.loss, static_argnums=2)
+  got_image = np.asarray(loss(pred, batch, "image"))
+  got_pooled = np.asarray(loss(pred, batch, "pooled"))
+  np.testing.assert_allclose(got_image, per_image, **TOL)
+  np.testing.assert_allclose(got_pooled.mean(), pooled, **TOL)
+  assert np.all(np.isfinite(got_image)) and got_image[0] == 0.0
+  counts = np.asarray(task.valid_count(pred.shape, batch))
+  assert counts[0] == 0 and np.all(counts[1:] > 0)
+
+
+def l1_np(pred, g, valid):
+  """The reference L1 criterion on the valid pixels."""
+  return reduce_np(np.abs(pred[..., 0] - g) * valid, valid.astype(np.float64))
+
+
+# Segmentation labels out of range or of another size (segmentation and resize tests).
+SEG = mt.Segmentation(channels=5)
+
+
+def seg_problem(bad_value=None, hw=4):
+  """Predictions (3, 4, 4, 5) and hw×hw labels for SEG, with bad_value at a pixel and in image 2."""
+  rng = np.random.default_rng(0)
+  pred = jnp.asarray(rng.normal(size=(3, 4, 4, 5)), jnp.float32)
+  y = rng.integers(0, 5, (3, hw, hw)).astype(np.int32)
+  y[0, 0, 0] = 255  # ignored: fine
+  if bad_value is not None:
+    y[1, 1, 1] = bad_value
+    y[2] = bad_value  # every pixel out of range
+  return pred, {"segment_semantic": jnp.asarray(y)}
 
 
 # Paper Table 16 (NYUv2, T=3) and Table 17 (Tiny-Taskonomy, T=5): index -> layout as printed.
