@@ -3,15 +3,20 @@
 Plain functions and constants; the pytest fixtures built on them are registered in conftest.py.
 """
 
+import collections
 import math
 import pathlib
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtajax import models
 from mtajax import tasks as mt
 from mtajax import testing
+from mtajax.models.heads import ConvHead
+from mtajax.models.layers import BatchNorm, conv
 from mtajax.train import config as config_lib
 
 # The toy net of mtajax.testing for the attack tests (fixture `setup`): input scale and box.
@@ -139,6 +144,36 @@ def seg_problem(bad_value=None, hw=4):
     y[1, 1, 1] = bad_value
     y[2] = bad_value  # every pixel out of range
   return pred, {"segment_semantic": jnp.asarray(y)}
+
+
+# The branched-model tests' toy blocks, model and tasks (branched, pure and build tests).
+CALLS = collections.Counter()  # calls per Tiny instance (id)
+TOY_TASKS = {"segment_semantic": 5, "normal": 3, "depth_zbuffer": 1}
+
+
+class Tiny(nnx.Module):
+  """conv1×1 + BN + tanh; counts its calls."""
+
+  def __init__(self, *, rngs):
+    self.conv = conv(4, 4, 1, kernel_init=nnx.initializers.normal(0.5), rngs=rngs)
+    self.bn = BatchNorm(4, rngs=rngs)
+
+  def __call__(self, x):
+    CALLS[id(self)] += 1
+    return jnp.tanh(self.bn(self.conv(x)))
+
+
+def tiny_model(layout, *, identical_copies=True, seed=0):
+  """A BranchedModel of five Tiny blocks and a ConvHead per task of TOY_TASKS."""
+  heads = {name: lambda rngs, c=c: ConvHead(4, c, hidden=4, rngs=rngs)
+           for name, c in TOY_TASKS.items()}
+  return models.BranchedModel([Tiny] * 5, layout, heads, identical_copies=identical_copies,
+                         rngs=nnx.Rngs(seed))
+
+
+def random_x(shape=(2, 6, 6, 4), seed=0):
+  """A standard-normal float32 input."""
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
 
 
 # Paper Table 16 (NYUv2, T=3) and Table 17 (Tiny-Taskonomy, T=5): index -> layout as printed.
