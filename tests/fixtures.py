@@ -38,6 +38,28 @@ def attack_setup():
   return x, labels
 
 
+# A cheap two-task loss whose first task is a masked mean (attack core and threat-model tests).
+def masked_loss(x, labels):
+  """Two tasks on a cheap net; the first a masked mean (0 for an image with an empty mask)."""
+  m, target, mask = labels["m"], labels["target"], labels["mask"]
+  h = jnp.tanh(x / 50.0) @ m  # (B, H, W, 2)
+  err = jnp.abs(h[..., 0] - target)
+  count = jnp.sum(mask, axis=(1, 2))
+  masked = jnp.sum(err * mask, axis=(1, 2)) / jnp.maximum(count, 1.0)
+  return {"masked": masked, "plain": jnp.mean((h[..., 1] + target) ** 2, axis=(1, 2))}
+
+
+def masked_problem(b=3, hw=4, seed=0, empty=(0,)):
+  """Inputs and labels of masked_loss; the images in `empty` have an empty mask."""
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(-1, 1, (b, hw, hw, 3)).astype(np.float32)
+  mask = np.ones((b, hw, hw), np.float32)
+  mask[list(empty)] = 0.0
+  labels = {"m": rng.normal(size=(3, 2)).astype(np.float32),
+            "target": rng.normal(size=(b, hw, hw)).astype(np.float32), "mask": mask}
+  return x, labels
+
+
 # The plain-JAX multi-task problem of the robust, evaluation and host-loop tests.
 S, B, N = 16, 4, 8  # image size, batch size, images
 
@@ -135,7 +157,7 @@ SEG = mt.Segmentation(channels=5)
 
 
 def seg_problem(bad_value=None, hw=4):
-  """Predictions (3, 4, 4, 5) and hw×hw labels for SEG, with bad_value at a pixel and in image 2."""
+  """Predictions (3, 4, 4, 5) and hw×hw labels for SEG; bad_value at a pixel and in image 2."""
   rng = np.random.default_rng(0)
   pred = jnp.asarray(rng.normal(size=(3, 4, 4, 5)), jnp.float32)
   y = rng.integers(0, 5, (3, hw, hw)).astype(np.int32)
