@@ -1,4 +1,5 @@
-"""Helpers shared by several test modules: toy problems, synthetic records, reference tables.
+"""Helpers shared by several test modules: toy problems and models, task-loss batches with NumPy
+reference criteria, synthetic records, reference tables.
 
 Plain functions and constants; the pytest fixtures built on them are registered in conftest.py.
 """
