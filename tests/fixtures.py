@@ -1,16 +1,23 @@
-"""Helpers shared by several test modules: toy problems, synthetic records, reference tables.
+"""Helpers shared by several test modules: toy problems and models, task-loss batches with NumPy
+reference criteria, synthetic records, reference tables.
 
 Plain functions and constants; the pytest fixtures built on them are registered in conftest.py.
 """
 
+import collections
+import math
 import pathlib
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtajax import models
 from mtajax import tasks as mt
 from mtajax import testing
+from mtajax.models.heads import ConvHead
+from mtajax.models.layers import BatchNorm, conv
 from mtajax.train import config as config_lib
 
 # The toy net of mtajax.testing for the attack tests (fixture `setup`): input scale and box.
@@ -29,6 +36,28 @@ def attack_setup():
   params = testing.init(key, 3, width=4)
   labels = (params, testing.random_labels(key, params, 3, 8))
   x = jax.random.uniform(key, (3, 8, 8, 3), minval=-100.0, maxval=100.0)
+  return x, labels
+
+
+# A cheap two-task loss whose first task is a masked mean (attack core and threat-model tests).
+def masked_loss(x, labels):
+  """Two tasks on a cheap net; the first a masked mean (0 for an image with an empty mask)."""
+  m, target, mask = labels["m"], labels["target"], labels["mask"]
+  h = jnp.tanh(x / 50.0) @ m  # (B, H, W, 2)
+  err = jnp.abs(h[..., 0] - target)
+  count = jnp.sum(mask, axis=(1, 2))
+  masked = jnp.sum(err * mask, axis=(1, 2)) / jnp.maximum(count, 1.0)
+  return {"masked": masked, "plain": jnp.mean((h[..., 1] + target) ** 2, axis=(1, 2))}
+
+
+def masked_problem(b=3, hw=4, seed=0, empty=(0,)):
+  """Inputs and labels of masked_loss; the images in `empty` have an empty mask."""
+  rng = np.random.default_rng(seed)
+  x = rng.uniform(-1, 1, (b, hw, hw, 3)).astype(np.float32)
+  mask = np.ones((b, hw, hw), np.float32)
+  mask[list(empty)] = 0.0
+  labels = {"m": rng.normal(size=(3, 2)).astype(np.float32),
+            "target": rng.normal(size=(b, hw, hw)).astype(np.float32), "mask": mask}
   return x, labels
 
 
@@ -53,6 +82,121 @@ def problem():
              for i in range(0, N, B)]
   tasks = (mt.Segmentation(channels=13), mt.Normal(label_encoding="unit"), mt.Depth())
   return testing.apply, params, batches, tasks
+
+
+# The task-loss tests: labels of B images at H×W (B as above) and predictions at h×w, with NumPy
+# transcriptions of the reference criteria (spec §3).
+H, W, h, w = 13, 11, 5, 4
+TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def nearest_np(x, out_h, out_w):
+  """PyTorch-style nearest: source index floor(i * in / out), clamped (Python float arithmetic)."""
+  rows = [min(math.floor(i * x.shape[1] / out_h), x.shape[1] - 1) for i in range(out_h)]
+  cols = [min(math.floor(j * x.shape[2] / out_w), x.shape[2] - 1) for j in range(out_w)]
+  return x[:, rows][:, :, cols]
+
+
+def make_batch(seed, num_classes=6, masks=True):
+  """Labels with ignore pixels, masks and image 0 entirely invalid for every task."""
+  rng = np.random.default_rng(seed)
+  seg = rng.integers(0, num_classes, (B, H, W))
+  seg[rng.random((B, H, W)) < 0.2] = 255
+  seg[0] = 255
+  normal = rng.integers(0, 255, (B, H, W, 3)).astype(np.float32)
+  normal[rng.random((B, H, W)) < 0.2, rng.integers(0, 3)] = 255
+  normal[0, ..., 1] = 255
+  depth = rng.uniform(0.5, 5.0, (B, H, W)).astype(np.float32)
+  depth[rng.random((B, H, W)) < 0.2] = 0.0
+  depth[0] = 0.0
+  key = rng.uniform(-1, 1, (B, H, W)).astype(np.float32)
+  key[rng.random((B, H, W)) < 0.2] = 255
+  key[0] = 255
+  batch = {"segment_semantic": seg.astype(np.int32), "normal": normal,
+           "depth_zbuffer": depth, "keypoints2d": key}
+  if masks:
+    for name in ("normal", "depth_zbuffer"):
+      mask = (rng.random((B, H, W)) > 0.3).astype(np.float32)
+      mask[0] = 0.0
+      batch[name + "_mask"] = mask
+  return batch
+
+
+def preds(seed, channels):
+  """Random predictions (B, h, w, channels)."""
+  return np.random.default_rng(seed).normal(size=(B, h, w, channels)).astype(np.float32)
+
+
+def reduce_np(num, den):
+  """Reference 'none' (per image) and 'mean' (batch-pooled) from per-pixel numerator/weights."""
+  per_image = np.array([n[d > 0].sum() / d.sum() if d.sum() > 0 else 0.0
+                        for n, d in zip(num, den)])
+  pooled = num.sum() / den.sum()
+  return per_image, pooled
+
+
+def check(task, pred, batch, want):
+  """The task's jitted per-image and pooled losses and valid counts against want (reduce_np's)."""
+  per_image, pooled = want
+  loss = jax.jit(task.loss, static_argnums=2)
+  got_image = np.asarray(loss(pred, batch, "image"))
+  got_pooled = np.asarray(loss(pred, batch, "pooled"))
+  np.testing.assert_allclose(got_image, per_image, **TOL)
+  np.testing.assert_allclose(got_pooled.mean(), pooled, **TOL)
+  assert np.all(np.isfinite(got_image)) and got_image[0] == 0.0
+  counts = np.asarray(task.valid_count(pred.shape, batch))
+  assert counts[0] == 0 and np.all(counts[1:] > 0)
+
+
+def l1_np(pred, g, valid):
+  """The reference L1 criterion on the valid pixels."""
+  return reduce_np(np.abs(pred[..., 0] - g) * valid, valid.astype(np.float64))
+
+
+# Segmentation labels out of range or of another size (segmentation and resize tests).
+SEG = mt.Segmentation(channels=5)
+
+
+def seg_problem(bad_value=None, hw=4):
+  """Predictions (3, 4, 4, 5) and hw×hw labels for SEG; bad_value at a pixel and in image 2."""
+  rng = np.random.default_rng(0)
+  pred = jnp.asarray(rng.normal(size=(3, 4, 4, 5)), jnp.float32)
+  y = rng.integers(0, 5, (3, hw, hw)).astype(np.int32)
+  y[0, 0, 0] = 255  # ignored: fine
+  if bad_value is not None:
+    y[1, 1, 1] = bad_value
+    y[2] = bad_value  # every pixel out of range
+  return pred, {"segment_semantic": jnp.asarray(y)}
+
+
+# The branched-model tests' toy blocks, model and tasks (branched, pure and build tests).
+CALLS = collections.Counter()  # calls per Tiny instance (id)
+TOY_TASKS = {"segment_semantic": 5, "normal": 3, "depth_zbuffer": 1}
+
+
+class Tiny(nnx.Module):
+  """conv1×1 + BN + tanh; counts its calls."""
+
+  def __init__(self, *, rngs):
+    self.conv = conv(4, 4, 1, kernel_init=nnx.initializers.normal(0.5), rngs=rngs)
+    self.bn = BatchNorm(4, rngs=rngs)
+
+  def __call__(self, x):
+    CALLS[id(self)] += 1
+    return jnp.tanh(self.bn(self.conv(x)))
+
+
+def tiny_model(layout, *, identical_copies=True, seed=0):
+  """A BranchedModel of five Tiny blocks and a ConvHead per task of TOY_TASKS."""
+  heads = {name: lambda rngs, c=c: ConvHead(4, c, hidden=4, rngs=rngs)
+           for name, c in TOY_TASKS.items()}
+  return models.BranchedModel([Tiny] * 5, layout, heads, identical_copies=identical_copies,
+                         rngs=nnx.Rngs(seed))
+
+
+def random_x(shape=(2, 6, 6, 4), seed=0):
+  """A standard-normal float32 input."""
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
 
 
 # Paper Table 16 (NYUv2, T=3) and Table 17 (Tiny-Taskonomy, T=5): index -> layout as printed.
@@ -176,6 +320,23 @@ def rows(table: str) -> dict[str, list[str]]:
   lines = [l for l in table.strip().splitlines() if not l.startswith("| :--")]
   parsed = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
   return {"header": parsed[0], **{r[0]: r for r in parsed[1:]}}
+
+
+def is_png(path) -> bool:
+  """Whether the file is a PNG image of more than 1000 bytes."""
+  return path.stat().st_size > 1000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def example_arrays():
+  """The inputs of ``report.figure_examples``: an image, two perturbations, clean and adv preds."""
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  perturbed = {e: np.clip(image + rng.integers(-e, e + 1, image.shape), 0, 255).astype(np.uint8)
+               for e in (4, 8)}
+  preds = {"segment_semantic": rng.normal(size=(16, 16, 5)),
+           "normal": rng.normal(size=(16, 16, 3)), "depth_zbuffer": rng.random((16, 16, 1))}
+  return dict(image_rgb=image, perturbed=perturbed, preds_clean=preds,
+              preds_adv={k: -v for k, v in preds.items()}, tasks=list(TASKS))
 
 
 # The tiny training run of the train-loop and checkpoint tests.

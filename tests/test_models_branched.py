@@ -1,9 +1,6 @@
-"""BranchedModel: tree evaluation, equivalence with chains / a single trunk, init, pure views."""
-
-import collections
+"""BranchedModel: tree evaluation, equivalence with chains / a single trunk, identical init."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -11,200 +8,59 @@ from flax import nnx
 import mtajax  # noqa: F401  (XLA:CPU workaround before JAX initialises)
 from mtajax import models as M
 from mtajax.models.heads import ConvHead
-from mtajax.models.layers import BatchNorm, conv
 
-CALLS = collections.Counter()
-TASKS = {"segment_semantic": 5, "normal": 3, "depth_zbuffer": 1}
-
-
-class Tiny(nnx.Module):
-  """conv1×1 + BN + tanh; counts its calls."""
-
-  def __init__(self, *, rngs):
-    self.conv = conv(4, 4, 1, kernel_init=nnx.initializers.normal(0.5), rngs=rngs)
-    self.bn = BatchNorm(4, rngs=rngs)
-
-  def __call__(self, x):
-    CALLS[id(self)] += 1
-    return jnp.tanh(self.bn(self.conv(x)))
-
-
-def _tiny_model(layout, *, identical_copies=True, seed=0):
-  heads = {name: lambda rngs, c=c: ConvHead(4, c, hidden=4, rngs=rngs) for name, c in TASKS.items()}
-  return M.BranchedModel([Tiny] * 5, layout, heads, identical_copies=identical_copies,
-                         rngs=nnx.Rngs(seed))
-
-
-def _x(shape=(2, 6, 6, 4), seed=0):
-  return jnp.asarray(np.random.default_rng(seed).normal(size=shape).astype(np.float32))
-
-
-@pytest.fixture(scope="module")
-def small():
-  """A default-width small model with He-scaled backbone kernels.
-
-  With the reference init (std 0.01) and fresh running statistics, eval outputs barely depend on x.
-  """
-  model = M.build_model("small", TASKS, 5, rngs=nnx.Rngs(0))
-  copies = nnx.state(model.copies, nnx.Param)
-  nnx.update(model.copies, jax.tree.map_with_path(
-      lambda path, p: p * np.sqrt(2 / np.prod(p.shape[:-1])) / 0.01
-      if "kernel" in jax.tree_util.keystr(path) else p, copies))
-  return model
+from fixtures import CALLS, TOY_TASKS, random_x, tiny_model
 
 
 def test_each_copy_runs_once_and_feeds_its_children():
   layout = M.enumerate_layouts(3)[5]  # 2, 2, 2, 3, 3 copies
-  model = nnx.view(_tiny_model(layout, identical_copies=False), use_running_average=True,
+  model = nnx.view(tiny_model(layout, identical_copies=False), use_running_average=True,
                    deterministic=True)
   copies = [c for block in model.copies for c in block]
   CALLS.clear()
-  out = model(_x())
+  out = model(random_x())
   assert sorted(CALLS[id(c)] for c in copies) == [1] * 12 and sum(CALLS.values()) == 12
   # Against T independent chains built from the same copies.
-  for t, name in enumerate(TASKS):
-    h = _x()
+  for t, name in enumerate(TOY_TASKS):
+    h = random_x()
     for i in range(5):
       h = model.copies[i][layout.group_index(i, t)](h)
     np.testing.assert_array_equal(out[name], model.heads[t](h))
   # A one-task forward runs only that task's chain and gives the same values.
   CALLS.clear()
-  one = model(_x(), tasks=["normal"])
+  one = model(random_x(), tasks=["normal"])
   assert list(one) == ["normal"] and sum(CALLS.values()) == 5
   np.testing.assert_array_equal(one["normal"], out["normal"])
   with pytest.raises(ValueError, match="Unknown tasks"):
-    model(_x(), tasks=["depth"])
+    model(random_x(), tasks=["depth"])
 
 
 def test_all_shared_with_identical_heads_equals_single_trunk():
   # An AS small model (coarse->fine: 7 fine blocks) against a plain Sequential trunk built from the
   # same factories with the documented key order (block i: i-th params draw; heads afterwards).
-  model = M.build_model("small", TASKS | {"normal": 5, "depth_zbuffer": 5}, 0, rngs=nnx.Rngs(3))
+  model = M.build_model("small", TOY_TASKS | {"normal": 5, "depth_zbuffer": 5}, 0, rngs=nnx.Rngs(3))
   for head in model.heads:
     nnx.update(head, nnx.state(model.heads[0]))
   rngs = nnx.Rngs(3)
   trunk = nnx.Sequential(*[f(rngs=nnx.Rngs(params=rngs.params()))
                            for f in M.backbone_blocks("small")])
   head = ConvHead(64, 5, hidden=32, rngs=nnx.Rngs(params=rngs.params()))
-  x = _x((2, 16, 16, 3))
+  x = random_x((2, 16, 16, 3))
   plain = nnx.view(nnx.Sequential(trunk, head), use_running_average=True, deterministic=True)
   expected = nnx.jit(lambda net, x: net(x))(plain, x)
   predict, state = M.pure_predict(model)
   out = jax.jit(predict)(state, x)
-  for name in TASKS:
+  for name in TOY_TASKS:
     np.testing.assert_array_equal(out[name], expected)
 
 
 def test_identical_copies_start_equal_and_do_not_depend_on_layout():
   t3 = M.enumerate_layouts(3)
-  ind, as_ = _tiny_model(t3[2]), _tiny_model(t3[0])
+  ind, as_ = tiny_model(t3[2]), tiny_model(t3[0])
   for i in range(5):
     for copy in ind.copies[i]:
       np.testing.assert_array_equal(copy.conv.kernel[...], as_.copies[i][0].conv.kernel[...])
   for a, b in zip(ind.heads, as_.heads):
     np.testing.assert_array_equal(a.conv1.kernel[...], b.conv1.kernel[...])
-  indep = _tiny_model(t3[2], identical_copies=False)
+  indep = tiny_model(t3[2], identical_copies=False)
   assert not np.allclose(indep.copies[0][0].conv.kernel[...], indep.copies[0][1].conv.kernel[...])
-
-
-def test_pure_predict_jit_grad_vmap_scan(small):
-  predict, state = M.pure_predict(small)
-  x = _x((2, 16, 16, 3), seed=1)
-
-  def loss(x):
-    return sum(jnp.mean(v ** 2) for v in predict(state, x).values())
-
-  grad_fn = jax.jit(jax.grad(loss))
-  grad = grad_fn(x)
-  assert grad.shape == x.shape and bool(jnp.all(jnp.isfinite(grad)))
-  # Directional derivative against a float64 central difference (small step: ReLU kinks).
-  v = _x((2, 16, 16, 3), seed=2)
-  with jax.enable_x64(True):
-    state64, x64, v64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (state, x, v))
-    loss64 = jax.jit(lambda x: sum(jnp.mean(p ** 2) for p in predict(state64, x).values()))
-    fd = float((loss64(x64 + 1e-6 * v64) - loss64(x64 - 1e-6 * v64)) / 2e-6)
-  assert abs(fd) > 1e-3
-  np.testing.assert_allclose(jnp.vdot(grad, v), fd, rtol=1e-3)
-  # Eval mode is per-sample: vmapped single-image predictions equal the batched ones.
-  out = jax.jit(predict)(state, x)
-  per_sample = jax.jit(jax.vmap(lambda xi: predict(state, xi[None])))(x)
-  for name in TASKS:
-    np.testing.assert_allclose(per_sample[name][:, 0], out[name], rtol=1e-4, atol=1e-6)
-
-  def step(x, _):
-    return x + jnp.sign(grad_fn(x)), None
-
-  scanned = jax.jit(lambda x: jax.lax.scan(step, x, length=2)[0])(x)
-  looped = step(step(x, None)[0], None)[0]
-  np.testing.assert_allclose(scanned, looped, rtol=1e-5, atol=1e-4)
-
-
-def test_pure_apply_train_and_eval(small):
-  apply, params, batch_stats = M.pure_apply(small)
-  x = _x((4, 16, 16, 3), seed=3)
-  before = jax.tree.map(np.array, batch_stats)
-  train = jax.jit(apply, static_argnames="train")
-  out1, stats1 = train(params, batch_stats, x, train=True, rng=jax.random.key(0))
-  out2, _ = train(params, batch_stats, x, train=True, rng=jax.random.key(1))
-  out1b, stats1b = train(params, batch_stats, x, train=True, rng=jax.random.key(0))
-  # Running stats moved; inputs untouched; dropout follows the key.
-  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before, jax.tree.map(np.array, stats1))
-  assert all(jax.tree.leaves(changed))
-  jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, batch_stats))
-  assert not np.allclose(out1["normal"], out2["normal"])
-  np.testing.assert_array_equal(out1["normal"], out1b["normal"])
-  # Stem BN: running mean = 0.1 * batch mean of the stem conv output (PyTorch momentum 0.1).
-  stem_out = small.copies[0][0].conv(x)
-  np.testing.assert_allclose(stats1["copies"][0][0]["bn"]["mean"][...],
-                             0.1 * np.mean(stem_out, axis=(0, 1, 2)), rtol=1e-4, atol=1e-7)
-  # Eval mode returns the stats unchanged and equals pure_predict.
-  predict, state = M.pure_predict(small)
-  out_eval, stats_eval = apply(params, batch_stats, x, train=False)
-  jax.tree.map(np.testing.assert_array_equal, stats_eval, batch_stats)
-  expected = predict(state, x)
-  for name in TASKS:
-    np.testing.assert_allclose(out_eval[name], expected[name], rtol=1e-6, atol=1e-7)
-  with pytest.raises(ValueError, match="needs rng"):
-    apply(params, batch_stats, x, train=True)
-
-
-def test_small_forward_and_input_gradient_are_finite_and_nonzero(small):
-  # Timings belong in benchmarks/ (the README quotes the measured ones), not in tests.
-  predict, state = M.pure_predict(small)
-  step = jax.jit(jax.grad(lambda x: sum(jnp.sum(v) for v in predict(state, x).values())))
-  grad = np.asarray(step(_x((8, 64, 64, 3))))
-  assert grad.shape == (8, 64, 64, 3) and np.isfinite(grad).all() and np.abs(grad).max() > 0
-
-
-def test_build_errors():
-  t3 = M.enumerate_layouts(3)
-  with pytest.raises(ValueError, match="width applies"):
-    M.build_model("resnet34", TASKS, 0, width=8, rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="out of range"):
-    M.build_model("small", TASKS, 51, rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="5 tasks"):
-    M.build_model("small", TASKS, M.enumerate_layouts(5)[0], rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="coarse or 7 fine"):
-    M.build_model("small", TASKS, M.all_shared(3, 4), rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="coarse_to_fine"):
-    _tiny_model(M.all_shared(3, 4))
-  with pytest.raises(ValueError, match="one head per task"):
-    M.BranchedModel([Tiny] * 5, t3[0], {"a": Tiny}, rngs=nnx.Rngs(0))
-  assert M.fine_layout("resnet34", str(t3[5]), 3) == M.coarse_to_fine(t3[5], M.coarse_mapping(
-      "resnet34"))
-
-
-def test_apply_and_predict_are_equal_for_equal_models_so_jit_compiles_once():
-  def build(seed, width=4):
-    return M.build_model("small", {"a": 3, "b": 1}, 0, width=width, rngs=nnx.Rngs(seed))
-
-  a, pa, sa = M.pure_apply(build(0))
-  b, pb, sb = M.pure_apply(nnx.eval_shape(lambda: build(1)))  # as load_model restores
-  assert a == b and hash(a) == hash(b) and M.Predict(a) == M.Predict(b)
-  assert M.pure_apply(build(0, width=8))[0] != a  # another model: another program
-  predict = jax.jit(lambda state, x, *, p: p(state, x), static_argnames="p")
-  x = _x((2, 16, 16, 3), seed=1)
-  out_a = predict((pa, sa), x, p=M.Predict(a))
-  predict((pa, sa), x, p=M.Predict(b))
-  assert predict._cache_size() == 1  # pylint: disable=protected-access
-  np.testing.assert_array_equal(out_a["a"], a(pa, sa, x, train=False)[0]["a"])

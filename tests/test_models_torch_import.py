@@ -9,38 +9,30 @@ keys, key order, shapes and outputs for AS, IND and layout 5 of both backbones) 
 ``keys_layout5.json.gz``, TreeMTL's own key names and shapes.
 
 None of the tests needs torch. They check the conversion against those key names and shapes, the
-error messages, the restricted pickle loader on files written by ``torch.save``
-(``tiny_checkpoint.model``, ``deeplab_layout5.pth``, ``loader_tensors.pth``) and on crafted
-pickles, and the ``import`` command; and they compare every head's eval output and the input
-gradients with the goldens ``torch_reference/make_goldens.py`` computed with the transcription
-(rerun it, with torch, when the transcription or the cases change), on state dicts rebuilt here
-from the same NumPy seeds.
+error messages and a layout-5 checkpoint written by ``torch.save`` (``deeplab_layout5.pth``); and
+they compare every head's eval output and the input gradients with the goldens
+``torch_reference/make_goldens.py`` computed with the transcription (rerun it, with torch, when the
+transcription or the cases change), on state dicts rebuilt here from the same NumPy seeds. The
+restricted pickle loader is tested in test_models_torch_pickle.py, the ``import`` command in
+test_train_imported.py.
 """
 
 import functools
 import gzip
 import json
-import os
 import pathlib
-import pickle
-import subprocess
-import sys
-import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from mtajax import models
 from mtajax.models import torch_import
-from mtajax.models import torch_pickle
 from torch_reference import make_goldens
 
 HERE = pathlib.Path(__file__).resolve().parent
 REFERENCE = HERE / "torch_reference"
-ROOT = HERE.parent
 TASKS = make_goldens.TASKS
 
 
@@ -53,92 +45,6 @@ def _golden_state(name: str) -> dict[str, np.ndarray]:
   """TreeMTL's layout-5 keys and shapes with zero values (int64 for ``num_batches_tracked``)."""
   return {k: np.zeros(s, np.int64 if k.endswith("num_batches_tracked") else np.float32)
           for k, s in _golden_keys()[name]}
-
-
-# -- the restricted loader -----------------------------------------------------------------------
-
-def test_loader_reads_a_treemtl_checkpoint_written_by_torch():
-  ckpt = torch_pickle.load(REFERENCE / "tiny_checkpoint.model")
-  sd = ckpt["state_dict"]
-  assert list(sd) == ["conv.weight", "conv.bias", "bn.num_batches_tracked", "view", "view2",
-                      "half", "mask"]
-  np.testing.assert_array_equal(sd["conv.weight"],
-                                np.arange(54, dtype=np.float32).reshape(3, 2, 3, 3) / 10)
-  np.testing.assert_array_equal(sd["conv.bias"], [-1.0, 0.5, 2.0])
-  assert sd["bn.num_batches_tracked"].dtype == np.int64 and sd["bn.num_batches_tracked"] == 7
-  np.testing.assert_array_equal(sd["view"], [1.0, 4.0, 7.0])  # offset 1, stride 3
-  np.testing.assert_array_equal(sd["view2"], np.arange(10.0).reshape(2, 5).T)  # transposed view
-  assert sd["half"].dtype == np.float16 and sd["mask"].dtype == np.bool_
-  assert ckpt["iter"] == 20000 and ckpt["scheduler"]["step_size"] == 4000
-  assert isinstance(ckpt["layout"], torch_pickle.PickledLayout)
-  assert ckpt["layout"].state == [[{0, 1}], [{0}, {1}]]
-  assert set(ckpt["optimizer"]["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}
-  read = models.read_checkpoint(REFERENCE / "tiny_checkpoint.model")
-  assert read.layout == models.Layout([[{0, 1}], [{0}, {1}]]) and "view" in read.state_dict
-
-
-class _RunsCode:
-  """Unpickling this calls os.system (or exec) with a command that creates ``marker``."""
-
-  def __init__(self, marker: pathlib.Path, how: str):
-    self.marker, self.how = marker, how
-
-  def __reduce__(self):
-    if self.how == "system":
-      return os.system, (f"touch {self.marker}",)
-    return exec, (f"open({str(self.marker)!r}, 'w').close()",)
-
-
-def _torch_like_zip(path: pathlib.Path, payload) -> pathlib.Path:
-  with zipfile.ZipFile(path, "w") as z:
-    z.writestr("archive/data.pkl", pickle.dumps(payload, protocol=2))
-    z.writestr("archive/byteorder", "little")
-  return path
-
-
-@pytest.mark.parametrize("how", ["system", "exec"])
-def test_crafted_pickle_is_refused_and_nothing_runs(tmp_path, how):
-  marker = tmp_path / "pwned"
-  evil = _torch_like_zip(tmp_path / "evil.pth", {"state_dict": {"w": _RunsCode(marker, how)}})
-  for load in (torch_pickle.load, lambda p: models.from_torch(p, "resnet34", TASKS, 0)):
-    with pytest.raises(ValueError, match=r"Refusing to load .*evil.pth: it references "
-                       r"(posix\.system|__builtin__\.exec)") as e:
-      load(evil)
-    assert "\n" not in str(e.value)
-  plain = tmp_path / "plain.pkl"
-  plain.write_bytes(pickle.dumps(_RunsCode(marker, how)))
-  with pytest.raises(ValueError, match="not a zip-format PyTorch file"):
-    torch_pickle.load(plain)
-  assert not marker.exists()
-
-
-def test_loader_errors_are_one_line(tmp_path):
-  with pytest.raises(ValueError, match="No PyTorch checkpoint at"):
-    torch_pickle.load(tmp_path / "missing.pth")
-  with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
-    z.writestr("a.txt", "x")
-  with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
-    torch_pickle.load(tmp_path / "other.zip")
-  # A tensor storage of 4 floats: ('storage', torch.FloatStorage, '0', 'cpu', 4), hand-assembled.
-  pid = (b"\x80\x02(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000"
-         b"X\x03\x00\x00\x00cpuK\x04tQ.")
-  for name, data, message in (("absent.pth", None, "storage 0 is missing"),
-                              ("short.pth", np.zeros(2, "<f4").tobytes(), "holds 2 of 4 values")):
-    with zipfile.ZipFile(tmp_path / name, "w") as z:
-      z.writestr("archive/data.pkl", pid)
-      if data is not None:
-        z.writestr("archive/data/0", data)
-    with pytest.raises(ValueError, match=message):
-      torch_pickle.load(tmp_path / name)
-
-
-def test_numpy_path_does_not_import_torch():
-  code = ("import sys, mtajax.models as m; "
-          f"c = m.read_checkpoint({str(REFERENCE / 'tiny_checkpoint.model')!r}); "
-          "assert c.layout is not None; assert 'torch' not in sys.modules, 'torch imported'")
-  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                        env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
-  assert done.returncode == 0, done.stderr[-1000:]
 
 
 # -- key mapping against TreeMTL's key names (no torch needed) -----------------------------------
@@ -306,62 +212,3 @@ def test_a_torch_saved_full_checkpoint_converts():
   index = {k: i for i, (k, _) in enumerate(keys)}
   for key, leaf, _ in _PROBES["resnet34/Deeplab_ASPP_Layout"] + _HEAD_PROBES:
     assert np.all(_leaf(model, leaf) == make_goldens.constant_value(index[key], key)), key
-
-
-def test_loader_agrees_with_torch_load():
-  """``loader_tensors.pth`` (torch.save) read as torch.load read it (``loader_tensors.npz``)."""
-  ours = torch_pickle.load(REFERENCE / "loader_tensors.pth")
-  with np.load(REFERENCE / "loader_tensors.npz") as theirs:
-    assert list(ours) == theirs.files == ["a", "b", "c", "d", "e"]
-    for k in theirs.files:
-      want = theirs[k]
-      np.testing.assert_array_equal(np.asarray(ours[k], want.dtype), want, err_msg=k)
-      assert ours[k].shape == want.shape, k
-
-
-# -- the import command (no torch needed: the checkpoint is an .npz of a state_dict) -------------
-
-@pytest.mark.slow
-def test_import_mode_stores_a_final_model_that_attack_and_report_use(tmp_path):
-  from configs import quickstart  # pylint: disable=g-import-not-at-top
-  from mtajax import run, sweep  # pylint: disable=g-import-not-at-top
-  from mtajax.train import checkpoint, load  # pylint: disable=g-import-not-at-top
-  config = quickstart.get_config("smoke")
-  config.workdir = str(tmp_path / "work")
-  t = config.train
-  t.data_dir = str(tmp_path / "tfds")
-  t.data_config = dict(resolution=32, num_train=8, num_test=2, seed=0)
-  t.backbone, t.width, t.tasks = "resnet34", None, ("depth_zbuffer",)  # the smallest real model
-  config.layouts, config.attacks, config.directions = (0,), ("fgsm",), ("total",)
-  config.eval_batch_size, config.eval_max_batches, config.examples_eps = 2, 1, (8.0,)
-  rng = np.random.default_rng(0)
-  shapes = torch_import.reference_shapes("resnet34", {"depth_zbuffer": 1}, 0, "MTSeqModel")
-  state = {k: (np.full(s, 5) if k.endswith("tracked") else
-               rng.normal(size=s) * (0.1 if "running" in k else 1.0 / np.sqrt(np.prod(s[1:]))))
-           for k, s in shapes.items()}
-  state = {k: np.abs(v) + 0.5 if k.endswith("running_var") else v for k, v in state.items()}
-  np.savez(tmp_path / "depth.npz", **state)
-  config.checkpoint = str(tmp_path / "depth.npz")
-
-  run.run("import", config)
-  model_dir = tmp_path / "work" / "models" / sweep.model_id(sweep.train_config(config, 0))
-  assert checkpoint.latest_step(model_dir / "checkpoints") == t.num_steps
-  with pytest.raises(ValueError, match="already holds a model"):
-    run.run("import", config)
-  run.run("attack", config)  # Would refuse if the model were missing; must not train it.
-  assert not (model_dir / "metrics.jsonl").exists()
-  assert checkpoint.latest_step(model_dir / "checkpoints") == t.num_steps
-  loaded = load.load_model(model_dir)
-  x = rng.uniform(-100, 100, (1, 33, 41, 3)).astype(np.float32)
-  want = models.pure_predict(models.from_torch(tmp_path / "depth.npz", "resnet34",
-                                               {"depth_zbuffer": 1}, 0))
-  np.testing.assert_array_equal(loaded.predict(x)["depth_zbuffer"],
-                                want[0](want[1], x)["depth_zbuffer"])
-  records = [json.loads(line) for line in (tmp_path / "work" / "results.jsonl").open()]
-  assert {(r["attack"], r["direction"]) for r in records} == {("clean", None), ("fgsm", "total")}
-  attacked = next(r for r in records if r["attack"] == "fgsm")
-  assert all(np.isfinite(v) for v in attacked["losses"].values())
-  assert attacked["losses"]["depth_zbuffer"] != next(
-      r for r in records if r["attack"] == "clean")["losses"]["depth_zbuffer"]
-  run.run("report", config)
-  assert (tmp_path / "work" / "report" / "report.md").exists()

@@ -1,8 +1,6 @@
-"""Segmentation labels out of the class range, and labels resized to the prediction (issue 25,
-item 5): one-line errors for concrete labels, NaN losses and a ``checkify`` error under a trace,
-one warning per shape pair for a resize that is not an integer down/up-sampling."""
-
-import warnings
+"""mtajax.tasks.segmentation: the loss against a NumPy reimplementation of the reference criterion
+(spec §3); labels out of the class range (issue 25, item 5): one-line errors for concrete labels,
+NaN losses and a ``checkify`` error under a trace; one-line errors for bad options and inputs."""
 
 import jax
 from jax.experimental import checkify
@@ -12,38 +10,28 @@ import pytest
 
 from mtajax import attacks
 from mtajax import directions as D
-from mtajax import tasks as tasks_lib
+from mtajax import tasks as mt
 
-SEG = tasks_lib.Segmentation(channels=5)
-
-
-def _problem(bad_value=None, hw=4):
-  rng = np.random.default_rng(0)
-  pred = jnp.asarray(rng.normal(size=(3, 4, 4, 5)), jnp.float32)
-  y = rng.integers(0, 5, (3, hw, hw)).astype(np.int32)
-  y[0, 0, 0] = 255  # ignored: fine
-  if bad_value is not None:
-    y[1, 1, 1] = bad_value
-    y[2] = bad_value  # every pixel out of range
-  return pred, {"segment_semantic": jnp.asarray(y)}
+from fixtures import (SEG, B, check, h, make_batch, nearest_np, preds, reduce_np, seg_problem,
+                      w)
 
 
 @pytest.mark.parametrize("bad_value", [5, -1, 40])
 def test_concrete_out_of_range_labels_raise_one_line(bad_value):
-  pred, batch = _problem(bad_value)
+  pred, batch = seg_problem(bad_value)
   with pytest.raises(ValueError, match=r"in \[0, 5\) or the ignore value 255") as info:
     SEG.loss(pred, batch)
   assert "\n" not in str(info.value) and "Fix:" in str(info.value)
   with pytest.raises(ValueError, match=r"\[0, 5\)"):  # captured by a trace: still concrete
     jax.jit(lambda p: SEG.loss(p, batch))(pred)
-  loss_fn = tasks_lib.make_loss_fn(lambda x: {"segment_semantic": x}, [SEG], "image")
+  loss_fn = mt.make_loss_fn(lambda x: {"segment_semantic": x}, [SEG], "image")
   with pytest.raises(ValueError, match=r"\[0, 5\)"):  # the attacks check before tracing
     attacks.fgsm(loss_fn, pred, batch, direction=D.total(), eps=0.1, bounds=(-10.0, 10.0))
 
 
 def test_traced_out_of_range_labels_give_nan_losses_and_a_checkify_error():
-  pred, good = _problem()
-  _, batch = _problem(5)
+  pred, good = seg_problem()
+  _, batch = seg_problem(5)
   loss = jax.jit(SEG.loss, static_argnums=2)
   for reduction in ("image", "pooled"):
     assert np.isfinite(loss(pred, good, reduction)).all()
@@ -55,14 +43,31 @@ def test_traced_out_of_range_labels_give_nan_losses_and_a_checkify_error():
     err.throw()
 
 
-def test_label_resize_warns_once_per_shape_pair_unless_an_integer_scaling():
-  pred, _ = _problem()
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("default")
-    for hw in (4, 8, 16, 15, 8):  # equal, ×2, ×4, ceil(15 / 4): the models' output strides
-      SEG.loss(pred, _problem(hw=hw)[1])
-    assert not caught
-    for _ in range(2):
-      SEG.loss(pred, _problem(hw=6)[1])
-  assert len(caught) == 1
-  assert "labels 6x6 resized to the prediction's 4x4" in str(caught[0].message)
+def seg_np(pred, y, weights=None):
+  y = nearest_np(y, h, w)
+  valid = y != 255
+  logp = pred - np.log(np.exp(pred.astype(np.float64)).sum(-1, keepdims=True))
+  yy = np.where(valid, y, 0)
+  nll = -np.take_along_axis(logp, yy[..., None], -1)[..., 0]
+  wt = valid * (1.0 if weights is None else np.asarray(weights)[yy])
+  return reduce_np(wt * nll, wt)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_segmentation_loss(weighted):
+  batch = make_batch(0)
+  weights = np.random.default_rng(1).uniform(0.2, 3.0, 6) if weighted else None
+  task = mt.Segmentation(channels=6, class_weights=weights)
+  pred = preds(2, 6)
+  check(task, pred, batch, seg_np(pred, batch["segment_semantic"], weights))
+
+
+def test_bad_inputs_raise():
+  with pytest.raises(ValueError, match="expects predictions"):
+    mt.Depth().loss(jnp.zeros((B, h, w, 2)), make_batch(0), "image")
+  with pytest.raises(ValueError, match="class_weights"):
+    mt.Segmentation(channels=6, class_weights=(1.0, 2.0))
+  with pytest.raises(ValueError, match="label_encoding"):
+    mt.Normal(label_encoding="rgb")
+  with pytest.raises(ValueError, match="use_mask"):
+    mt.Segmentation(channels=6, use_mask=True).loss(jnp.zeros((B, h, w, 6)), make_batch(0))
