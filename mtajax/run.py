@@ -197,7 +197,10 @@ def main(argv: list[str]) -> None:
       os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_backend_optimization_level=0".strip()
   jax.config.update("jax_compilation_cache_dir",
                     os.path.expanduser(os.environ.get("MTAJAX_JAX_CACHE", "~/.cache/mtajax/jax")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  # Programs that compile in under a second are not worth a cache file, unless JAX's own variable
+  # says otherwise (the tests share one cache across their processes with 0).
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float(
+      os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0)))
   try:
     run(argv[1] if len(argv) > 1 else "sweep", _CONFIG.value)
   except (ValueError, KeyError, OSError) as e:

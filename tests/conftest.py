@@ -12,6 +12,11 @@ given in ``XLA_FLAGS`` (e.g. ``--xla_backend_optimization_level=3``) is kept.
 import os
 import pathlib
 
+_CACHE = pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"
+# Inherited by the main-job subprocesses and notebook kernels too: one cache of every compiled
+# program, however quickly it compiled (at level 0 most compile in well under a second).
+os.environ.setdefault("MTAJAX_JAX_CACHE", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              " --xla_backend_optimization_level=0").strip()
@@ -23,9 +28,9 @@ import mtajax  # noqa: F401  (applies the XLA:CPU workaround before JAX starts i
 
 import fixtures
 
-_CACHE = pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"
-jax.config.update("jax_compilation_cache_dir", str(_CACHE))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_compilation_cache_dir", os.environ["MTAJAX_JAX_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 @pytest.fixture(scope="module", name="setup")

@@ -66,6 +66,7 @@ def _kill_at(args, cwd, env, marker: str) -> None:
 
 
 def test_sweep_killed_in_every_phase_ends_with_the_same_records(tmp_path):
+  # A cache of its own: JAX writes cache files in place, and this test SIGKILLs its runs.
   env = _env(tmp_path / "jax_cache")
   shutil.copytree(ROOT / "configs", tmp_path / "configs")
   done = _run(SMALL + ["--config.workdir=uninterrupted"], tmp_path, env)
@@ -148,8 +149,15 @@ def test_bad_input_to_the_main_job_is_one_error_line_and_status_2(tmp_path, args
   assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.py"]  # No data, no model.
 
 
+def _two_steps(config):
+  """The smoke model trained for 2 steps: what these tests check needs no more."""
+  t = config.train
+  t.num_steps = t.eval_every = t.checkpoint_every = 2
+  return config
+
+
 def test_checkpoint_of_another_layout_is_refused(tmp_path):
-  config = _config()
+  config = _two_steps(_config())
   config.workdir = str(tmp_path)
   t0 = sweep.train_config(config, 0)
   t2 = sweep.train_config(config, 2)
@@ -161,7 +169,7 @@ def test_checkpoint_of_another_layout_is_refused(tmp_path):
 
 
 def test_model_killed_before_its_first_checkpoint_is_trained_again(tmp_path):
-  config = _config()
+  config = _two_steps(_config())
   t = sweep.train_config(config, 0)
   half_written = tmp_path / "models" / sweep.model_id(t) / "checkpoints" / "20.orbax-checkpoint-tmp-1"
   half_written.mkdir(parents=True)
