@@ -99,7 +99,7 @@ def test_cpu_workaround_keeps_vmapped_per_task_gradients_correct():
   """jaxlib 0.10.2 XLA:CPU computed jit(vmap(vjp)) normals gradients wrongly: the flag is applied.
 
   This toy net does not trigger the miscompilation itself; the test that does (it fails with
-  MTAJAX_CPU_WORKAROUND=0) is tests/test_tasks_losses.py::test_jit_vmap_per_task_gradients_match_eager_loop.
+  MTAJAX_CPU_WORKAROUND=0) is tests/test_tasks_loss_fn.py::test_jit_vmap_per_task_gradients_match_eager_loop.
   """
   if jax.default_backend() == "cpu" and jax.lib.__version__ == "0.10.2":
     assert mtajax.CPU_WORKAROUND_ACTIVE
