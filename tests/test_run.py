@@ -121,9 +121,7 @@ def test_bad_config_values_give_one_line_errors(tmp_path, change, message):
 
 
 SMOKE = ["--config", "configs/quickstart.py:smoke"]  # Found from any directory (config_path).
-
-
-@pytest.mark.parametrize("args,message", [
+BAD_INPUT = [
     (["--config.nosuch=1"], "unknown config key 'nosuch'"),
     (["--config.eps=(-1.0,)"], "config.eps must hold numbers >= 0"),
     (["--config.eps=abc"], "config.eps must hold numbers >= 0"),
@@ -139,14 +137,66 @@ SMOKE = ["--config", "configs/quickstart.py:smoke"]  # Found from any directory 
     (SMOKE + ["attack", "--config.attacks=('cw',)"], "unknown attack 'cw'"),
     (["--config", "configs/nosuch.py"], "No such file or directory"),
     (["--config=broken.py"], "invalid syntax"),
-])
-def test_bad_input_to_the_main_job_is_one_error_line_and_status_2(tmp_path, args, message):
-  (tmp_path / "broken.py").write_text("def get_config(:\n")
-  out = _run(args, tmp_path, _env(tmp_path / "cache"))
-  lines = out.stderr.strip().splitlines()
-  assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+]
+# `python -m mtajax.run ARGS` for each case in a folder of its own: the imports once, then one
+# forked child per case that runs the module as __main__ (what `python -m` does) and exits with its
+# status, its stderr in <folder>/stderr.
+_FORKED_RUNS = """
+import json, os, runpy, sys
+import mtajax.run  # noqa: F401  (the imports, done once; JAX's backend is not started)
+codes = []
+for folder, args in json.loads(sys.argv[1]):
+  pid = os.fork()
+  if pid == 0:
+    os.chdir(folder)
+    os.dup2(os.open("stderr", os.O_WRONLY | os.O_CREAT, 0o644), 2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    sys.argv = ["mtajax.run", *args]
+    sys.modules.pop("mtajax.run")  # As under `python -m`: run as __main__ only.
+    try:
+      runpy.run_module("mtajax.run", run_name="__main__", alter_sys=True)
+      code = 0
+    except SystemExit as e:
+      code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    sys.stderr.flush()
+    os._exit(code)
+  codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(json.dumps(codes))
+"""
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+  """(folder, exit status, stderr) of the main job on each BAD_INPUT case."""
+  root = tmp_path_factory.mktemp("bad_input")
+  folders = []
+  for i, _ in enumerate(BAD_INPUT):
+    folders.append(root / str(i))
+    folders[-1].mkdir()
+    (folders[-1] / "broken.py").write_text("def get_config(:\n")
+  cases = [(str(f), args) for f, (args, _) in zip(folders, BAD_INPUT)]
+  done = subprocess.run([sys.executable, "-c", _FORKED_RUNS, json.dumps(cases)],
+                        env=_env(root / "cache"), capture_output=True, text=True, timeout=600,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  codes = json.loads(done.stdout.strip().splitlines()[-1])
+  runs = []
+  for folder, code in zip(folders, codes):
+    stderr = (folder / "stderr").read_text()
+    (folder / "stderr").unlink()
+    runs.append((folder, code, stderr))
+  return runs
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUT)),
+                         ids=[m for _, m in BAD_INPUT])
+def test_bad_input_to_the_main_job_is_one_error_line_and_status_2(bad_input_runs, case):
+  folder, code, stderr = bad_input_runs[case]
+  message = BAD_INPUT[case][1]
+  lines = stderr.strip().splitlines()
+  assert code == 2 and len(lines) == 1, stderr[-2000:]
   assert lines[0].startswith("error: ") and message in lines[0], lines
-  assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.py"]  # No data, no model.
+  assert sorted(p.name for p in folder.iterdir()) == ["broken.py"]  # No data, no model.
 
 
 def _two_steps(config):
