@@ -20,11 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mtajax import attacks
 from mtajax import directions as directions_lib
-from mtajax import host_loop
 from mtajax import parallel
+from mtajax import platform
 from mtajax import tasks as tasks_lib
+from mtajax.attacks import loop as loop_lib
+from mtajax.attacks.spec import Attack
 from mtajax.tasks import base
 
 
@@ -130,42 +131,17 @@ def switched(choices: Sequence[directions_lib.Direction]) -> Switched:
   return Switched(tuple(sorted(dict.fromkeys(choices), key=rank)))
 
 
-@dataclasses.dataclass(frozen=True)
-class AttackSpec:
-  """What to run on every batch: a base attack, a direction and the attack's static options.
-
-  ε is not part of it: it is traced, so one compiled step serves a whole ε sweep.
-  """
-  attack: str
-  direction: directions_lib.Direction
-  num_steps: int = 10
-  options: tuple[tuple[str, Any], ...] = ()
-  attack_loss: str = "default"  # a name of mtajax.tasks.attack_losses
-
-  def run(self, loss_fn, x, batch, bounds, eps, baselines, index=None):
-    kwargs = dict(self.options)
-    if self.attack == "fgsm":  # One step: no loop to size or unroll.
-      kwargs.pop("unroll", None)
-    else:
-      kwargs["num_steps"] = self.num_steps
-    if self.attack == "apgd":
-      kwargs["baselines"] = baselines
-      kwargs["example_weight"] = batch.get("example_weight")
-    direction = self.direction if index is None else self.direction.at(index)
-    return attacks.by_name(self.attack)(loss_fn, x, batch, direction=direction, eps=eps,
-                                        bounds=bounds, **kwargs).x_adv
+def _attack(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec, loop):
+  loss_fn = spec.loss_fn(functools.partial(predict, state), tasks)
+  result = spec(loss_fn, batch["image"], batch, eps=eps, bounds=bounds, baselines=baselines,
+                example_weight=batch.get("example_weight"), index=index, loop=loop)
+  return jax.lax.stop_gradient(result.x_adv)
 
 
-def _attack(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec):
-  loss_fn = tasks_lib.make_loss_fn(functools.partial(predict, state), tasks,
-                                   spec.direction.reduction, attack_loss=spec.attack_loss)
-  return jax.lax.stop_gradient(spec.run(loss_fn, batch["image"], batch, bounds, eps, baselines,
-                                        index))
-
-
-def _step(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec):
+def _step(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec, loop):
   x = batch["image"] if spec is None else _attack(state, batch, eps, bounds, baselines, index,
-                                                  predict=predict, tasks=tasks, spec=spec)
+                                                  predict=predict, tasks=tasks, spec=spec,
+                                                  loop=loop)
   preds = predict(state, x)
   update = tasks_lib.metrics.update(tasks, tasks_lib.metrics.init(tasks), preds, batch)
   samples = tasks_lib.metrics.samples(tasks, preds, batch)
@@ -173,11 +149,21 @@ def _step(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec):
   return update, samples, losses
 
 
-_compiled = jax.jit(_step, static_argnames=("predict", "tasks", "spec"))
-# Host loops: the attack alone, then the clean evaluation's program on the attacked batch (one
-# scoring program per model for its clean evaluation, its training evaluation and every attack).
-_hosted = host_loop.jit(_attack, static_argnames=("predict", "tasks", "spec"))
-_jitted_attack = jax.jit(_attack, static_argnames=("predict", "tasks", "spec"))
+_STATIC = ("predict", "tasks", "spec", "loop")
+_compiled = jax.jit(_step, static_argnames=_STATIC)
+_jitted_attack = jax.jit(_attack, static_argnames=_STATIC)
+
+
+def attack_images(predict, state, batch, eps, bounds, baselines, index, *, tasks, spec: Attack,
+                  loop: loop_lib.Loop) -> jax.Array:
+  """``spec``'s attacked images of one (placed) batch: one program with a scan loop; with the
+  Python loop, its programs (run from here) placed like the batch's images."""
+  if loop != "python":
+    return _jitted_attack(state, batch, eps, bounds, baselines, index, predict=predict,
+                          tasks=tasks, spec=spec, loop=loop)
+  return parallel.placed_like(
+      _attack(state, batch, eps, bounds, baselines, index, predict=predict, tasks=tasks,
+              spec=spec, loop=loop), batch["image"])
 
 
 def _placed(state, eps, bounds, baselines, direction_index, mesh):
@@ -198,28 +184,33 @@ def _on(batch: Mapping[str, Any], mesh: jax.sharding.Mesh | None) -> dict[str, j
 
 
 def attack_batch(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state: Any,
-                 batch: Mapping[str, Any], tasks: Sequence[tasks_lib.Task], *, spec: AttackSpec,
+                 batch: Mapping[str, Any], tasks: Sequence[tasks_lib.Task], *, spec: Attack,
                  eps: float, bounds: tuple[Any, Any],
                  baselines: Mapping[str, float] | None = None,
                  direction_index: int | None = None,
-                 mesh: jax.sharding.Mesh | None = None) -> jax.Array:
-  """``spec``'s attacked images of one batch (arguments as in :func:`evaluate`). With host loops
-  (``unroll='host'``) it is the program :func:`evaluate` runs, compiled once for both."""
+                 mesh: jax.sharding.Mesh | None = None,
+                 loop: loop_lib.Loop | None = None) -> jax.Array:
+  """``spec``'s attacked images of one batch (arguments as in :func:`evaluate`); with the Python
+  loop, the programs :func:`evaluate` runs, compiled once for both."""
   state, eps, bounds, baselines, index = _placed(state, eps, bounds, baselines, direction_index,
                                                  mesh)
-  attack = _hosted if host_loop.requested(spec.options) else _jitted_attack
-  return attack(state, _on(batch, mesh), eps, bounds, baselines, index, predict=predict,
-                tasks=tuple(tasks), spec=spec)
+  return attack_images(predict, state, _on(batch, mesh), eps, bounds, baselines, index,
+                       tasks=tuple(tasks), spec=spec, loop=_loop(loop))
+
+
+def _loop(loop: loop_lib.Loop | None) -> loop_lib.Loop:
+  return platform.evaluation_loop() if loop is None else loop_lib.resolve(loop)
 
 
 def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state: Any,
              batches: Iterable[Mapping[str, np.ndarray]], tasks: Sequence[tasks_lib.Task], *,
-             spec: AttackSpec | None = None, eps: float = 0.0,
+             spec: Attack | None = None, eps: float = 0.0,
              bounds: tuple[Any, Any] | None = None,
              baselines: Mapping[str, float] | None = None,
              direction_index: int | None = None,
              mesh: jax.sharding.Mesh | None = None,
-             sample_budget: int = tasks_lib.metrics.SAMPLE_BUDGET) -> Evaluation:
+             sample_budget: int = tasks_lib.metrics.SAMPLE_BUDGET,
+             loop: loop_lib.Loop | None = None) -> Evaluation:
   """Evaluates ``predict(state, x)`` on ``batches``, attacked by ``spec`` if given.
 
   Args:
@@ -239,6 +230,8 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
       device.
     sample_budget: per-pixel values of an exact metric (the Angle Median's angles) kept on the
       host; beyond it that metric comes from its histogram (``Normal.histogram_bins``).
+    loop: how the attack's iterations run (:mod:`mtajax.attacks.loop`); None: the platform's
+      default for evaluations (:func:`mtajax.platform.evaluation_loop`).
   """
   tasks = tuple(tasks)
   if spec is not None and bounds is None:
@@ -248,7 +241,8 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
                      "pass both or neither.")
   state, eps, bounds, baselines, index = _placed(state, eps, bounds, baselines, direction_index,
                                                  mesh)
-  hosted = spec is not None and host_loop.requested(spec.options)
+  loop = _loop(loop)
+  hosted = spec is not None and loop == "python"
   accumulator = tasks_lib.metrics.Accumulator(tasks, sample_budget)
   sums = {t.name: 0.0 for t in tasks}
   count, pending = 0, None
@@ -261,15 +255,14 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
 
   for batch in batches:
     batch = _on(batch, mesh)
-    if hosted:
-      attacked = {**batch, "image": parallel.placed_like(
-          _hosted(state, batch, eps, bounds, baselines, index, predict=predict, tasks=tasks,
-                  spec=spec), batch["image"])}
+    if hosted:  # The attack's programs, then the clean evaluation's program on its images.
+      attacked = {**batch, "image": attack_images(predict, state, batch, eps, bounds, baselines,
+                                                  index, tasks=tasks, spec=spec, loop=loop)}
       out = _compiled(state, attacked, eps, None, None, None, predict=predict, tasks=tasks,
-                      spec=None)
+                      spec=None, loop=None)
     else:
       out = _compiled(state, batch, eps, bounds, baselines, index, predict=predict, tasks=tasks,
-                      spec=spec)
+                      spec=spec, loop=loop)
     if pending is not None:
       absorb(pending)
     pending, count = out, count + 1

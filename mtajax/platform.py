@@ -1,4 +1,4 @@
-"""Platform-specific defaults: the XLA:CPU gradient workaround and the attack-loop unroll policy.
+"""Platform-specific defaults: the XLA:CPU gradient workaround and the attack loops.
 
 jaxlib 0.10.2's XLA:CPU fuses reductions through YNNPACK and then computes ``jit(vmap(vjp))``
 per-task gradients wrongly for normalise-then-reduce losses such as the surface-normal loss
@@ -19,6 +19,8 @@ _AFFECTED_JAXLIB = ("0.10.2",)
 
 
 def _backends_initialised() -> bool:
+  # JAX has no public way to ask whether a backend exists without creating one (jax.devices()
+  # would start it, and the flag must be set before that); this one private read is the check.
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
   return bool(getattr(xla_bridge, "_backends", {}))
 
@@ -47,12 +49,23 @@ def apply_cpu_workaround() -> bool:
   return True
 
 
-def default_unroll() -> bool | int:
-  """The ``lax.scan`` unroll used by the attacks when the caller passes ``unroll=None``.
+def default_loop() -> str:
+  """How an attack's iterations run when the caller passes ``loop=None``
+  (:mod:`mtajax.attacks.loop`).
 
-  On XLA:CPU a rolled scan of conv-net steps runs ~3x slower than a Python loop of jitted steps
-  while a fully unrolled scan is the fastest (benchmarks/attack_loop.py); on GPU/TPU a rolled loop
-  compiles faster and runs as fast.
+  On XLA:CPU a rolled ``lax.scan`` of conv-net steps runs ~3x slower than a fully unrolled one,
+  the fastest program (benchmarks/attack_core.py); on GPU/TPU a rolled loop compiles faster and
+  runs as fast.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  return True if jax.default_backend() == "cpu" else 1
+  return "unrolled" if jax.default_backend() == "cpu" else "rolled"
+
+
+def evaluation_loop() -> str:
+  """How mtajax's own evaluations (the sweep, the robust suite) run their attacks by default.
+
+  On XLA:CPU the Python loop: it compiles one step per attack instead of N unrolled ones and runs
+  as fast as the unrolled program (benchmarks/main_job.py); elsewhere the rolled scan.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  return "python" if jax.default_backend() == "cpu" else "rolled"

@@ -9,9 +9,10 @@ candidate too (it lies in the ε-ball). Per task, the same search over that task
 *per-task envelope*: how far each task alone can be pushed. **Nothing is averaged over candidates:
 the rule is the worst case, per image.**
 
-Compile once: one compiled program per (model, attack, direction, options); ε and the PRNG key are
-traced, so restarts and an ε sweep reuse it, and the attack loops are rolled (``unroll=1``) by
-default, since on CPU compiling unrolled loops costs more than they save at this size.
+Compile once: one compiled attack per (model, attack, direction, options); ε and the PRNG key are
+traced, so restarts and an ε sweep reuse it. The attack loops run as the platform's evaluation
+default (:func:`mtajax.platform.evaluation_loop`: on XLA:CPU a Python loop whose evaluation
+programs every member with the same direction and attack loss shares).
 
 Candidates run cheapest first, batched over the images still under attack (like AutoAttack): with
 ``threshold``, an image whose best ``s_b`` reaches it is not attacked again.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import time
 from pathlib import Path
@@ -34,11 +34,12 @@ import numpy as np
 from mtajax import attacks
 from mtajax import directions as directions_lib
 from mtajax import evaluate as evaluate_lib
-from mtajax import host_loop
 from mtajax import parallel
+from mtajax import platform
 from mtajax import results
 from mtajax import tasks as tasks_lib
 from mtajax import worst_case
+from mtajax.attacks import loop as loop_lib
 from mtajax.tasks import per_image
 
 Member = tuple[str, str, Mapping[str, Any]]  # (attack, direction, options)
@@ -68,86 +69,50 @@ def register_suite(name: str, members: Sequence[Member]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Program:
-  """One compiled attack: an attack, a direction and its static options (ε and key are traced)."""
-  attack: str
-  direction: directions_lib.Direction
-  options: tuple[tuple[str, Any], ...]
-  attack_loss: str = "default"  # a name in mtajax.tasks.attack_losses
-
-  def run(self, loss_fn, x, batch, eps, bounds, key, index=None):
-    """The attack's result on one chunk (its padding rows marked by ``example_weight``); with a
-    :class:`mtajax.evaluate.Switched` direction, of its choice ``index`` (traced)."""
-    attack = attacks.by_name(self.attack)
-    direction = self.direction if index is None else self.direction.at(index)
-    kwargs = dict(self.options)
-    accepts = inspect.signature(attack).parameters
-    if kwargs.get("random_start"):
-      kwargs["key"] = key
-    if "example_weight" in accepts:
-      kwargs["example_weight"] = batch["example_weight"]
-    return attack(loss_fn, x, batch, direction=direction, eps=eps, bounds=bounds, **kwargs)
-
-  def passes(self, num_tasks: int, direction: directions_lib.Direction | None = None) -> int:
-    """Forward + backward passes per image, including the forward that scores the result.
-
-    A direction (default: the program's; a :class:`~mtajax.evaluate.Switched` one's chosen
-    direction) costs one forward and one backward pass (Single, Total, GB-MTA's log form) or one
-    forward and T backward passes (every direction built on per-task gradients).
-    """
-    d = self.direction if direction is None else direction
-    one = isinstance(d, (directions_lib.Single, directions_lib.Total)) or (
-        isinstance(d, directions_lib.GBMTA) and d.method == "log")
-    step = 2 if one else 1 + num_tasks
-    opts = dict(self.options)
-    n = opts.get("num_steps", 10)
-    per_attack = {"fgsm": step, "apgd": n * step + 1,
-                  "pgd": n * step + int(bool(opts.get("return_best"))),
-                  "auto_sage": n * (1 + num_tasks + step)}[self.attack]
-    return per_attack + 1
-
-
-@dataclasses.dataclass(frozen=True)
 class Candidate:
-  """One run of the suite: a program, its direction (index into a Switched program) and restart."""
+  """One run of the suite: an attack, its direction (index into a Switched attack) and restart."""
   name: str
-  program: Program
+  program: attacks.Attack
   restart: int
-  direction: directions_lib.Direction | None = None  # None: the program's
-  index: int | None = None  # the choice of a Switched program (traced)
+  direction: directions_lib.Direction | None = None  # None: the attack's
+  index: int | None = None  # the choice of a Switched attack (traced)
 
   def passes(self, num_tasks: int) -> int:
-    return self.program.passes(num_tasks, self.direction)
+    """Forward + backward passes per image, including the forward that scores the result."""
+    return self.program.passes(num_tasks, self.direction) + 1
 
 
 def _switched(cands: list[Candidate]) -> list[Candidate]:
   """Candidates of FGSM/PGD/APGD with the default loss and equal options share one program whose
   direction (Single-x, Total, GB-MTA) is a traced index (:class:`mtajax.evaluate.Switched`)."""
-  def shareable(p: Program) -> bool:
+  def shareable(p: attacks.Attack) -> bool:
     return (p.attack in ("fgsm", "pgd", "apgd") and p.attack_loss == "default"
             and evaluate_lib.switchable(p.direction))
 
-  groups: dict[tuple[str, Any], list[directions_lib.Direction]] = {}
+  def group(p: attacks.Attack) -> tuple[Any, ...]:
+    return p.attack, p.num_steps, p.options
+
+  groups: dict[tuple[Any, ...], list[directions_lib.Direction]] = {}
   for c in cands:
     if shareable(c.program):
-      choices = groups.setdefault((c.program.attack, c.program.options), [])
+      choices = groups.setdefault(group(c.program), [])
       if c.program.direction not in choices:
         choices.append(c.program.direction)
   out = []
   for c in cands:
-    choices = groups.get((c.program.attack, c.program.options))
+    choices = groups.get(group(c.program))
     if not shareable(c.program) or len(choices) < 2:
       out.append(c)
       continue
     switched = evaluate_lib.switched(choices)
-    program = Program(c.program.attack, switched, c.program.options)
+    program = dataclasses.replace(c.program, direction=switched)
     out.append(dataclasses.replace(c, program=program, direction=c.program.direction,
                                    index=switched.choices.index(c.program.direction)))
   return out
 
 
 def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
-               unroll: bool | int | None = 1, one_program: bool = False) -> list[Candidate]:
+               one_program: bool = False) -> list[Candidate]:
   """The suite's candidates, cheapest first (restarts of a member share its program; with
   ``one_program``, members that differ only in a Single-x / Total / GB-MTA direction too)."""
   if isinstance(suite, str):
@@ -164,16 +129,15 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
       attacks.by_name(attack)
       options = dict(options)
       restarts = int(options.pop("restarts", 1))
+      num_steps = options.pop("num_steps", 10)
       attack_loss = options.pop("attack_loss", "default")
       tasks_lib.attack_losses.get(attack_loss)
       names = [f"single_{t}" for t in task_names] if direction == "single" else [direction]
-      dirs = [directions_lib.by_name(n) for n in names]
+      programs = [attacks.Attack(attack, directions_lib.by_name(n), num_steps, options,
+                                 attack_loss) for n in names]
     except (ValueError, TypeError) as e:
       raise ValueError(f"suite member {member!r}: {e}".splitlines()[0]) from None
-    if attack != "fgsm":
-      options.setdefault("unroll", unroll)
-    for name, d in zip(names, dirs):
-      program = Program(attack, d, tuple(sorted(options.items())), attack_loss)
+    for name, program in zip(names, programs):
       for r in range(restarts):
         label = f"{attack}:{name}" + ("" if attack_loss == "default" else f":{attack_loss}") + (
             f"#{r}" if restarts > 1 else "")
@@ -188,20 +152,21 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
   return sorted(out, key=lambda c: c.passes(len(task_names)))
 
 
-def _attack(state, batch, eps, bounds, key, index, *, predict, tasks, program):
+def _attack(state, batch, eps, bounds, key, index, *, predict, tasks, program, loop):
   """One chunk's attacked images and the iteration each was found at."""
-  loss_fn = tasks_lib.make_loss_fn(functools.partial(predict, state), tasks,
-                                   program.direction.reduction, program.attack_loss)
-  result = program.run(loss_fn, batch["image"], batch, eps, bounds, key, index)
+  loss_fn = program.loss_fn(functools.partial(predict, state), tasks)
+  result = program(loss_fn, batch["image"], batch, eps=eps, bounds=bounds, key=key,
+                   example_weight=batch["example_weight"], index=index, loop=loop)
   return jax.lax.stop_gradient(result.x_adv), result.best_step
 
 
-def _step(state, batch, eps, bounds, key, clean, reference, index, *, predict, tasks, program):
+def _step(state, batch, eps, bounds, key, clean, reference, index, *, predict, tasks, program,
+          loop):
   """Attack one chunk (or not), then per-image states, metrics and (attacked) scores."""
   x = batch["image"]
   if program is not None:
     x, best_step = _attack(state, batch, eps, bounds, key, index, predict=predict, tasks=tasks,
-                           program=program)
+                           program=program, loop=loop)
   preds = predict(state, x)
   states = {t.name: per_image.states(t, preds[t.name], batch) for t in tasks}
   metrics = {t.name: per_image.metrics(t, states[t.name], preds[t.name], batch) for t in tasks}
@@ -210,10 +175,7 @@ def _step(state, batch, eps, bounds, key, clean, reference, index, *, predict, t
   return states, metrics, (*per_image.score(tasks, metrics, clean, reference), best_step)
 
 
-_compiled = jax.jit(_step, static_argnames=("predict", "tasks", "program"))
-# Host loops: the attack alone, then the clean step's program on the attacked chunk (one scoring
-# program for the clean pass and every member of the suite) and the scores.
-_hosted = host_loop.jit(_attack, static_argnames=("predict", "tasks", "program"))
+_compiled = jax.jit(_step, static_argnames=("predict", "tasks", "program", "loop"))
 _scores = jax.jit(per_image.score, static_argnums=0)
 
 
@@ -280,9 +242,9 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
              batches: Iterable[Mapping[str, np.ndarray]], tasks: Sequence[tasks_lib.Task], *,
              eps: float, bounds: tuple[Any, Any], suite: str | Sequence[Member] = "standard",
              key: jax.Array, mesh: jax.sharding.Mesh | None = None,
-             threshold: float | None = None, unroll: bool | int | str | None = 1,
-             one_program: bool = False,
-             records: str | Path | None = None) -> RobustEvaluation:
+             threshold: float | None = None, loop: loop_lib.Loop | None = None,
+             one_program: bool = False, records: str | Path | None = None,
+             unroll: Any = None) -> RobustEvaluation:
   """Robust evaluation of ``predict(state, x)`` on ``batches`` in the ε-ball (L∞ by default).
 
   Args:
@@ -298,17 +260,22 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     key: PRNG key of the random starts.
     mesh: data-parallel ``mtajax.parallel.make_mesh`` (None: default device).
     threshold: stop attacking an image once its best ``s_b`` reaches this value (percent).
-    unroll: ``lax.scan`` unroll of the attack loops (1 = rolled: compile time stays flat;
-      ``'host'``: :mod:`mtajax.host_loop`).
+    loop: how the attacks' iterations run (:mod:`mtajax.attacks.loop`); None: the platform's
+      default for evaluations (:func:`mtajax.platform.evaluation_loop`).
     one_program: members that differ only in a Single-x / Total / GB-MTA direction share one
       compiled program (:class:`mtajax.evaluate.Switched`; equal to float rounding).
     records: also write the per-image records (JSON lines) there.
+    unroll: the older spelling of ``loop`` (``'host'``: ``'python'``; an int: a scan unrolled that
+      many steps).
   """
   if not eps >= 0:
     raise ValueError(f"eps must be >= 0; got {eps}.")
   tasks = tuple(tasks)
   per_image.check(tasks)
-  cands = candidates(suite, [t.name for t in tasks], unroll=unroll, one_program=one_program)
+  if unroll is not None:
+    loop = loop_lib.from_unroll(unroll, loop)[0]
+  loop = platform.evaluation_loop() if loop is None else loop_lib.resolve(loop)
+  cands = candidates(suite, [t.name for t in tasks], one_program=one_program)
   start_time = time.perf_counter()
   data, groups, size = _collect(batches)
   n = len(groups)
@@ -331,15 +298,16 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     if index is not None:
       index = jnp.asarray(index, jnp.int32)
       index = index if mesh is None else parallel.replicate(index, mesh)
-    if program is None or not host_loop.requested(program.options):
+    if program is None or loop != "python":
       return parallel.to_host(_compiled(state, batch, eps_, bounds, chunk_key, clean_img,
                                         reference, index, predict=predict, tasks=tasks,
-                                        program=program))
-    x_adv, best_step = _hosted(state, batch, eps_, bounds, chunk_key, index, predict=predict,
-                               tasks=tasks, program=program)
+                                        program=program, loop=loop))
+    # The Python loop: the attack's programs, then the clean pass's program on its images.
+    x_adv, best_step = _attack(state, batch, eps_, bounds, chunk_key, index, predict=predict,
+                               tasks=tasks, program=program, loop=loop)
     attacked = {**batch, "image": parallel.placed_like(x_adv, batch["image"])}
     states, metrics, _ = _compiled(state, attacked, eps_, bounds, None, None, None, None,
-                                   predict=predict, tasks=tasks, program=None)
+                                   predict=predict, tasks=tasks, program=None, loop=None)
     return parallel.to_host((states, metrics,
                              (*_scores(tasks, metrics, clean_img, reference), best_step)))
 

@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from mtajax import attacks
 from mtajax import directions as directions_lib
 from mtajax import models
 from mtajax import parallel
@@ -50,9 +51,8 @@ def grid_passes(config: ml_collections.ConfigDict, num_tasks: int) -> int:
   total = 1
   for attack in config.attacks:
     for name in sweep.direction_names(config, attack):
-      program = robust.Program(attack, directions_lib.by_name(name),
-                               (("num_steps", 1 if attack == "fgsm" else config.num_steps),))
-      total += program.passes(num_tasks)
+      spec = attacks.Attack(attack, directions_lib.by_name(name), config.num_steps)
+      total += spec.passes(num_tasks) + 1  # and the forward that scores it
   return total
 
 
@@ -113,8 +113,7 @@ def evaluate_models(config: ml_collections.ConfigDict, targets: list[sweep.Targe
           target.loaded.tasks,
           eps=eps, bounds=preprocess.input_bounds(), suite=config.robust.suite,
           key=jax.random.key(config.robust.seed), mesh=mesh, threshold=config.robust.threshold,
-          unroll=1 if config.unroll is None else config.unroll,
-          one_program=config.one_program_per_attack,
+          loop=sweep.attack_loop(config), one_program=config.one_program_per_attack,
           records=workdir / ROBUST / f"{model}_eps{eps:g}.jsonl" if parallel.is_writer() else None)
       store.add(_record(config, target, eps, ev, 1 if mesh is None else mesh.size))
       print(f"robust: {model} eps={eps:g}: robust ARP {ev.arp:.2f}, "

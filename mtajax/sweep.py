@@ -24,12 +24,13 @@ import tqdm
 from mtajax import attacks
 from mtajax import directions as directions_lib
 from mtajax import evaluate as evaluate_lib
-from mtajax import host_loop
 from mtajax import locks
 from mtajax import models
 from mtajax import parallel
+from mtajax import platform
 from mtajax import results
 from mtajax import tasks as tasks_lib
+from mtajax.attacks import loop as loop_lib
 from mtajax.tasks import attack_losses
 from mtajax.data import pipeline
 from mtajax.data import preprocess
@@ -107,10 +108,10 @@ def validate(config: ml_collections.ConfigDict, data: bool = True) -> None:
            not e >= 0]
     if bad or not values:
       raise ValueError(f"config.{field} must hold numbers >= 0; got {getattr(config, field)!r}.")
-  u = config.unroll
-  if not (u is None or u == host_loop.HOST or (isinstance(u, int) and u >= 1)):
-    raise ValueError(f"config.unroll must be None, True, an int >= 1 or {host_loop.HOST!r}; got "
-                     f"{u!r}.")
+  try:
+    attack_loop(config)
+  except ValueError as e:
+    raise ValueError(f"config.unroll: {e}") from None
   t = config.train
   for field, value in [("num_steps", config.num_steps), ("eval_batch_size", config.eval_batch_size)
                       ] + [(f"train.{k}", t[k]) for k in (
@@ -308,8 +309,16 @@ def _refresh(store: results.Store) -> None:
     store.refresh()
 
 
-def attack_spec(config, attack: str, direction: str, options: tuple[tuple[str, Any], ...],
-                loss: str = attack_losses.DEFAULT) -> tuple[evaluate_lib.AttackSpec, int | None]:
+def attack_loop(config: ml_collections.ConfigDict) -> str:
+  """How the evaluations' attack loops run: ``config.unroll`` (None: the platform's evaluation
+  default, :func:`mtajax.platform.evaluation_loop`)."""
+  if config.unroll is None:
+    return platform.evaluation_loop()
+  return loop_lib.from_unroll(config.unroll, None)[0]
+
+
+def attack_spec(config, attack: str, direction: str,
+                loss: str = attack_losses.DEFAULT) -> tuple[attacks.Attack, int | None]:
   """The evaluation's attack and direction index: with ``config.one_program_per_attack``, FGSM,
   PGD and APGD with the default attack loss run Single-x, Total and GB-MTA through one compiled
   program (:class:`mtajax.evaluate.Switched`, the direction a traced index); others get their own."""
@@ -319,9 +328,8 @@ def attack_spec(config, attack: str, direction: str, options: tuple[tuple[str, A
   if (config.one_program_per_attack and attack in ("fgsm", "pgd", "apgd")
       and loss == attack_losses.DEFAULT and direction in names):
     switched = evaluate_lib.switched([directions_lib.by_name(n) for n in names])
-    return (evaluate_lib.AttackSpec(attack, switched, config.num_steps, options, loss),
-            switched.choices.index(d))
-  return evaluate_lib.AttackSpec(attack, d, config.num_steps, options, loss), None
+    return attacks.Attack(attack, switched, config.num_steps, (), loss), switched.choices.index(d)
+  return attacks.Attack(attack, d, config.num_steps, (), loss), None
 
 
 def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
@@ -341,18 +349,17 @@ def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
                       time.perf_counter() - start, devices))
   clean = store.get(clean_key)
   bounds = preprocess.input_bounds()
-  options = () if config.unroll is None else (("unroll", config.unroll),)
   for attack, direction, loss, eps in grid(config):
     _refresh(store)
     if key(config, t, attack, direction, eps, loss) not in store:
       bar.set_postfix_str(f"{model_id(t)} {attack} {direction} {loss} eps={eps:g}")
       bar.write(f"attacking {model_id(t)}: {attack} {direction} {loss} eps={eps:g}")
-      spec, index = attack_spec(config, attack, direction, options, loss)
+      spec, index = attack_spec(config, attack, direction, loss)
       start = time.perf_counter()
       ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t),
                                  target.loaded.tasks,
                                  spec=spec, eps=eps, bounds=bounds, baselines=clean["losses"],
-                                 direction_index=index, mesh=mesh)
+                                 direction_index=index, mesh=mesh, loop=attack_loop(config))
       store.add(_record(target, config, attack, direction, eps, ev, clean,
                         time.perf_counter() - start, devices, loss))
     bar.update(1)
@@ -361,16 +368,15 @@ def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
 def examples(config, target: Target, mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Fig. 6 material: one test image, its GB-MTA-PGD perturbations and predictions before/after."""
   batch = next(_batches(config, target.t))
-  # The grid's GB-MTA PGD program (with host loops already compiled; with one_program_per_attack
-  # its Switched program) on the grid's first batch, and the evaluation's forward pass.
-  options = () if config.unroll is None else (("unroll", config.unroll),)
-  spec, index = attack_spec(config, "pgd", "gbmta", options)
+  # The grid's GB-MTA PGD (with the Python loop its programs are compiled already; with
+  # one_program_per_attack its Switched attack) on the grid's first batch.
+  spec, index = attack_spec(config, "pgd", "gbmta")
   rgb = lambda x: np.clip(preprocess.decode_image(np.asarray(x[0])), 0, 255).astype(np.uint8)  # pylint: disable=unnecessary-lambda-assignment
   perturbed, x_adv = {}, batch["image"]
   for eps in config.examples_eps:
     x_adv = evaluate_lib.attack_batch(target.predict, target.state, batch, target.loaded.tasks,
                                       spec=spec, eps=eps, bounds=preprocess.input_bounds(),
-                                      direction_index=index, mesh=mesh)
+                                      direction_index=index, mesh=mesh, loop=attack_loop(config))
     perturbed[float(eps)] = rgb(x_adv)
   predict = jax.jit(target.predict)
   first = lambda p: {k: np.asarray(v[0]) for k, v in p.items()}  # pylint: disable=unnecessary-lambda-assignment
@@ -447,4 +453,3 @@ def release_compiled(max_mappings: int | None = None) -> None:
   held, limit = _mappings()
   if held >= (limit // 4 if max_mappings is None else max_mappings):
     jax.clear_caches()
-    host_loop.clear()

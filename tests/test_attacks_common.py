@@ -345,6 +345,7 @@ def test_padding_takes_no_part_in_the_reference_batch_objective(setup):
 
 def test_static_options_of_equal_value_but_other_type_compile_separately(setup):
   """unroll=True (unrolled) and unroll=1 (rolled) are equal in Python but distinct programs."""
+  # (The older unroll= spelling: loop='unrolled' and loop='rolled'.)
   x0, labels = setup
   traces = []
 

@@ -36,7 +36,7 @@ def test_early_stopped_pgd_matches_numpy():
   for tau in (0, 1, 3):
     x, taken = fat.early_stopped_pgd(loss_fn, jnp.asarray(x0), jnp.asarray(w),
                                      direction=directions.total(), eps=4.0, bounds=(-1000, 1000),
-                                     num_steps=8, tau=tau, margin=0.5, unroll=1)
+                                     num_steps=8, tau=tau, margin=0.5, loop="rolled")
     want_x, want_taken = _numpy_early_stopped(x0, w, 4.0, 8, tau, 0.5, 0.5)
     np.testing.assert_allclose(np.asarray(x), want_x, rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(taken), want_taken)

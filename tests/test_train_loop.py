@@ -129,7 +129,7 @@ def test_load_model_is_usable_by_the_attacks(finished):
   loader_batch = _eval_batch(config)
   adv = attacks.pgd(model.loss_fn("image"), loader_batch["image"], loader_batch,
                     direction=directions.gbmta(), eps=8.0, bounds=preprocess.input_bounds(),
-                    num_steps=2, unroll=1)
+                    num_steps=2, loop="rolled")
   clean = model.loss_fn("image")(loader_batch["image"], loader_batch)
   attacked = model.loss_fn("image")(adv.x_adv, loader_batch)
   gain = sum(np.mean(np.log(attacked[t]) - np.log(clean[t])) for t in clean)

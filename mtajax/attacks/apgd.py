@@ -36,6 +36,7 @@ import numpy as np
 
 from mtajax import directions as directions_lib
 from mtajax.attacks import common
+from mtajax.attacks import loop as loop_lib
 from mtajax.attacks import threat as threat_lib
 
 VARIANTS = ("reference", "autoattack")
@@ -84,159 +85,217 @@ def autoattack_schedule(num_steps: int) -> tuple[np.ndarray, np.ndarray]:
   return is_check, window
 
 
-def _objective_fn(direction, state, per_sample, example_weight):
+def _objective(p, baselines):
+  """The objective APGD ascends: the direction's, per sample or as the reference's batch mean."""
   def objective(losses):
-    f = direction.objective(losses, state)
-    return f if per_sample else common.batch_objective(f, example_weight)
+    f = p.direction.objective(losses, baselines)
+    if p.options["per_sample"] or p.options["variant"] == "autoattack":
+      return f
+    return common.batch_objective(f, p.args["example_weight"])
   return objective
 
 
-def _reference_loop(loss_at, direction, threat, x0, x_start, labels, eps, step_size, momentum,
-                    bounds, state, num_steps, restart_from_best, per_sample, example_weight,
-                    unroll):
-  n = num_steps
-  d0, losses0 = common.ascent(direction, loss_at(0), x_start, labels, unroll)
-  if state is None:
-    state = direction.init(loss_at(0), x_start, labels, losses0)
-  objective = _objective_fn(direction, state, per_sample, example_weight)
+def _threat(p):
+  return threat_lib.by_name(p.options["norm"])
 
-  def ps(v):
-    return common.per_sample(v, x0)
 
-  f0 = objective(losses0)
-  eta0 = jnp.broadcast_to(step_size, f0.shape).astype(f0.dtype)
+def _ps(p, v):
+  return common.per_sample(v, p.args["x0"])
+
+
+def _init(p):
+  a = p.args
+  return {"x": common.start(p.options["start"], a["key"], a["x0"], a["eps"], a["bounds"],
+                            _threat(p), a["x_init"])}
+
+
+def _at_start(p, state, xs):
+  del p, xs
+  return state["x"], 0
+
+
+def _at_iterate(p, state, xs):
+  del p
+  return state["x"], xs[0]
+
+
+def _at_last(p, state, xs):
+  del xs
+  return state["x"], p.options["num_steps"] - 1
+
+
+def _begin(p, state, evaluation):
+  """The direction's state and the objective at the start point."""
+  d0, losses0 = evaluation
+  a, x_start = p.args, state["x"]
+  baselines = a["baselines"]
+  if baselines is None:
+    baselines = p.direction.init(common.loss_at(p, 0), x_start, a["labels"], losses0)
+  f0 = _objective(p, baselines)(losses0)
+  eta0 = jnp.broadcast_to(a["step_size"], f0.shape).astype(f0.dtype)
+  return d0, losses0, baselines, f0, eta0
+
+
+# The reference variant: state x_prev, x (the iterate to evaluate), best point and direction,
+# objective and step-size histories, and the restart decided at the previous checkpoint.
+
+def _update_best(k, x, d, f, state):
+  better, f_best = common.improve(f, state["f_best"], strict=k == 1)  # First one strict (Q8).
+  ps = lambda v: common.per_sample(v, x)  # pylint: disable=unnecessary-lambda-assignment
+  return {**state, "x_best": jnp.where(ps(better), x, state["x_best"]),
+          "d_best": jnp.where(ps(better), d, state["d_best"]), "f_best": f_best,
+          "k_best": jnp.where(better, k, state["k_best"])}
+
+
+def _reference_first(p, state, evaluation, xs):
+  del xs
+  a, n, x_start = p.args, p.options["num_steps"], state["x"]
+  d0, losses0, baselines, f0, eta0 = _begin(p, state, evaluation)
   f_hist = jnp.zeros((n + 1,) + f0.shape, f0.dtype).at[0].set(f0)
   eta_hist = jnp.zeros_like(f_hist).at[0].set(eta0).at[1].set(eta0)
-  x1 = common.step(x_start, x0, d0, ps(eta0), eps, bounds, threat)
-  no = jnp.zeros(f0.shape, bool)
+  x1 = common.step(x_start, a["x0"], d0, _ps(p, eta0), a["eps"], a["bounds"], _threat(p))
+  return dict(x_prev=x_start, x=x1, x_best=x_start, d_best=d0, f_best=f0,
+              k_best=jnp.zeros(f0.shape, jnp.int32), f_hist=f_hist, eta_hist=eta_hist,
+              pending=jnp.zeros(f0.shape, bool), baselines=baselines), losses0
 
-  def update_best(k, x, d, f, x_best, d_best, f_best, k_best):
-    better, f_best = common.improve(f, f_best, strict=k == 1)  # First comparison strict (Q8).
-    return (jnp.where(ps(better), x, x_best), jnp.where(ps(better), d, d_best), f_best,
-            jnp.where(better, k, k_best))
 
-  def body(carry, xs):
-    x_prev, x_cur, x_best, d_best, f_best, k_best, f_hist, eta_hist, pending = carry
-    k, is_check, prev = xs
-    d, losses = common.ascent(direction, loss_at(k), x_cur, labels, unroll)
-    f = objective(losses)
-    f_hist = f_hist.at[k].set(f)
-    x_best, d_best, f_best, k_best = update_best(k, x_cur, d, f, x_best, d_best, f_best, k_best)
-    if restart_from_best:  # Halving decided at the previous checkpoint: continue from the best.
-      x_cur = jnp.where(ps(pending), x_best, x_cur)
-      d = jnp.where(ps(pending), d_best, d)
-    i = jnp.arange(n)
-    window = ((i >= prev) & (i < k))[:, None]
-    improved = jnp.sum(window & (f_hist[1:] > f_hist[:-1]), axis=0)
-    cond1 = improved < 0.75 * (k - prev)
-    cond2 = (eta_hist[prev] == eta_hist[k]) & (f_hist[prev] == f_hist[k])
-    halve = is_check & (cond1 | cond2)
-    eta = eta_hist[k]
-    eta_hist = eta_hist.at[k + 1].set(jnp.where(halve, eta / 2, eta))
-    z = threat.project(x_cur + ps(eta) * threat.unit(d), x0, eps)
-    x_new = x_cur + momentum * (z - x_cur) + (1 - momentum) * (x_cur - x_prev)
-    x_new = common.clip(threat.project(x_new, x0, eps), bounds)
-    carry = (x_cur, x_new, x_best, d_best, f_best, k_best, f_hist, eta_hist,
-             halve & restart_from_best)
-    return carry, losses
+def _reference_step(p, state, evaluation, xs):
+  """Bookkeeping at x_k, the checkpoint's halving decision, and the momentum step."""
+  k, is_check, prev = xs
+  a, n, threat = p.args, p.options["num_steps"], _threat(p)
+  x0, x_prev, x_cur = a["x0"], state["x_prev"], state["x"]
+  d, losses = evaluation
+  f = _objective(p, state["baselines"])(losses)
+  f_hist = state["f_hist"].at[k].set(f)
+  state = _update_best(k, x_cur, d, f, {**state, "f_hist": f_hist})
+  if p.options["restart_from_best"]:  # Halving decided at the previous checkpoint: the best.
+    x_cur = jnp.where(_ps(p, state["pending"]), state["x_best"], x_cur)
+    d = jnp.where(_ps(p, state["pending"]), state["d_best"], d)
+  i = jnp.arange(n)
+  window = ((i >= prev) & (i < k))[:, None]
+  improved = jnp.sum(window & (f_hist[1:] > f_hist[:-1]), axis=0)
+  cond1 = improved < 0.75 * (k - prev)
+  eta_hist = state["eta_hist"]
+  cond2 = (eta_hist[prev] == eta_hist[k]) & (f_hist[prev] == f_hist[k])
+  halve = is_check & (cond1 | cond2)
+  eta = eta_hist[k]
+  eta_hist = eta_hist.at[k + 1].set(jnp.where(halve, eta / 2, eta))
+  momentum = a["momentum"]
+  z = threat.project(x_cur + _ps(p, eta) * threat.unit(d), x0, a["eps"])
+  x_new = x_cur + momentum * (z - x_cur) + (1 - momentum) * (x_cur - x_prev)
+  x_new = common.clip(threat.project(x_new, x0, a["eps"]), a["bounds"])
+  return {**state, "x_prev": x_cur, "x": x_new, "eta_hist": eta_hist,
+          "pending": halve & p.options["restart_from_best"]}, losses
 
-  zero = jnp.zeros(f0.shape, jnp.int32)
-  carry = (x_start, x1, x_start, d0, f0, zero, f_hist, eta_hist, no)
-  carry, losses = jax.lax.scan(body, carry, tuple(map(jnp.asarray, _schedule(n))),
-                               unroll=common.resolve_unroll(unroll))
-  _, x_last, x_best, d_best, f_best, k_best, f_hist, eta_hist, _ = carry
-  last = common.losses(direction, loss_at(n - 1), x_last, labels, unroll)
-  f = objective(last)
-  f_hist = f_hist.at[n].set(f)
-  x_best, _, _, k_best = update_best(n, x_last, d_best, f, x_best, d_best, f_best, k_best)
+
+def _reference_last(p, state, last, xs):
+  del xs
+  n = p.options["num_steps"]
+  f = _objective(p, state["baselines"])(last)
+  state = {**state, "f_hist": state["f_hist"].at[n].set(f)}
+  return _update_best(n, state["x"], state["d_best"], f, state), last
+
+
+def _reference_finish(p, state, outputs):
+  (losses0,), (losses,), (last,) = outputs
   losses = {t: jnp.concatenate([losses0[t][None], losses[t], last[t][None]]) for t in last}
-  return x_best, f_hist, losses, k_best, eta_hist[:n]
+  return common.AttackResult(state["x_best"], state["f_hist"],
+                             common.reported(losses, p.args["targets"], p.direction),
+                             state["k_best"], state["eta_hist"][:p.options["num_steps"]])
 
 
-def _autoattack_loop(loss_at, direction, threat, x0, x_start, labels, eps, step_size, momentum,
-                     bounds, state, num_steps, unroll):
-  n = num_steps
-  d0, losses0 = common.ascent(direction, loss_at(0), x_start, labels, unroll)
-  if state is None:
-    state = direction.init(loss_at(0), x_start, labels, losses0)
+# The AutoAttack variant: x (the iterate to evaluate next, already stepped to), the point it was
+# stepped from and its predecessor, the direction and step there, the best point, the objective
+# history and the checkpoint state.
 
-  def objective(losses):
-    return direction.objective(losses, state)
+def _take_step(p, i, x, x_old, d, eta):
+  a, threat = p.args, _threat(p)
 
-  def ps(v):
-    return common.per_sample(v, x0)
+  def project(v):
+    return common.clip(threat.project(v, a["x0"], a["eps"]), a["bounds"])
 
-  def project(x):
-    return common.clip(threat.project(x, x0, eps), bounds)
+  m = jnp.where(i == 0, 1.0, a["momentum"]).astype(a["x0"].dtype)
+  z = project(x + _ps(p, eta) * threat.unit(d))
+  return project(x + (z - x) * m + (x - x_old) * (1 - m))
 
-  def take_step(i, x, x_old, d, eta):
-    a = jnp.where(i == 0, 1.0, momentum).astype(x0.dtype)
-    z = project(x + ps(eta) * threat.unit(d))
-    return project(x + (z - x) * a + (x - x_old) * (1 - a))
 
-  f0 = objective(losses0)
+def _autoattack_first(p, state, evaluation, xs):
+  del xs
+  n, x_start = p.options["num_steps"], state["x"]
+  d0, losses0, baselines, f0, eta0 = _begin(p, state, evaluation)
   batch = f0.shape
+  carry = dict(x_from=x_start, x_old=x_start, d=d0, eta=eta0, x_best=x_start, d_best=d0,
+               f_best=f0, k_best=jnp.zeros(batch, jnp.int32),
+               ls=jnp.zeros((n,) + batch, x_start.dtype), reduced=jnp.ones(batch, bool),
+               best_last=f0, baselines=baselines, f0=f0)
+  return {**carry, "x": _take_step(p, 0, x_start, x_start, d0, eta0)}, losses0
 
-  def body(carry, xs):
-    x, x_old, d, eta, x_best, d_best, f_best, k_best, ls, reduced, best_last = carry
-    i, is_check, window = xs
-    x_new = take_step(i, x, x_old, d, eta)
-    d_new, losses = common.ascent(direction, loss_at(i + 1), x_new, labels, unroll)
-    f = objective(losses)
-    ls = ls.at[i].set(f)
-    better, f_best = common.improve(f, f_best)
-    x_best = jnp.where(ps(better), x_new, x_best)
-    d_best = jnp.where(ps(better), d_new, d_best)
-    k_best = jnp.where(better, i + 1, k_best)
-    j = jnp.arange(n)
-    in_window = ((j > i - window) & (j <= i))[:, None]
-    increased = jnp.sum(in_window & (ls > jnp.roll(ls, 1, axis=0)), axis=0)
-    halve = (increased <= window * 0.75) | (~reduced & (best_last >= f_best))
-    halve = is_check & halve
-    reduced = jnp.where(is_check, halve, reduced)
-    best_last = jnp.where(is_check, f_best, best_last)
-    eta_next = jnp.where(halve, eta / 2, eta)
-    x_next = jnp.where(ps(halve), x_best, x_new)
-    d_next = jnp.where(ps(halve), d_best, d_new)
-    carry = (x_next, x, d_next, eta_next, x_best, d_best, f_best, k_best, ls, reduced, best_last)
-    return carry, (losses, eta)
 
-  eta0 = jnp.broadcast_to(step_size, batch).astype(x0.dtype)
-  carry = (x_start, x_start, d0, eta0, x_start, d0, f0, jnp.zeros(batch, jnp.int32),
-           jnp.zeros((n,) + batch, x0.dtype), jnp.ones(batch, bool), f0)
-  is_check, window = autoattack_schedule(n)
-  xs = (jnp.arange(n - 1), jnp.asarray(is_check[:-1]), jnp.asarray(window[:-1]))
-  carry, (losses, etas) = jax.lax.scan(body, carry, xs, unroll=common.resolve_unroll(unroll))
-  x, x_old, d, eta, x_best, _, f_best, k_best, ls, _, _ = carry
-  x_last = take_step(n - 1, x, x_old, d, eta)  # The last step: its gradient would go unused.
-  last = common.losses(direction, loss_at(n - 1), x_last, labels, unroll)
-  f = objective(last)
-  better, _ = common.improve(f, f_best)
-  x_best = jnp.where(ps(better), x_last, x_best)
-  k_best = jnp.where(better, n, k_best)
-  f_hist = jnp.concatenate([f0[None], ls[:n - 1], f[None]])
+def _autoattack_step(p, state, evaluation, xs):
+  """Bookkeeping at the new iterate x_{i+1}, the checkpoint's decision, and the next step."""
+  i, is_check, window = xs
+  n = p.options["num_steps"]
+  x_new = state["x"]
+  d_new, losses = evaluation
+  f = p.direction.objective(losses, state["baselines"])
+  ls = state["ls"].at[i].set(f)
+  better, f_best = common.improve(f, state["f_best"])
+  x_best = jnp.where(_ps(p, better), x_new, state["x_best"])
+  d_best = jnp.where(_ps(p, better), d_new, state["d_best"])
+  k_best = jnp.where(better, i + 1, state["k_best"])
+  j = jnp.arange(n)
+  in_window = ((j > i - window) & (j <= i))[:, None]
+  increased = jnp.sum(in_window & (ls > jnp.roll(ls, 1, axis=0)), axis=0)
+  halve = (increased <= window * 0.75) | (~state["reduced"] & (state["best_last"] >= f_best))
+  halve = is_check & halve
+  reduced = jnp.where(is_check, halve, state["reduced"])
+  best_last = jnp.where(is_check, f_best, state["best_last"])
+  eta = state["eta"]
+  eta_next = jnp.where(halve, eta / 2, eta)
+  x_next = jnp.where(_ps(p, halve), x_best, x_new)
+  d_next = jnp.where(_ps(p, halve), d_best, d_new)
+  state = {**state, "x_from": x_next, "x_old": state["x_from"], "d": d_next, "eta": eta_next,
+           "x_best": x_best, "d_best": d_best, "f_best": f_best, "k_best": k_best, "ls": ls,
+           "reduced": reduced, "best_last": best_last}
+  x = _take_step(p, i + 1, x_next, state["x_old"], d_next, eta_next)
+  return {**state, "x": x}, (losses, eta)
+
+
+def _autoattack_last(p, state, last, xs):
+  """The last step's point (its gradient would go unused): the objective only."""
+  del xs
+  f = p.direction.objective(last, state["baselines"])
+  better, _ = common.improve(f, state["f_best"])
+  return {**state, "x_best": jnp.where(_ps(p, better), state["x"], state["x_best"]),
+          "k_best": jnp.where(better, p.options["num_steps"], state["k_best"]), "f_last": f}, last
+
+
+def _autoattack_finish(p, state, outputs):
+  (losses0,), ((losses, etas),), (last,) = outputs
+  n = p.options["num_steps"]
+  f_hist = jnp.concatenate([state["f0"][None], state["ls"][:n - 1], state["f_last"][None]])
   losses = {t: jnp.concatenate([losses0[t][None], losses[t], last[t][None]]) for t in last}
-  return x_best, f_hist, losses, k_best, jnp.concatenate([etas, eta[None]])
+  return common.AttackResult(state["x_best"], f_hist,
+                             common.reported(losses, p.args["targets"], p.direction),
+                             state["k_best"], jnp.concatenate([etas, state["eta"][None]]))
 
 
-def _apgd(loss_fn, direction, *, x0, labels, eps, step_size, momentum, bounds, key, baselines,
-          targets, x_init, example_weight, num_steps, start, restart_from_best, per_sample,
-          keep_untargeted, norm, variant, unroll):
-  threat = threat_lib.by_name(norm)
-  loss_at = common.losses_per_step(loss_fn, x0, labels, num_steps, targets, direction,
-                                   keep_untargeted)
-
-  x_start = common.start(start, key, x0, eps, bounds, threat, x_init)
-  if variant == "autoattack":
-    x_best, f_hist, losses, k_best, etas = _autoattack_loop(
-        loss_at, direction, threat, x0, x_start, labels, eps, step_size, momentum, bounds,
-        baselines, num_steps, unroll)
+def algorithm(options: dict[str, Any]) -> loop_lib.Algorithm:
+  """APGD's pieces (:mod:`mtajax.attacks.loop`) for ``options['variant']``."""
+  n = options["num_steps"]
+  if options["variant"] == "autoattack":
+    is_check, window = autoattack_schedule(n)
+    schedule = (np.arange(n - 1, dtype=np.int32), is_check[:-1], window[:-1])
+    first, step, last, finish = (_autoattack_first, _autoattack_step, _autoattack_last,
+                                 _autoattack_finish)
   else:
-    x_best, f_hist, losses, k_best, etas = _reference_loop(
-        loss_at, direction, threat, x0, x_start, labels, eps, step_size, momentum, bounds,
-        baselines, num_steps, restart_from_best, per_sample, example_weight, unroll)
-  return common.AttackResult(x_best, f_hist, common.reported(losses, targets, direction), k_best,
-                             etas)
+    schedule = _schedule(n)
+    first, step, last, finish = (_reference_first, _reference_step, _reference_last,
+                                 _reference_finish)
+  return loop_lib.Algorithm(
+      _init, (loop_lib.Phase(_at_start, common.ASCENT, first),),
+      (loop_lib.Phase(_at_iterate, common.ASCENT, step),), schedule,
+      (loop_lib.Phase(_at_last, common.LOSSES, last),), finish)
 
 
 def apgd(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
@@ -244,7 +303,7 @@ def apgd(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
          num_steps: int = 10, step_size: Any = None, momentum: float = 0.75,
          baselines: dict[str, Any] | None = None, per_sample: bool = False,
          random_start: bool = False, restart_from_best: bool = False,
-         key: jax.Array | None = None, unroll: bool | int | None = None,
+         key: jax.Array | None = None, loop: loop_lib.Loop | None = None, unroll: Any = None,
          variant: Literal["reference", "autoattack"] = "reference", norm: str = "linf",
          targets: Mapping[str, Any] | None = None, keep_untargeted: bool = False,
          x_init: jax.Array | None = None, example_weight: jax.Array | None = None
@@ -271,7 +330,10 @@ def apgd(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
     restart_from_best: reference variant: continue from the best point one step after a halving
       (the reference's ``revised=True`` ``AAR`` attacks, Q5/Q6).
     key: PRNG key, needed with ``random_start``.
-    unroll: ``lax.scan`` unroll; None = measured platform default.
+    loop: how the iterations run (:mod:`mtajax.attacks.loop`: ``'unrolled'``, ``'rolled'``,
+      ``'python'``); None = the platform default.
+    unroll: the older spelling of ``loop`` (``'host'`` = ``'python'``, True = ``'unrolled'``,
+      an int = a ``lax.scan`` unrolled that many steps).
     variant: ``'reference'`` or ``'autoattack'`` (fra31/auto-attack's algorithm).
     norm: ``'linf'`` or ``'l2'`` (steps along D/‖D‖₂, projection on the L2 ball ∩ box).
     targets: ``{task: target map}``: descend those tasks' losses against their targets.
@@ -297,8 +359,8 @@ def apgd(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
               momentum=jnp.asarray(momentum, x.dtype), bounds=bounds, key=key,
               baselines=baselines, targets=targets, x_init=x_init,
               example_weight=example_weight)
-  return common.run(_apgd, loss_fn, direction, args, num_steps=num_steps,
+  return common.run(algorithm, loss_fn, direction, args, loop=loop, unroll=unroll,
+                    num_steps=num_steps,
                     start=common.start_kind(random_start, x_init, default_start),
                     restart_from_best=restart_from_best, per_sample=per_sample,
-                    keep_untargeted=keep_untargeted, norm=threat.name, variant=variant,
-                    unroll=unroll)
+                    keep_untargeted=keep_untargeted, norm=threat.name, variant=variant)

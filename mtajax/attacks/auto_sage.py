@@ -20,9 +20,11 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mtajax import directions as directions_lib
 from mtajax.attacks import common
+from mtajax.attacks import loop as loop_lib
 from mtajax.attacks import threat as threat_lib
 
 
@@ -32,45 +34,89 @@ def sech2(u: jax.Array) -> jax.Array:
   return 4.0 * e / (1.0 + e) ** 2
 
 
-def _auto_sage(loss_fn, direction, *, x0, labels, eps, step_size, lr, kappa, decay, bounds,
-               num_steps, lookahead, unroll):
-  clean = common.clean_context(loss_fn, x0, labels)
-  names = directions_lib.task_names(common.bind(loss_fn, 0, num_steps, clean), x0, labels)
-  last = names[-1]
+def _task_grads(p, x, k):
+  return p.direction.task_grads(common.loss_at(p, k), x, p.args["labels"])
 
-  def lookahead_grad(loss, x1):
-    if lookahead == "all":
-      return direction(loss, x1, labels)[0]
-    only_last = lambda x, l: {last: loss(x, l)[last]}  # pylint: disable=unnecessary-lambda-assignment
-    return len(names) * direction(only_last, x1, labels)[0]
 
-  def body(carry, k):
-    x, a, g = carry
-    loss = common.bind(loss_fn, k, num_steps, clean)
-    dm, losses = direction.task_grads(loss, x, labels)
-    s = jnp.sum(a * dm, axis=0)
-    x1 = common.step(x, x0, s, step_size, eps, bounds)
-    dfdx = -lookahead_grad(loss, x1)
-    a = a - lr * dfdx[None] * (kappa * step * dm * sech2(kappa * s)[None])
-    g = decay * g + jnp.sum(a * dm, axis=0)
-    return (common.step(x, x0, g, step_size, eps, bounds), a, g), losses
+def _lookahead_grad(p, x1, k):
+  """The look-ahead gradient at x1: the direction's D (``'all'``), or the reference's bug Q1
+  (``'last_task'``: T times the last task's alone)."""
+  loss, labels = common.loss_at(p, k), p.args["labels"]
+  if p.options["lookahead"] == "all":
+    return p.direction(loss, x1, labels)[0]
+  names = directions_lib.task_names(loss, p.args["x0"], labels)
+  only_last = lambda x, l: {names[-1]: loss(x, l)[names[-1]]}  # pylint: disable=unnecessary-lambda-assignment
+  return len(names) * p.direction(only_last, x1, labels)[0]
 
-  step = threat_lib.per_sample(step_size, x0)  # A (B,) step against the (T, B, ...) weights.
-  init = (x0, jnp.ones((len(names),) + x0.shape, x0.dtype), jnp.zeros_like(x0))
-  (x, _, _), losses = jax.lax.scan(body, init, jnp.arange(num_steps),
-                                   unroll=common.resolve_unroll(unroll))
-  state = direction.init(loss_fn, x0, labels, {t: v[0] for t, v in losses.items()})
-  batch = x0.shape[:1]
-  return common.AttackResult(x, direction.objective(losses, state), losses,
+
+_task_grads.reads = ("context_steps",)
+_lookahead_grad.reads = ("context_steps", "lookahead")
+TASK_GRADS = loop_lib.Evaluation("task_grads", _task_grads)  # (T, B, ...) g_t and the losses
+LOOKAHEAD = loop_lib.Evaluation("lookahead", _lookahead_grad)
+
+
+def _init(p):
+  x0 = p.args["x0"]
+  names = directions_lib.task_names(common.loss_at(p, 0), x0, p.args["labels"])
+  return dict(x=x0, a=jnp.ones((len(names),) + x0.shape, x0.dtype), g=jnp.zeros_like(x0),
+              dm=jnp.zeros((len(names),) + x0.shape, x0.dtype), s=jnp.zeros_like(x0), x1=x0)
+
+
+def _at_iterate(p, state, k):
+  del p
+  return state["x"], k
+
+
+def _at_lookahead(p, state, k):
+  del p
+  return state["x1"], k
+
+
+def _look_ahead(p, state, evaluation, k):
+  """S = Σ_t A_t·g_t and the look-ahead point x1 = clip(proj(x + s·sign(S)))."""
+  del k
+  a = p.args
+  dm, losses = evaluation
+  s = jnp.sum(state["a"] * dm, axis=0)
+  x1 = common.step(state["x"], a["x0"], s, a["step_size"], a["eps"], a["bounds"])
+  return {**state, "dm": dm, "s": s, "x1": x1}, losses
+
+
+def _step(p, state, lookahead_grad, k):
+  """The weights' update from the look-ahead gradient, then the signed step along Σ_t A_t·g_t."""
+  del k
+  a, dm = p.args, state["dm"]
+  step = common.per_sample(a["step_size"], a["x0"])  # A (B,) step against the (T, B, ...) A.
+  dfdx = -lookahead_grad
+  w = state["a"] - a["lr"] * dfdx[None] * (a["kappa"] * step * dm * sech2(a["kappa"] * state["s"])[None])
+  g = a["decay"] * state["g"] + jnp.sum(w * dm, axis=0)
+  x = common.step(state["x"], a["x0"], g, a["step_size"], a["eps"], a["bounds"])
+  return {**state, "x": x, "a": w, "g": g}, None
+
+
+def _finish(p, state, outputs):
+  _, (losses, _), _ = outputs
+  a, num_steps = p.args, p.options["num_steps"]
+  baselines = p.direction.init(p.loss_fn, a["x0"], a["labels"], {t: v[0] for t, v in losses.items()})
+  batch = a["x0"].shape[:1]
+  return common.AttackResult(state["x"], p.direction.objective(losses, baselines), losses,
                              jnp.full(batch, num_steps, jnp.int32),
-                             jnp.broadcast_to(step_size, (num_steps,) + batch))
+                             jnp.broadcast_to(a["step_size"], (num_steps,) + batch))
+
+
+def algorithm(options: dict[str, Any]) -> loop_lib.Algorithm:
+  """Auto-SAGE's pieces (:mod:`mtajax.attacks.loop`): two evaluations per step."""
+  body = (loop_lib.Phase(_at_iterate, TASK_GRADS, _look_ahead),
+          loop_lib.Phase(_at_lookahead, LOOKAHEAD, _step))
+  return loop_lib.Algorithm(_init, (), body, np.arange(options["num_steps"], dtype=np.int32),
+                            (), _finish)
 
 
 def auto_sage(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
               direction: directions_lib.Direction, eps: Any, bounds: common.Bounds,
               num_steps: int = 10, step_size: Any = None, lr: float = 10.0, kappa: float = 50.0,
               decay: float = 0.0, lookahead: Literal["all", "last_task"] = "all",
-              unroll: bool | int | None = None) -> common.AttackResult:
+              loop: loop_lib.Loop | None = None, unroll: Any = None) -> common.AttackResult:
   """Auto-SAGE (see the module docstring).
 
   Args:
@@ -86,7 +132,10 @@ def auto_sage(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
     kappa: sech² fitting factor κ (reference 50).
     decay: momentum of the accumulated direction (reference 0).
     lookahead: ``'all'`` (fixed) or ``'last_task'`` (reference bug Q1).
-    unroll: ``lax.scan`` unroll; None = measured platform default.
+    loop: how the iterations run (:mod:`mtajax.attacks.loop`: ``'unrolled'``, ``'rolled'``,
+      ``'python'``); None = the platform default.
+    unroll: the older spelling of ``loop`` (``'host'`` = ``'python'``, True = ``'unrolled'``,
+      an int = a ``lax.scan`` unrolled that many steps).
 
   Returns:
     :class:`~mtajax.attacks.common.AttackResult` (last iterate; diagnostics at iterates 0..N−1).
@@ -104,5 +153,5 @@ def auto_sage(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
   dt = x.dtype
   args = dict(x0=x, labels=labels, eps=eps, step_size=step_size, lr=jnp.asarray(lr, dt),
               kappa=jnp.asarray(kappa, dt), decay=jnp.asarray(decay, dt), bounds=bounds)
-  return common.run(_auto_sage, loss_fn, direction, args, num_steps=num_steps,
-                    lookahead=lookahead, unroll=unroll)
+  return common.run(algorithm, loss_fn, direction, args, loop=loop, unroll=unroll,
+                    num_steps=num_steps, lookahead=lookahead)

@@ -8,9 +8,7 @@ the input box) × a direction (:mod:`mtajax.directions`).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import weakref
 from typing import Any, Callable, Literal, Mapping, NamedTuple
 
 import jax
@@ -18,14 +16,15 @@ from jax.experimental import checkify
 import jax.numpy as jnp
 import numpy as np
 
-from mtajax import host_loop
-from mtajax import platform
+from mtajax.attacks import compile_once
+from mtajax.attacks import loop as loop_lib
 from mtajax.attacks import threat as threat_lib
 
 Array = jax.Array
 Bounds = tuple[Any, Any]
 Start = Literal["none", "uniform", "autoattack", "given"]
 LINF = threat_lib.Linf()
+per_sample = threat_lib.per_sample  # (B,) values against a (B, ...) batch
 
 
 class AttackResult(NamedTuple):
@@ -101,62 +100,32 @@ def targeted(loss_fn, targets: Mapping[str, Array] | None, direction, keep_untar
   return fn
 
 
-def losses_per_step(loss_fn, x0: Array, labels: Any, num_steps: int,
-                    targets: Mapping[str, Array] | None, direction, keep_untargeted: bool
-                    ) -> Callable[[Any], Callable[[Array, Any], dict[str, Array]]]:
-  """``k -> (x, labels) -> losses``: the loss an attack ascends at iteration k (context bound,
-  targets applied)."""
-  clean = clean_context(loss_fn, x0, labels)
-
-  def loss_at(k):
-    return targeted(bind(loss_fn, k, num_steps, clean), targets, direction, keep_untargeted)
-  return loss_at
+def loss_at(p, k: Any):
+  """The loss an attack of problem ``p`` ascends at iteration ``k``: the context bound (clean
+  prediction ``p.args['clean']``, ``p.options['context_steps']``), targets applied."""
+  return targeted(bind(p.loss_fn, k, p.options.get("context_steps"), p.args.get("clean")),
+                  p.args.get("targets"), p.direction, p.options.get("keep_untargeted", False))
 
 
-# loss function -> {(kind, id(direction)): (direction, shared call)}: an entry lives as long as its
-# loss function (the calls read it through a weak reference) — for the evaluations' loss functions,
-# which close over a model's traced weights, one attack's trace.
-_SHARED_CALLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _shared(kind: str, fn: Callable[..., Any], direction, loss_fn) -> Callable[..., Any]:
-  """``(x, labels) -> fn(direction, loss_fn, x, labels)`` as a :func:`mtajax.host_loop.shared`
-  call, one per (kind, direction, loss function): JAX traces it once for all the call sites of an
-  attack (APGD's start point and loop step), not once per site."""
-  try:
-    calls = _SHARED_CALLS.setdefault(loss_fn, {})
-  except TypeError:  # A loss function that cannot be weakly referenced or hashed: no reuse.
-    return host_loop.shared(lambda x_, labels_: fn(direction, loss_fn, x_, labels_), kind)
-  key = (kind, id(direction))
-  if key not in calls:
-    ref = weakref.ref(loss_fn)
-    calls[key] = (direction, host_loop.shared(
-        lambda x_, labels_: fn(direction, ref(), x_, labels_), kind))
-  return calls[key][1]
-
-
-def _direction_losses(direction, loss_fn, x: Array, labels: Any) -> dict[str, Array]:
-  fn = getattr(direction, "losses", None)  # Direction objects written without it: the plain losses.
+def direction_losses(direction, loss_fn, x: Array, labels: Any) -> dict[str, Array]:
+  """The losses ``direction`` reads at ``x`` without a gradient (``direction.losses``; the plain
+  losses for direction objects written without it)."""
+  fn = getattr(direction, "losses", None)
   return loss_fn(x, labels) if fn is None else fn(loss_fn, x, labels)
 
 
-def ascent(direction, loss_fn, x: Array, labels: Any, unroll: Any = None
-           ) -> tuple[Array, dict[str, Array]]:
-  """``direction(loss_fn, x, labels)``; with host loops (``unroll='host'``) as a
-  :func:`mtajax.host_loop.shared` program, compiled once for every place that evaluates the same
-  direction of the same model (the start point and the loop step, PGD and APGD)."""
-  if unroll != host_loop.HOST:
-    return direction(loss_fn, x, labels)
-  return _shared("ascent", lambda d, f, x_, labels_: d(f, x_, labels_), direction, loss_fn)(
-      x, labels)
+def _ascent(p, x: Array, k: Array) -> tuple[Array, dict[str, Array]]:
+  return p.direction(loss_at(p, k), x, p.args["labels"])
 
 
-def losses(direction, loss_fn, x: Array, labels: Any, unroll: Any = None) -> dict[str, Array]:
-  """The losses ``direction`` reads at ``x`` without a gradient (``direction.losses``); with host
-  loops a :func:`mtajax.host_loop.shared` program, like :func:`ascent`."""
-  if unroll != host_loop.HOST:
-    return _direction_losses(direction, loss_fn, x, labels)
-  return _shared("losses", _direction_losses, direction, loss_fn)(x, labels)
+def _losses(p, x: Array, k: Array) -> dict[str, Array]:
+  return direction_losses(p.direction, loss_at(p, k), x, p.args["labels"])
+
+
+_ascent.reads = _losses.reads = ("context_steps", "keep_untargeted")
+# The model evaluations of PGD, APGD, FGSM and FAT's early-stopped PGD.
+ASCENT = loop_lib.Evaluation("ascent", _ascent)  # (D, losses): one forward and backward pass
+LOSSES = loop_lib.Evaluation("losses", _losses)  # losses: one forward pass
 
 
 def reported(losses: dict[str, Array], targets, direction) -> dict[str, Array]:
@@ -194,13 +163,8 @@ def step(x: Array, x0: Array, direction: Array, step_size: Array, eps: Array, bo
   Elements where D is NaN (a loss with a NaN gradient) do not move; the NaN stays visible in the
   attack's loss diagnostics instead of spreading into the adversarial batch.
   """
-  a = threat_lib.per_sample(step_size, x)
+  a = per_sample(step_size, x)
   return clip(threat.project(x + a * threat.unit(direction), x0, eps), bounds)
-
-
-def per_sample(mask: Array, x: Array) -> Array:
-  """Broadcasts a (B,) vector against a (B, ...) array."""
-  return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
 
 
 def random_start(key: Array, x0: Array, eps: Array, bounds: Bounds,
@@ -251,105 +215,60 @@ def batch_objective(f: Array, example_weight: Array | None) -> Array:
   return jnp.broadcast_to(mean, f.shape)
 
 
-def resolve_unroll(unroll: bool | int | str | None) -> bool | int:
-  """The ``lax.scan`` unroll: ``None`` picks the measured per-platform default (see
-  :func:`mtajax.platform.default_unroll`); ``'host'`` (:mod:`mtajax.host_loop`: the loop runs from
-  the host, one compiled step) leaves the scan rolled for wherever it cannot be split."""
-  if isinstance(unroll, str):
-    if unroll != host_loop.HOST:
-      raise ValueError(f"unroll must be a bool, an int >= 1, None or {host_loop.HOST!r}; got "
-                       f"{unroll!r}.")
-    return 1
-  return platform.default_unroll() if unroll is None else unroll
-
-
-# ------------------------------------------------------------------------------------------------
-# Compile once: a loss function or direction is split into its static structure (compared by value,
-# functions by identity) and its arrays (traced), so rebuilding ``make_loss_fn(partial(predict,
-# state), ...)`` per batch reuses the compiled attack and keeps the weights traced.
-
-@dataclasses.dataclass(frozen=True)
-class _ById:
-  """An unhashable static value, compared by identity."""
-  value: Any
-
-  def __hash__(self):
-    return id(self.value)
-
-  def __eq__(self, other):
-    return isinstance(other, _ById) and other.value is self.value
-
-
-@dataclasses.dataclass(frozen=True)
-class _Static:
-  treedef: Any
-  leaves: tuple[Any, ...]  # None where an array leaf goes.
-
-
-def _is_array(v: Any) -> bool:
-  return isinstance(v, (jax.Array, np.ndarray))
-
-
-def _hashable(v: Any) -> Any:
-  try:
-    hash(v)
-    return v
-  except TypeError:
-    return _ById(v)
-
-
-def split(obj: Any) -> tuple[_Static, list[Array]]:
-  """(static structure, array leaves) of a callable; ``functools.partial`` counts as a pytree."""
-  if isinstance(obj, functools.partial) and not isinstance(obj, jax.tree_util.Partial):
-    obj = jax.tree_util.Partial(obj.func, *obj.args, **obj.keywords)
-  leaves, treedef = jax.tree.flatten(obj)
-  static = tuple(None if _is_array(v) else _hashable(v) for v in leaves)
-  return _Static(treedef, static), [v for v in leaves if _is_array(v)]
-
-
-def merge(static: _Static, arrays: list[Array]) -> Any:
-  """Inverse of :func:`split`."""
-  it = iter(arrays)
-  leaves = [next(it) if v is None else (v.value if isinstance(v, _ById) else v)
-            for v in static.leaves]
-  return jax.tree.unflatten(static.treedef, leaves)
-
-
-def _attack(loss_arrays, dir_arrays, args, *, impl, loss_static, dir_static, options):
-  result = impl(merge(loss_static, loss_arrays), merge(dir_static, dir_arrays), **args,
-                **{k: v for k, _, v in options})
-  x = args["x0"] if "x0" in args else args["x"]
-  return nan_where_invalid(result, invalid_images(x, args["eps"], args["bounds"],
+def _attack(loss_arrays, dir_arrays, args, *, build, loss_static, dir_static, options):
+  """The whole attack in one program (the scan loops)."""
+  options = compile_once.options_dict(options)
+  loss_fn = compile_once.merge(loss_static, loss_arrays)
+  args = {**args, "clean": clean_context(loss_fn, args["x0"], args["labels"])}
+  p = loop_lib.Problem(loss_fn, compile_once.merge(dir_static, dir_arrays), args, options)
+  result = loop_lib.scanned(build(options), p, options["scan_unroll"])
+  return nan_where_invalid(result, invalid_images(args["x0"], args["eps"], args["bounds"],
                                                   args.get("step_size")))
 
 
-_STATIC = ("impl", "loss_static", "dir_static", "options")
-_compiled = jax.jit(_attack, static_argnames=_STATIC)
-_hosted = host_loop.jit(_attack, static_argnames=_STATIC)
+def _clean(loss_arrays, args, *, loss_static):
+  return clean_context(compile_once.merge(loss_static, loss_arrays), args["x0"], args["labels"])
 
 
-def run(impl: Callable[..., AttackResult], loss_fn, direction, args: dict[str, Any],
+def _invalid(result, args):
+  return nan_where_invalid(result, invalid_images(args["x0"], args["eps"], args["bounds"],
+                                                  args.get("step_size")))
+
+
+_compiled = jax.jit(_attack, static_argnames=("build", "loss_static", "dir_static", "options"))
+_clean_jit = jax.jit(_clean, static_argnames=("loss_static",))
+_invalid_jit = jax.jit(_invalid)
+
+
+def run(build: Callable[[dict[str, Any]], loop_lib.Algorithm], loss_fn, direction,
+        args: dict[str, Any], *, loop: loop_lib.Loop | None = None, unroll: Any = None,
         **options: Any) -> AttackResult:
-  """Calls ``impl(loss_fn, direction, **args, **options)`` jit-compiled.
+  """Runs the attack ``build(options)`` (a :class:`mtajax.attacks.loop.Algorithm`) on ``loss_fn``.
 
-  ``args`` are traced (arrays, pytrees, None); ``options`` are static (hashable). The compiled
-  program is reused whenever the loss function's and direction's static structure and the options
-  are equal, whatever their arrays hold. With ``unroll='host'`` (outside a trace) the attack's loop
-  runs from the host over one compiled step (:mod:`mtajax.host_loop`). ``args`` name the clean
-  batch ``x0`` (or ``x``), ``eps``, ``bounds`` and optionally ``step_size``: images that
-  :func:`invalid_images` flags come back NaN (:func:`nan_where_invalid`).
+  ``args`` are traced (arrays, pytrees, None) and name the clean batch ``x0``, ``labels``, ``eps``,
+  ``bounds`` and optionally ``step_size``; ``options`` are static (hashable). The compiled
+  programs are reused whenever the loss function's and direction's static structure and the
+  options are equal, whatever their arrays hold. ``loop`` (or the older ``unroll``) chooses the
+  driver (:mod:`mtajax.attacks.loop`). Images that :func:`invalid_images` flags come back NaN
+  (:func:`nan_where_invalid`).
   """
   check_labels = getattr(loss_fn, "check_labels", None)  # e.g. a LossFn's label range checks.
   if check_labels is not None and _is_concrete(args["labels"]):
     check_labels(args["labels"])
-  loss_static, loss_arrays = split(loss_fn)
-  dir_static, dir_arrays = split(direction)
-  hosted = options.get("unroll") == host_loop.HOST and not any(
-      isinstance(v, jax.core.Tracer) for v in jax.tree.leaves((loss_arrays, dir_arrays, args)))
-  return (_hosted if hosted else _compiled)(
-      loss_arrays, dir_arrays, args, impl=impl, loss_static=loss_static, dir_static=dir_static,
-      # Typed, so that unroll=True and unroll=1 (equal in Python) are two programs.
-      options=tuple((k, type(v), v) for k, v in sorted(options.items())))
+  loop, scan_unroll = loop_lib.from_unroll(unroll, loop)
+  options["context_steps"] = options.get("num_steps") if takes_context(loss_fn) else None
+  algorithm = build(options)
+  if loop == "python" and loop_lib.can_use_python_loop(algorithm, loss_fn, direction, args):
+    loss_static, loss_arrays = compile_once.split(loss_fn)
+    clean = None if not takes_context(loss_fn) else _clean_jit(loss_arrays, args,
+                                                               loss_static=loss_static)
+    args = {**args, "clean": clean}
+    return _invalid_jit(loop_lib.python_loop(algorithm, loss_fn, direction, args, options), args)
+  loss_static, loss_arrays = compile_once.split(loss_fn)
+  dir_static, dir_arrays = compile_once.split(direction)
+  options["scan_unroll"] = scan_unroll
+  return _compiled(loss_arrays, dir_arrays, args, build=build, loss_static=loss_static,
+                   dir_static=dir_static, options=compile_once.static_options(options))
 
 
 def _is_concrete(*values: Any) -> bool:

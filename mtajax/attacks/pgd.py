@@ -9,57 +9,111 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mtajax import directions as directions_lib
 from mtajax.attacks import common
+from mtajax.attacks import loop as loop_lib
 from mtajax.attacks import threat as threat_lib
 
 
-def _pgd(loss_fn, direction, *, x0, labels, eps, step_size, bounds, key, baselines, targets,
-         x_init, num_steps, start, return_best, keep_untargeted, norm, unroll):
-  threat = threat_lib.by_name(norm)
-  loss_at = common.losses_per_step(loss_fn, x0, labels, num_steps, targets, direction,
-                                   keep_untargeted)
+def _threat(p):
+  return threat_lib.by_name(p.options["norm"])
 
-  x = common.start(start, key, x0, eps, bounds, threat, x_init)
-  state = baselines
-  if return_best and state is None:
-    losses0 = common.losses(direction, loss_at(0), x0, labels, unroll)
-    state = direction.init(loss_at(0), x0, labels, common.detached(losses0))
 
-  def body(carry, k):
-    x, x_best, f_best, k_best = carry
-    d, losses = common.ascent(direction, loss_at(k), x, labels, unroll)
-    if return_best:
-      better, f_best = common.improve(direction.objective(losses, state), f_best)
-      x_best = jnp.where(common.per_sample(better, x), x, x_best)
-      k_best = jnp.where(better, k, k_best)
-    return (common.step(x, x0, d, step_size, eps, bounds, threat), x_best, f_best, k_best), losses
+def _init(p):
+  a = p.args
+  x = common.start(p.options["start"], a["key"], a["x0"], a["eps"], a["bounds"], _threat(p),
+                   a["x_init"])
+  batch = a["x0"].shape[:1]
+  return dict(x=x, x_best=x, f_best=jnp.full(batch, -jnp.inf, x.dtype),
+              k_best=jnp.zeros(batch, jnp.int32), baselines=a["baselines"])
 
-  batch = x0.shape[:1]
-  init = (x, x, jnp.full(batch, -jnp.inf, x0.dtype), jnp.zeros(batch, jnp.int32))
-  (x, x_best, f_best, k_best), losses = jax.lax.scan(
-      body, init, jnp.arange(num_steps), unroll=common.resolve_unroll(unroll))
-  if return_best:  # The last iterate has not been evaluated yet.
-    last = common.losses(direction, loss_at(num_steps - 1), x, labels, unroll)
-    better, _ = common.improve(direction.objective(last, state), f_best)
-    x = jnp.where(common.per_sample(better, x), x, x_best)
-    k_best = jnp.where(better, num_steps, k_best)
-    losses = {t: jnp.concatenate([v, last[t][None]]) for t, v in losses.items()}
+
+def _at_clean(p, state, xs):
+  del state, xs
+  return p.args["x0"], 0
+
+
+def _set_baselines(p, state, losses0, xs):
+  """The direction's state from the losses at the clean input (best-iterate choice)."""
+  del xs
+  a = p.args
+  baselines = p.direction.init(common.loss_at(p, 0), a["x0"], a["labels"],
+                               common.detached(losses0))
+  return {**state, "baselines": baselines}, None
+
+
+def _at_iterate(p, state, k):
+  del p
+  return state["x"], k
+
+
+def _step(p, state, evaluation, k):
+  """Best-point bookkeeping at x_k, then x_{k+1} = clip(proj(x_k + a·unit(D)))."""
+  d, losses = evaluation
+  a, x = p.args, state["x"]
+  if p.options["return_best"]:
+    better, f_best = common.improve(p.direction.objective(losses, state["baselines"]),
+                                    state["f_best"])
+    state = {**state, "f_best": f_best,
+             "x_best": jnp.where(common.per_sample(better, x), x, state["x_best"]),
+             "k_best": jnp.where(better, k, state["k_best"])}
+  x = common.step(x, a["x0"], d, a["step_size"], a["eps"], a["bounds"], _threat(p))
+  return {**state, "x": x}, losses
+
+
+def _at_last(p, state, xs):
+  del xs
+  return state["x"], p.options["num_steps"] - 1
+
+
+def _choose_best(p, state, last, xs):
+  """The last iterate's objective against the best so far."""
+  del xs
+  x = state["x"]
+  better, _ = common.improve(p.direction.objective(last, state["baselines"]), state["f_best"])
+  return {**state, "x": jnp.where(common.per_sample(better, x), x, state["x_best"]),
+          "k_best": jnp.where(better, p.options["num_steps"], state["k_best"])}, last
+
+
+def _finish(p, state, outputs):
+  _, (losses,), last = outputs
+  a, num_steps = p.args, p.options["num_steps"]
+  batch = a["x0"].shape[:1]
+  if p.options["return_best"]:
+    losses = {t: jnp.concatenate([v, last[0][t][None]]) for t, v in losses.items()}
+    k_best = state["k_best"]
   else:
     k_best = jnp.full(batch, num_steps, jnp.int32)
-  if state is None:
-    state = direction.init(loss_fn, x0, labels, {t: v[0] for t, v in losses.items()})
+  baselines = state["baselines"]
+  if baselines is None:
+    baselines = p.direction.init(p.loss_fn, a["x0"], a["labels"],
+                                 {t: v[0] for t, v in losses.items()})
   return common.AttackResult(
-      x, direction.objective(losses, state), common.reported(losses, targets, direction), k_best,
-      jnp.broadcast_to(step_size * jnp.ones(batch, x0.dtype), (num_steps,) + batch))
+      state["x"], p.direction.objective(losses, baselines),
+      common.reported(losses, a["targets"], p.direction), k_best,
+      jnp.broadcast_to(a["step_size"] * jnp.ones(batch, a["x0"].dtype), (num_steps,) + batch))
+
+
+def algorithm(options: dict[str, Any]) -> loop_lib.Algorithm:
+  """PGD's pieces (:mod:`mtajax.attacks.loop`); ``options``: ``num_steps``, ``start``,
+  ``return_best``, ``norm`` (and ``args['baselines']`` decides the first evaluation)."""
+  best = options["return_best"]
+  first = (loop_lib.Phase(_at_clean, common.LOSSES, _set_baselines),) if best and not options[
+      "baselines_given"] else ()
+  last = (loop_lib.Phase(_at_last, common.LOSSES, _choose_best),) if best else ()
+  return loop_lib.Algorithm(
+      _init, first, (loop_lib.Phase(_at_iterate, common.ASCENT, _step),),
+      np.arange(options["num_steps"], dtype=np.int32), last, _finish)
 
 
 def pgd(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
         direction: directions_lib.Direction, eps: Any, bounds: common.Bounds,
         num_steps: int = 10, step_size: Any = None, random_start: bool = False,
         return_best: bool = False, key: jax.Array | None = None,
-        baselines: dict[str, Any] | None = None, unroll: bool | int | None = None,
+        baselines: dict[str, Any] | None = None, loop: loop_lib.Loop | None = None,
+        unroll: Any = None,
         norm: str = "linf", targets: Mapping[str, Any] | None = None,
         keep_untargeted: bool = False, x_init: jax.Array | None = None
         ) -> common.AttackResult:
@@ -81,7 +135,10 @@ def pgd(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
     baselines: the direction's start-of-attack state (GB-MTA: per-task c_t, used by the
       diagnostics and the best-iterate choice); default ``direction.init`` at the clean input
       (without ``return_best``: at the first iterate).
-    unroll: ``lax.scan`` unroll; None = measured platform default.
+    loop: how the iterations run (:mod:`mtajax.attacks.loop`: ``'unrolled'``, ``'rolled'``,
+      ``'python'``); None = the platform default.
+    unroll: the older spelling of ``loop`` (``'host'`` = ``'python'``, True = ``'unrolled'``,
+      an int = a ``lax.scan`` unrolled that many steps).
     norm: threat model, ``'linf'`` (sign steps) or ``'l2'`` (steps along D/‖D‖₂ per image).
     targets: ``{task: target map}`` (shaped like ``labels[task]``): descend each task's loss
       against its target instead of ascending it (``labels`` must be a dict).
@@ -100,6 +157,7 @@ def pgd(loss_fn: directions_lib.LossFn, x: jax.Array, labels: Any, *,
   step_size = eps / num_steps if step_size is None else jnp.asarray(step_size, x.dtype)
   args = dict(x0=x, labels=labels, eps=eps, step_size=step_size, bounds=bounds, key=key,
               baselines=baselines, targets=targets, x_init=x_init)
-  return common.run(_pgd, loss_fn, direction, args, num_steps=num_steps,
-                    start=common.start_kind(random_start, x_init), return_best=return_best,
-                    keep_untargeted=keep_untargeted, norm=threat.name, unroll=unroll)
+  return common.run(algorithm, loss_fn, direction, args, loop=loop, unroll=unroll,
+                    num_steps=num_steps, start=common.start_kind(random_start, x_init),
+                    return_best=return_best, baselines_given=baselines is not None,
+                    keep_untargeted=keep_untargeted, norm=threat.name)

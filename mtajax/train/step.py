@@ -21,7 +21,6 @@ from mtajax import directions as directions_lib
 from mtajax.data import preprocess
 from mtajax.tasks import base
 from mtajax.tasks import loss_fn as loss_fn_lib
-from mtajax.train import fat
 
 State = dict[str, Any]
 Apply = Callable[..., tuple[dict[str, jax.Array], Any]]
@@ -54,13 +53,13 @@ def adversarial_inputs(apply: Apply, tasks: Sequence[base.Task], params: Any, ba
   direction = directions_lib.by_name(adv.direction)
   predict = lambda x: apply(params, batch_stats, x, train=False)[0]
   loss_fn = loss_fn_lib.make_loss_fn(predict, tasks, direction.reduction)
-  kwargs = dict(direction=direction, eps=adv.eps, bounds=preprocess.input_bounds(),
-                num_steps=adv.num_steps, step_size=adv.step_size)
+  options = {} if adv.step_size is None else {"step_size": adv.step_size}
   if adv.mode == "reference":
-    x_adv = attacks.pgd(loss_fn, batch["image"], batch, **kwargs).x_adv
+    spec = attacks.Attack("pgd", direction, adv.num_steps, options)
   else:
-    x_adv, _ = fat.early_stopped_pgd(loss_fn, batch["image"], batch, tau=adv.tau,
-                                     margin=adv.margin, **kwargs)
+    spec = attacks.Attack("early_stopped_pgd", direction, adv.num_steps,
+                          {**options, "tau": adv.tau, "margin": adv.margin})
+  x_adv = spec(loss_fn, batch["image"], batch, eps=adv.eps, bounds=preprocess.input_bounds()).x_adv
   return jax.lax.stop_gradient(x_adv)
 
 
