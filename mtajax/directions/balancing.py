@@ -246,43 +246,35 @@ def nash_mtl_weights(m: Array, ridge: float = 1e-4, iterations: int = 40) -> Arr
   return jnp.where(on, alpha, 0.0) / jnp.sqrt(scale)
 
 
-def _subsets(t: int) -> np.ndarray:
-  """(2^T, T) bool: every subset of the T tasks, the empty one first."""
-  return np.array(list(itertools.product([False, True], repeat=t)))
-
-
 def dual_cone_weights(m: Array, u: Array, on: Array) -> Array:
-  """w with Gᵀw the projection of Gᵀu onto the dual cone {d : G d ≥ 0} of the active gradients.
+  """Rows w (K, T) with Gᵀw the projection of Gᵀu (u: (K, T)) onto the dual cone {d : G d ≥ 0}.
 
-  By Quinton & Rey (arXiv 2406.16232, Prop. 1) w solves ``min wᵀMw s.t. w ≥ u``; solved exactly
-  by enumerating the faces: with F the free tasks and the others held at u, ``w_F = −M_FF⁺ M_Fu``.
-  The minimiser with the most tasks held has a nonsingular M_FF, so the least value over the
-  feasible candidates is the optimum. Inactive tasks are held at 0.
+  By Quinton & Rey (arXiv 2406.16232, Prop. 1) each w solves ``min wᵀMw s.t. w ≥ u``; solved
+  exactly by enumerating the faces: with F the free tasks and the others held at u, ``w_F =
+  −M_FF⁺ M_F· u_held``. The minimiser with the most tasks held has a nonsingular M_FF, so the
+  least value over the feasible candidates is the optimum. Inactive tasks are held at 0.
   """
   t = m.shape[0]
   u = jnp.where(on, u, 0.0)
-  free = jnp.asarray(_subsets(t)) & on[None, :]
+  free = jnp.asarray(np.concatenate([np.zeros((1, t), bool), _faces(t)])) & on[None, :]
+  pinvs = jax.vmap(lambda f: jnp.linalg.pinv(jnp.where(f[:, None] & f[None, :], m, 0.0),
+                                             rtol=1e-6, hermitian=True))(free)
 
-  def candidate(f):
-    m_ff = jnp.where(f[:, None] & f[None, :], m, 0.0)
-    held = jnp.where(f, 0.0, u)
-    w = jnp.where(f, -jnp.linalg.pinv(m_ff, rtol=1e-6, hermitian=True) @ (m @ held), held)
-    return w
-
-  ws = jax.vmap(candidate)(free)
-  ok = jnp.all(jnp.isfinite(ws), axis=1) & jnp.all(ws >= u - 1e-6, axis=1)
-  ws = jnp.maximum(ws, u)
-  values = jnp.einsum("ft,ts,fs->f", ws, m, ws, precision=_HIGHEST)
-  return ws[jnp.argmin(jnp.where(ok & jnp.isfinite(values), values, jnp.inf))]
+  def project(u_):
+    held = jnp.where(free, 0.0, u_)  # (faces, T)
+    ws = jnp.where(free, -jnp.einsum("fts,fs->ft", pinvs, held @ m, precision=_HIGHEST), held)
+    ok = jnp.all(jnp.isfinite(ws), axis=1) & jnp.all(ws >= u_ - 1e-6, axis=1)
+    ws = jnp.maximum(ws, u_)
+    values = jnp.einsum("ft,ts,fs->f", ws, m, ws, precision=_HIGHEST)
+    return ws[jnp.argmin(jnp.where(ok & jnp.isfinite(values), values, jnp.inf))]
+  return jax.vmap(project)(u)
 
 
 def upgrad_weights(m: Array) -> Array:
   """UPGrad: the mean over the active tasks of each g_t projected onto their dual cone."""
   m, _, on = _normalised(m)
-  n = jnp.maximum(jnp.sum(on), 1)
-  eye = jnp.eye(m.shape[0], dtype=m.dtype)
-  w = jax.vmap(lambda e: dual_cone_weights(m, e / n, on))(eye)
-  return jnp.where(on, jnp.sum(jnp.where(on[:, None], w, 0.0), axis=0), 0.0)
+  u = jnp.diag(on / jnp.maximum(jnp.sum(on), 1)).astype(m.dtype)
+  return jnp.where(on, jnp.sum(dual_cone_weights(m, u, on), axis=0), 0.0)
 
 
 def aligned_mtl_weights(m: Array) -> Array:
