@@ -1,4 +1,8 @@
-"""Per-task gradients (the XLA:CPU regression), the loss-function check and the registry."""
+"""Per-task gradients (the XLA:CPU regression), the loss-function check, the registry, and the
+package's import order."""
+
+import ast
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -48,3 +52,30 @@ def test_direction_registry_errors():
   with pytest.raises(ValueError, match="single_<task> is built in"):
     D.register("single_x", D.total)
 
+
+
+# Each module of mtajax.directions may import only the modules listed before it (and mtajax.tasks).
+ORDER = ("base", "plain", "gbmta", "balancing", "balanced", "switched")
+ALLOWED_OUTSIDE = {"mtajax.tasks"}
+
+
+def _mtajax_imports(path):
+  out = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mtajax"):
+      out |= {node.module} if node.module != "mtajax.directions" else {
+          f"mtajax.directions.{a.name}" for a in node.names}
+    elif isinstance(node, ast.Import):
+      out |= {a.name for a in node.names if a.name.startswith("mtajax")}
+  return out
+
+
+def test_package_modules_import_only_those_above_them():
+  root = pathlib.Path(D.__file__).parent
+  assert sorted(p.stem for p in root.glob("*.py") if p.stem != "__init__") == sorted(ORDER)
+  for i, name in enumerate(ORDER):
+    above = {f"mtajax.directions.{m}" for m in ORDER[:i]}
+    bad = {m for m in _mtajax_imports(root / f"{name}.py")
+           if m not in above and not any(m.startswith(o) for o in ALLOWED_OUTSIDE)}
+    assert not bad, (name, bad)
+  assert not _mtajax_imports(root / "balancing.py")  # a leaf
