@@ -26,7 +26,7 @@ import jax.numpy as jnp
 
 import mtajax  # noqa: F401  (applies the XLA:CPU workaround before JAX starts)
 from mtajax import attacks
-from mtajax import balancing
+from mtajax.directions import balancing
 from mtajax import directions as D
 from mtajax import testing
 from mtajax.attacks import common
@@ -55,7 +55,7 @@ def direction_costs(x, labels, repeats):
   dirs = {"total": D.total(), "single_normal": D.single("normal"), "gbmta (log)": D.gbmta(),
           "gbmta (per-task)": D.gbmta(method="per_task"), "sign_total (loop)": D.sign_total(),
           "sign_total (vmap)": D.sign_total("vmap"),
-          **{n: D.by_name(n) for n in ("mgda", "pcgrad", "imtl_g", "cagrad", "nash_mtl")}}
+          **{n: D.by_name(n) for n in balancing.RULES}}
   fns = {k: jax.jit(lambda x_, d=d: d(testing.loss_fn, x_, labels)[0]) for k, d in dirs.items()}
   fns["forward only"] = jax.jit(lambda x_: testing.loss_fn(x_, labels))
   variants = {k: (lambda f=f: f(x)) for k, f in fns.items()}

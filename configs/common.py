@@ -36,7 +36,7 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   # models) on CPU, where compiling one program per model x attack x direction dominates: attack
   # programs compile 2-3x faster and run ~1.6x slower; training steps run ~3x slower (measured).
   c.xla_fast_compile = False
-  # One compiled program per model x attack serving every direction (mtajax.evaluate.Switched)
+  # One compiled program per model x attack serving every direction (mtajax.directions.Switched)
   # (Single-x, Total, GB-MTA; SignTotal and others keep their own): each direction keeps its loss
   # reduction; results equal the per-direction programs up to float rounding (rare sign flips).
   c.one_program_per_attack = False

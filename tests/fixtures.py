@@ -40,6 +40,25 @@ def attack_setup():
 
 
 # A cheap two-task loss whose first task is a masked mean (attack core and threat-model tests).
+# The directions' analytic toy losses: L_a = Σ w·x² + 1 and L_b = Σ c·x + 10 per sample (B, H, W, C).
+W = np.linspace(0.5, 2.0, 2 * 3 * 4).reshape(2, 3, 4).astype(np.float32)
+C = np.linspace(-1.0, 1.0, 2 * 3 * 4).reshape(2, 3, 4).astype(np.float32)
+
+
+def toy_loss(x, labels):
+  del labels
+  return {"a": jnp.sum(W * x ** 2, axis=(1, 2, 3)) + 1.0,
+          "b": jnp.sum(C * x, axis=(1, 2, 3)) + 10.0}
+
+
+def toy_grads(x):
+  """Analytic per-sample losses and gradients of the batch means."""
+  b = x.shape[0]
+  la = (W * x ** 2).sum((1, 2, 3)) + 1.0
+  lb = (C * x).sum((1, 2, 3)) + 10.0
+  return la, lb, 2 * W * x / b, np.broadcast_to(C / b, x.shape)
+
+
 def masked_loss(x, labels):
   """Two tasks on a cheap net; the first a masked mean (0 for an image with an empty mask)."""
   m, target, mask = labels["m"], labels["target"], labels["mask"]
@@ -88,6 +107,17 @@ def problem():
 # transcriptions of the reference criteria (spec §3).
 H, W, h, w = 13, 11, 5, 4
 TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+def switched_problem():
+  """A random plain-JAX net (mtajax.testing) with labels near its clean predictions; one batch
+  whose images ignore different numbers of pixels, so per-image and pooled losses differ."""
+  predict, params, batches, tasks = problem()
+  batch = dict(batches[0])
+  seg = batch["segment_semantic"].copy()
+  for i in range(len(seg)):
+    seg[i, :1 + 2 * i] = 255
+  return predict, params, {**batch, "segment_semantic": seg}, tasks
 
 
 def nearest_np(x, out_h, out_w):

@@ -22,7 +22,7 @@ ATTACK_LABELS = {"fgsm": "FGSM", "pgd": "PGD", "apgd": "APGD", "auto_sage": "Aut
 SHARED_DIRECTIONS = ("total", "sign_total", "gbmta")
 DIRECTION_LABELS = {"total": "Total", "sign_total": "SignTotal", "gbmta": "GB-MTA",
                     "mgda": "MGDA", "pcgrad": "PCGrad", "imtl_g": "IMTL-G", "cagrad": "CAGrad",
-                    "nash_mtl": "Nash-MTL"}
+                    "nash_mtl": "Nash-MTL", "upgrad": "UPGrad", "aligned_mtl": "Aligned-MTL"}
 TASK_LABELS = {"segment_semantic": "Segm", "normal": "Norm", "depth_zbuffer": "Dept",
                "keypoints2d": "Keyp", "edge_texture": "Edge"}
 NO_AT = "none"

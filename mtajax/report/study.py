@@ -18,7 +18,7 @@ from mtajax.report import tables
 from mtajax.report.records import Record
 
 DEFAULT_LOSS = "default"
-BALANCERS = ("mgda", "pcgrad", "imtl_g", "cagrad", "nash_mtl")
+BALANCERS = ("mgda", "pcgrad", "imtl_g", "cagrad", "nash_mtl", "upgrad", "aligned_mtl")
 
 
 def attack_loss(rec: Record) -> str:

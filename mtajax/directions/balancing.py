@@ -1,50 +1,56 @@
-"""Multi-task gradient balancing rules on one image's task gradients G (T, P).
+"""Multi-task gradient balancing rules on one image's task gradients G (T, P): pure functions.
+
+A leaf module (it imports nothing from mtajax); :mod:`mtajax.directions.balanced` turns each rule
+into an attack direction.
 
 Every rule returns task weights α (T,) computed from the T×T Gram matrix ``G Gᵀ`` only (formed
 once per image); the balanced direction is ``d = αᵀ G`` (:func:`combine`). Callers vmap over
 images. The rules, as published for gradient *descent* on losses, carry over to ascent unchanged:
 they depend on the gradients only through inner products, which a global sign flip leaves alone.
 
-=============  =================================================================================
-rule           weights
-=============  =================================================================================
-``mgda``       min-norm point of the convex hull of {g_t} (Sener & Koltun, arXiv 1810.04650),
-               solved exactly by enumerating the simplex faces (2^T − 1 small KKT solves).
-``pcgrad``     PCGrad (Yu et al., arXiv 2001.06782): each g_i projected, in ``order[i]``, onto the
-               normal plane of every g_j (j ≠ i) it conflicts with (g_i^PC·g_j < 0), then summed;
-               tracked as coefficients, so it is a weight vector too.
-``imtl_g``     IMTL-G (Liu et al., ICLR'21): Σα = 1 and equal projection of d on every unit
-               gradient u_t, i.e. α ∝ M⁺n with n_t = ‖g_t‖ (M⁺ = pseudo-inverse).
-``cagrad``     CAGrad (Liu et al., arXiv 2110.14048): d = g₀ + r·g_w/‖g_w‖, r = c‖g₀‖, g₀ the mean
-               gradient, w = argmin_{w∈Δ} g_wᵀg₀ + r‖g_w‖ (majorise-minimise: exact simplex QPs).
-``nash_mtl``   Nash-MTL (Navon et al., arXiv 2202.01017): α > 0 with (M + δ·diag(M))α = 1/α,
-               the minimiser of ½αᵀMα − Σ log α_t, by damped Newton.
-=============  =================================================================================
+===============  =================================================================================
+rule             weights
+===============  =================================================================================
+``mgda``         min-norm point of the convex hull of {g_t} (Sener & Koltun, arXiv 1810.04650),
+                 solved exactly by enumerating the simplex faces (2^T − 1 small KKT solves).
+``pcgrad``       PCGrad (Yu et al., arXiv 2001.06782): each g_i projected, in ``order[i]``, onto the
+                 normal plane of every g_j (j ≠ i) it conflicts with (g_i^PC·g_j < 0), then summed;
+                 tracked as coefficients, so it is a weight vector too.
+``imtl_g``       IMTL-G (Liu et al., ICLR'21): Σα = 1 and equal projection of d on every unit
+                 gradient u_t, i.e. α ∝ M⁺n with n_t = ‖g_t‖ (M⁺ = pseudo-inverse).
+``cagrad``       CAGrad (Liu et al., arXiv 2110.14048): d = g₀ + r·g_w/‖g_w‖, r = c‖g₀‖, g₀ the mean
+                 gradient, w = argmin_{w∈Δ} g_wᵀg₀ + r‖g_w‖ (majorise-minimise: exact simplex QPs).
+``nash_mtl``     Nash-MTL (Navon et al., arXiv 2202.01017): α > 0 with (M + δ·diag(M))α = 1/α,
+                 the minimiser of ½αᵀMα − Σ log α_t, by damped Newton.
+``upgrad``       UPGrad (Quinton & Rey, arXiv 2406.16232; TorchJD): the mean of every g_t projected
+                 onto the dual cone {d : g_sᵀd ≥ 0 ∀s}, each projection an exact QP (face
+                 enumeration, as MGDA).
+``aligned_mtl``  Aligned-MTL (Senushkin et al., CVPR'23): α = B·1/T with B = √λ_R V Λ^(−1/2) Vᵀ
+                 from the eigendecomposition M = VΛVᵀ truncated at the numerical rank (λ_R the
+                 smallest kept): the gradients made orthogonal, each of the smallest singular value.
+===============  =================================================================================
 
 Degenerate cases (one rule for all): a task is *inactive* when its gradient is zero, not finite,
 or ``‖g_t‖² ≤ INACTIVE_TOL · max_s ‖g_s‖²``; inactive tasks get weight 0 and the rule is applied
 to the active ones (a zero gradient cannot be raised to first order, and left in it would make
 MGDA's min-norm point 0). With no active task α = 0. Parallel or otherwise singular sets are
-handled by the solvers themselves: MGDA/CAGrad keep only faces whose KKT system has a feasible
-solution (the minimal face holding the optimum always does), IMTL-G uses the pseudo-inverse, and
-Nash-MTL's ridge δ gives a unique α even where the exact equation has none (e.g. g₂ = −g₁).
-IMTL-G's Σα = 1 can make d a common *descent* direction (Σ M⁺n < 0 with 100× norm differences);
-the sign is then flipped (α = M⁺n / |Σ M⁺n|) so that every unit gradient has the same positive
-projection.
+handled by the solvers themselves: MGDA, CAGrad and UPGrad keep only faces whose system has a
+feasible solution (the minimal face holding the optimum always does), IMTL-G uses the
+pseudo-inverse, Aligned-MTL drops the eigenvalues under its rank tolerance (max λ · T · float eps,
+as the authors' code), and Nash-MTL's ridge δ gives a unique α even where the exact equation has
+none (e.g. g₂ = −g₁). IMTL-G's Σα = 1 can make d a common *descent* direction (Σ M⁺n < 0 with
+100× norm differences); the sign is then flipped (α = M⁺n / |Σ M⁺n|) so that every unit gradient
+has the same positive projection.
 """
 
 from __future__ import annotations
 
-import abc
-import dataclasses
 import itertools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from mtajax import directions
 
 Array = jax.Array
 WeightRule = Callable[[Array], Array]
@@ -240,12 +246,59 @@ def nash_mtl_weights(m: Array, ridge: float = 1e-4, iterations: int = 40) -> Arr
   return jnp.where(on, alpha, 0.0) / jnp.sqrt(scale)
 
 
+def dual_cone_weights(m: Array, u: Array, on: Array) -> Array:
+  """Rows w (K, T) with Gᵀw the projection of Gᵀu (u: (K, T)) onto the dual cone {d : G d ≥ 0}.
+
+  By Quinton & Rey (arXiv 2406.16232, Prop. 1) each w solves ``min wᵀMw s.t. w ≥ u``; solved
+  exactly by enumerating the faces: with F the free tasks and the others held at u, ``w_F =
+  −M_FF⁺ M_F· u_held``. The minimiser with the most tasks held has a nonsingular M_FF, so the
+  least value over the feasible candidates is the optimum. Inactive tasks are held at 0.
+  """
+  t = m.shape[0]
+  u = jnp.where(on, u, 0.0)
+  free = jnp.asarray(np.concatenate([np.zeros((1, t), bool), _faces(t)])) & on[None, :]
+  pinvs = jax.vmap(lambda f: jnp.linalg.pinv(jnp.where(f[:, None] & f[None, :], m, 0.0),
+                                             rtol=1e-6, hermitian=True))(free)
+
+  def project(u_):
+    held = jnp.where(free, 0.0, u_)  # (faces, T)
+    ws = jnp.where(free, -jnp.einsum("fts,fs->ft", pinvs, held @ m, precision=_HIGHEST), held)
+    ok = jnp.all(jnp.isfinite(ws), axis=1) & jnp.all(ws >= u_ - 1e-6, axis=1)
+    ws = jnp.maximum(ws, u_)
+    values = jnp.einsum("ft,ts,fs->f", ws, m, ws, precision=_HIGHEST)
+    return ws[jnp.argmin(jnp.where(ok & jnp.isfinite(values), values, jnp.inf))]
+  return jax.vmap(project)(u)
+
+
+def upgrad_weights(m: Array) -> Array:
+  """UPGrad: the mean over the active tasks of each g_t projected onto their dual cone."""
+  m, _, on = _normalised(m)
+  u = jnp.diag(on / jnp.maximum(jnp.sum(on), 1)).astype(m.dtype)
+  return jnp.where(on, jnp.sum(dual_cone_weights(m, u, on), axis=0), 0.0)
+
+
+def aligned_mtl_weights(m: Array) -> Array:
+  """Aligned-MTL: α = B·1/n, B = √λ_R · V Λ^(−1/2) Vᵀ over the eigenpairs of M above the rank
+  tolerance (λ_R the smallest kept), i.e. the active gradients made orthogonal and of equal norm
+  (the smallest singular value), then averaged."""
+  m, _, on = _normalised(m)
+  lam, v = jnp.linalg.eigh(m)
+  keep = lam > jnp.max(lam) * m.shape[0] * jnp.finfo(m.dtype).eps
+  lam_r = jnp.min(jnp.where(keep, lam, jnp.inf))
+  scale = jnp.where(keep, jnp.sqrt(lam_r / jnp.where(keep, lam, 1.0)), 0.0)
+  b = (v * scale) @ v.T
+  mean = on / jnp.maximum(jnp.sum(on), 1)
+  return jnp.where(on & jnp.any(keep), b @ mean, 0.0)
+
+
 RULES: dict[str, WeightRule] = {
     "mgda": mgda_weights,
     "pcgrad": pcgrad_weights,
     "imtl_g": imtl_g_weights,
     "cagrad": cagrad_weights,
     "nash_mtl": nash_mtl_weights,
+    "upgrad": upgrad_weights,
+    "aligned_mtl": aligned_mtl_weights,
 }
 
 
@@ -274,122 +327,17 @@ def nash_mtl(grads: Array, ridge: float = 1e-4) -> Array:
   return combine(grads, nash_mtl_weights(gram(grads), ridge))
 
 
+def upgrad(grads: Array) -> Array:
+  """UPGrad direction of one image's task gradients (T, ...)."""
+  return combine(grads, upgrad_weights(gram(grads)))
+
+
+def aligned_mtl(grads: Array) -> Array:
+  """Aligned-MTL direction of one image's task gradients (T, ...)."""
+  return combine(grads, aligned_mtl_weights(gram(grads)))
+
+
 def random_order(key: Array, num_tasks: int) -> Array:
   """(T, T) int: an independent random task order for every task (PCGrad's shuffled order)."""
   keys = jax.random.split(key, num_tasks)
   return jax.vmap(lambda k: jax.random.permutation(k, num_tasks))(keys)
-
-
-# --- Attack directions ------------------------------------------------------------------------
-# Each balancer is a registered direction: D_b = Σ_t α_t,b g_t,b per image from the T per-task
-# input gradients (one forward, T pullbacks), with per-image losses (reduction 'image', as GB-MTA),
-# and GB-MTA's scale-free objective Σ_t (L_t − c_t)/c_t (c_t: the start-of-attack losses), so that
-# APGD's step-size rule and best-iterate selection compare the directions on one objective.
-
-
-@dataclasses.dataclass(frozen=True)
-class Balanced(directions.Direction):
-  """Base class of the balancing directions: subclasses give the per-image weight rule."""
-
-  reduction = "image"
-
-  @abc.abstractmethod
-  def weights(self, m: Array) -> Array:
-    """Task weights (T,) from one image's Gram matrix (T, T)."""
-
-  def __call__(self, loss_fn, x, labels):
-    grads, losses = directions.per_task_grads(loss_fn, x, labels)
-
-    def one(g):  # g: (T, ...) one image's task gradients
-      return combine(g, self.weights(gram(g)))
-    return jax.vmap(one, in_axes=1)(grads), losses
-
-  def init(self, loss_fn, x0, labels, losses0):
-    """GB-MTA's state: the start-of-attack losses c_t as constants."""
-    return directions.gbmta().init(loss_fn, x0, labels, losses0)
-
-  def objective(self, losses, state=None):
-    """GB-MTA's objective Σ_t (L_t − c_t)/c_t per sample, c_t from :meth:`init`."""
-    return directions.gbmta().objective(losses, state)
-
-
-@dataclasses.dataclass(frozen=True)
-class MGDA(Balanced):
-  """MGDA: the min-norm point of the convex hull of the image's task gradients."""
-
-  @property
-  def name(self) -> str:
-    return "mgda"
-
-  def weights(self, m):
-    return mgda_weights(m)
-
-
-@dataclasses.dataclass(frozen=True)
-class PCGrad(Balanced):
-  """PCGrad. Attributes: seed: None = tasks met in loss order; an int = one random order per task,
-  drawn once from ``PRNGKey(seed)`` and used at every step."""
-  seed: int | None = None
-
-  @property
-  def name(self) -> str:
-    return "pcgrad"
-
-  def weights(self, m):
-    t = m.shape[0]
-    order = None if self.seed is None else random_order(jax.random.PRNGKey(self.seed), t)
-    return pcgrad_weights(m, order)
-
-
-@dataclasses.dataclass(frozen=True)
-class IMTLG(Balanced):
-  """IMTL-G: equal projection of D on every unit task gradient."""
-
-  @property
-  def name(self) -> str:
-    return "imtl_g"
-
-  def weights(self, m):
-    return imtl_g_weights(m)
-
-
-@dataclasses.dataclass(frozen=True)
-class CAGrad(Balanced):
-  """CAGrad with radius ``c`` (≥ 0; LibMTL's default 0.5) and ``iterations`` MM steps."""
-  c: float = 0.5
-  iterations: int = 20
-
-  def __post_init__(self):
-    check_at_least("CAGrad", "c", self.c, 0)
-    check_at_least("CAGrad", "iterations", self.iterations, 1)
-
-  @property
-  def name(self) -> str:
-    return "cagrad"
-
-  def weights(self, m):
-    return cagrad_weights(m, self.c, self.iterations)
-
-
-@dataclasses.dataclass(frozen=True)
-class NashMTL(Balanced):
-  """Nash-MTL with relative ridge ``ridge`` (≥ 0) and ``iterations`` damped-Newton steps."""
-  ridge: float = 1e-4
-  iterations: int = 40
-
-  def __post_init__(self):
-    check_at_least("Nash-MTL", "ridge", self.ridge, 0)
-    check_at_least("Nash-MTL", "iterations", self.iterations, 1)
-
-  @property
-  def name(self) -> str:
-    return "nash_mtl"
-
-  def weights(self, m):
-    return nash_mtl_weights(m, self.ridge, self.iterations)
-
-
-DIRECTIONS = {"mgda": MGDA, "pcgrad": PCGrad, "imtl_g": IMTLG, "cagrad": CAGrad,
-              "nash_mtl": NashMTL}
-for _name, _cls in DIRECTIONS.items():
-  directions.register(_name, _cls)
