@@ -73,7 +73,7 @@ class Program:
   attack: str
   direction: directions_lib.Direction
   options: tuple[tuple[str, Any], ...]
-  attack_loss: str = "default"  # a name in mtajax.tasks.attack_losses
+  attack_loss: str | tasks_lib.attack_losses.PerTask = "default"  # attack_losses.canonical()
 
   def run(self, loss_fn, x, batch, eps, bounds, key, index=None):
     """The attack's result on one chunk (its padding rows marked by ``example_weight``); with a
@@ -165,7 +165,7 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
       options = dict(options)
       restarts = int(options.pop("restarts", 1))
       attack_loss = options.pop("attack_loss", "default")
-      tasks_lib.attack_losses.get(attack_loss)
+      attack_loss = tasks_lib.attack_losses.canonical(attack_loss, task_names)
       names = [f"single_{t}" for t in task_names] if direction == "single" else [direction]
       dirs = [directions_lib.by_name(n) for n in names]
     except (ValueError, TypeError) as e:
@@ -175,7 +175,8 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
     for name, d in zip(names, dirs):
       program = Program(attack, d, tuple(sorted(options.items())), attack_loss)
       for r in range(restarts):
-        label = f"{attack}:{name}" + ("" if attack_loss == "default" else f":{attack_loss}") + (
+        label = f"{attack}:{name}" + ("" if attack_loss == "default" else
+                                      f":{tasks_lib.attack_losses.label(attack_loss)}") + (
             f"#{r}" if restarts > 1 else "")
         out.append(Candidate(label, program, r))
   seen = {}
