@@ -282,3 +282,42 @@ def test_attack_losses_inside_pgd_see_the_loop_context(name):
   num, den = AL.get(name)(seg, testing.apply(params, x)[seg.name], labels, ctx)
   want = np.asarray(tasks.base.safe_divide(num.sum((1, 2)), den.sum((1, 2))))
   np.testing.assert_allclose(loss_fn(x, labels, context=ctx)[seg.name], want, rtol=1e-5)
+
+
+def _regression_problem():
+  """The toy net with normals, (positive) depth and keypoints heads, labels near its predictions."""
+  key = jax.random.PRNGKey(3)
+  params = testing.init(key, 4, width=4)
+
+  def predict(params, x):
+    out = testing.apply(params, x)
+    return {"normal": out["normal"], "depth_zbuffer": jnp.exp(out["depth_zbuffer"]),
+            "keypoints2d": out["keypoints2d"]}
+  x = jax.random.uniform(key, (2, 16, 16, 3), minval=-100.0, maxval=100.0)
+  clean = jax.tree.map(np.asarray, predict(params, x))
+  rng = np.random.default_rng(3)
+  kp = clean["keypoints2d"][..., 0]
+  normal = clean["normal"] + rng.normal(0, 1e-3, clean["normal"].shape)  # some outputs are 0
+  normal /= np.linalg.norm(normal, axis=-1, keepdims=True)
+  labels = {"normal": normal + rng.normal(0, 0.1, normal.shape),
+            "depth_zbuffer": clean["depth_zbuffer"][..., 0] * rng.uniform(0.95, 1.05, kp.shape),
+            "keypoints2d": kp + rng.normal(0, 0.05 * kp.std(), kp.shape)}
+  task_list = (tasks.Normal(label_encoding="unit"), tasks.Depth(),
+               tasks.MaskedL1(name="keypoints2d"))
+  return functools.partial(predict, params), x, jax.tree.map(jnp.float32, labels), task_list
+
+
+@pytest.mark.parametrize("name", ["segpgd", "masked_ce", "js", "relative"])
+def test_pgd_with_each_regression_loss_raises_the_task_errors(name):
+  """Three PGD steps with the loss on every head raise each task's own error metric."""
+  predict, x, labels, task_list = _regression_problem()
+  loss_fn = tasks.make_loss_fn(predict, task_list, "image", attack_loss=name)
+  result = attacks.pgd(loss_fn, x, labels, direction=directions.total(), eps=8.0,
+                       bounds=(-128.0, 128.0), num_steps=3, random_start=name == "js",
+                       key=jax.random.PRNGKey(1))
+  errors = {"normal": "Angle Mean", "depth_zbuffer": "abs_err", "keypoints2d": "key_err"}
+  for t in task_list:
+    metric = lambda x: t.metric_compute(t.metric_update(t.metric_init(), predict(x)[t.name],
+                                                        labels))[errors[t.name]]
+    before, after = metric(x), metric(result.x_adv)
+    assert after > 1.1 * before, (t.name, before, after)  # measured: normals ≥ 1.16×, others ≥ 20×
