@@ -130,14 +130,18 @@ def for_task(attack_loss: str | PerTask, task_name: str) -> str:
 
 
 def label(attack_loss: str | PerTask) -> str:
-  """A short name of a :func:`canonical` ``attack_loss``: ``segpgd`` or ``normal=js+depth=relative``."""
-  return attack_loss if isinstance(attack_loss, str) else "+".join(f"{t}={n}" for t, n in attack_loss)
+  """A short name of a :func:`canonical` ``attack_loss``: ``segpgd``, ``normal=js+depth=relative``."""
+  if isinstance(attack_loss, str):
+    return attack_loss
+  return "+".join(f"{t}={n}" for t, n in attack_loss)
 
 
 def _require(name: str, task: base.Task, *types: type) -> None:
+  """Raises a one-line error naming the losses that fit ``task`` unless it is one of ``types``."""
   if not isinstance(task, types):
     supported = ", ".join(t.__name__ for t in types)
-    raise ValueError(f"attack loss {name!r} supports {supported} tasks, not {task.name!r} "
+    what = "success()" if name == "success" else f"attack loss {name!r}"
+    raise ValueError(f"{what} supports {supported} tasks, not {task.name!r} "
                      f"({type(task).__name__}); for it use one of {', '.join(fitting(task))}, "
                      f"e.g. attack_loss={{{task.name!r}: 'default', ...}}.")
 
@@ -231,7 +235,7 @@ def _js(p: jax.Array, q: jax.Array) -> jax.Array:
 
 
 def js(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) -> PixelLoss:
-  """Distance to the clean prediction: JS of the softmaxes, else the task loss to it (den: the task's)."""
+  """Distance to the clean prediction: JS of the softmaxes, else the task's loss to it."""
   _require("js", task, *ALL_TYPES)
   clean = _clean("js", task, context)
   if isinstance(task, Segmentation):
