@@ -25,15 +25,15 @@ name            tasks        per-pixel loss
                              ē the image's mean |p − g| (a scalar's cosine is ±1)
 ``js``          all          distance to the clean prediction: segmentation the Jensen-Shannon
                              divergence of the softmaxes; others the task's loss with the clean
-                             prediction as label (1 − cos, |p − p₀|)²
+                             prediction as label (1 − cos, |p − p₀|)¹
 ``js_label``    all          SEA's JS divergence of softmax(p) to the one-hot label; on other
                              tasks the distance to the label is the task's own loss
 ``relative``    regression   scale-free: depth |log p − log g| (= log δ; p, g floored at
                              max(min_depth, 1e-6)); normals the angle (radians); other L1 maps
-                             |p − g|/(|g| + ḡ) (|p − g| where ḡ = 0)
+                             |p − g|/(|g| + ḡ) (|p − g| where |g| + ḡ = 0)
 ==============  ===========  ==================================================================
 
-² Smooth distances (segmentation, normals) have a zero gradient at the clean input: start the
+¹ Smooth distances (segmentation, normals) have a zero gradient at the clean input: start the
 attack at a random point (``random_start=True``) or pair them with another task's loss.
 
 Every built-in loss handles :class:`Segmentation`, :class:`Normal` and :class:`L1Task` (depth,
