@@ -131,7 +131,7 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
       restarts = int(options.pop("restarts", 1))
       num_steps = options.pop("num_steps", 10)
       attack_loss = options.pop("attack_loss", "default")
-      tasks_lib.attack_losses.get(attack_loss)
+      attack_loss = tasks_lib.attack_losses.canonical(attack_loss, task_names)
       names = [f"single_{t}" for t in task_names] if direction == "single" else [direction]
       programs = [attacks.Attack(attack, directions_lib.by_name(n), num_steps, options,
                                  attack_loss) for n in names]
@@ -139,7 +139,8 @@ def candidates(suite: str | Sequence[Member], task_names: Sequence[str], *,
       raise ValueError(f"suite member {member!r}: {e}".splitlines()[0]) from None
     for name, program in zip(names, programs):
       for r in range(restarts):
-        label = f"{attack}:{name}" + ("" if attack_loss == "default" else f":{attack_loss}") + (
+        label = f"{attack}:{name}" + ("" if attack_loss == "default" else
+                                      f":{tasks_lib.attack_losses.label(attack_loss)}") + (
             f"#{r}" if restarts > 1 else "")
         out.append(Candidate(label, program, r))
   seen = {}

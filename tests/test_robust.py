@@ -88,6 +88,10 @@ def test_threshold_stops_attacking_images_that_passed(result):
     ({"suite": [("apgd", "nope", {})]}, "suite member.*unknown direction"),
     ({"suite": [("bim", "total", {})]}, "suite member.*unknown attack"),
     ({"suite": "strongest"}, "unknown suite.*register_suite"),
+    ({"suite": [("pgd", "total", {"attack_loss": {"edges": "js"}})]},
+     r"suite member.*attack_loss names unknown tasks \['edges'\]; the tasks are"),
+    ({"suite": [("pgd", "total", {"attack_loss": {"normal": "nope"}})]},
+     "suite member.*unknown attack loss 'nope'"),
     ({"eps": -1.0}, "eps must be >= 0"),
     ({"batches": []}, "no batches"),
     ({"tasks": "custom"}, "no per-image metric.*register"),
@@ -108,6 +112,17 @@ def test_bad_input_is_one_line_naming_the_fix(kwargs, match):
     robust.evaluate(predict, params, args.pop("batches"), args.pop("tasks"),
                     bounds=(-128.0, 128.0), key=jax.random.key(0), **args)
   assert "\n" not in str(e.value)
+
+
+def test_members_give_each_task_its_own_attack_loss():
+  """A member's ``attack_loss`` dict: hashable per-task pairs and a label naming them."""
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  member = ("fgsm", "total", {"attack_loss": {"depth_zbuffer": "relative", "normal": "segpgd"}})
+  (cand,) = robust.candidates([member], ["segment_semantic", "normal", "depth_zbuffer"])
+  assert cand.program.attack_loss == (("normal", "segpgd"), ("depth_zbuffer", "relative"))
+  assert cand.name == "fgsm:total:normal=segpgd+depth_zbuffer=relative"
+  assert hash(cand.program) == hash(robust.candidates([member], ["segment_semantic", "normal",
+                                                                 "depth_zbuffer"])[0].program)
 
 
 def _worker() -> dict:

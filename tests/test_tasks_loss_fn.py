@@ -1,6 +1,8 @@
 """mtajax.tasks.loss_fn: make_loss_fn and total_loss, and per-task gradients of its losses under
 jit and vmap."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,3 +58,35 @@ def test_make_loss_fn_and_total_loss():
     mt.make_loss_fn(lambda x: outputs, tasks, "mean")
   with pytest.raises(ValueError, match="no output"):
     mt.make_loss_fn(lambda x: outputs, mt.nyuv2_tasks(), "image")(0.0, batch)
+
+
+def test_per_task_attack_losses():
+  """A dict gives each task its own attack loss; tasks not named keep the default bit for bit."""
+  batch = make_batch(21)
+  tasks = mt.nyuv2_tasks()
+  outputs = {t.name: jnp.asarray(preds(22 + i, t.channels)) for i, t in enumerate(tasks)}
+  context = types.SimpleNamespace(step=jnp.int32(3), num_steps=8, clean=outputs)
+  per_task = {"normal": "relative", "depth_zbuffer": "segpgd"}
+  loss_fn = mt.make_loss_fn(lambda x: outputs, tasks, "image", attack_loss=per_task)
+  assert loss_fn.attack_loss == (("normal", "relative"), ("depth_zbuffer", "segpgd"))
+  got = loss_fn(0.0, batch, context)
+  for t in tasks:
+    num, den = mt.attack_losses.get(per_task.get(t.name, "default"))(t, outputs[t.name], batch,
+                                                                     context)
+    want = mt.base.reduce_loss(num, den, "image", batch)
+    np.testing.assert_array_equal(got[t.name], want)
+  plain = mt.make_loss_fn(lambda x: outputs, tasks, "image")(0.0, batch)
+  np.testing.assert_array_equal(got["segment_semantic"], plain["segment_semantic"])
+  all_default = mt.make_loss_fn(lambda x: outputs, tasks, "image", {"normal": "default"})
+  assert all_default.attack_loss == "default" and not all_default.takes_context
+  for name, value in all_default(0.0, batch).items():
+    np.testing.assert_array_equal(value, plain[name])
+  with pytest.raises(ValueError, match=r"attack_loss names unknown tasks \['edges'\]; the tasks "
+                     r"are \['segment_semantic', 'normal', 'depth_zbuffer'\]"):
+    mt.make_loss_fn(lambda x: outputs, tasks, "image", {"edges": "segpgd"})
+  with pytest.raises(ValueError, match="unknown attack loss 'nope'"):
+    mt.make_loss_fn(lambda x: outputs, tasks, "image", {"normal": "nope"})
+  with pytest.raises(ValueError, match="'relative' supports Normal, L1Task tasks, not "
+                     "'segment_semantic'"):
+    mt.make_loss_fn(lambda x: outputs, tasks, "image", {"segment_semantic": "relative"})(
+        0.0, batch, context)

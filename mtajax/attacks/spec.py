@@ -20,6 +20,8 @@ from mtajax.attacks.auto_sage import auto_sage
 from mtajax.attacks.early_stopped import early_stopped_pgd
 from mtajax.attacks.fgsm import fgsm
 from mtajax.attacks.pgd import pgd
+from mtajax.tasks import attack_losses
+from mtajax.tasks import loss_fn as loss_fn_lib
 
 ATTACKS: dict[str, Callable[..., common.AttackResult]] = {
     "fgsm": fgsm, "pgd": pgd, "apgd": apgd, "auto_sage": auto_sage,
@@ -53,7 +55,7 @@ class Attack:
     options: the attack function's other static options, as sorted ``(name, value)`` pairs (a
       mapping is accepted).
     attack_loss: the per-pixel loss the attack ascends (:mod:`mtajax.tasks.attack_losses`); used
-      by :meth:`loss_fn`.
+      by :meth:`loss_fn`: a name, or ``{task: name}`` (stored as sorted pairs).
   """
   attack: str
   direction: Any
@@ -78,15 +80,14 @@ class Attack:
   @property
   def name(self) -> str:
     """``attack:direction`` (and ``:attack loss`` unless the default)."""
-    loss = "" if self.attack_loss == "default" else f":{_loss_name(self.attack_loss)}"
+    loss = "" if self.attack_loss == "default" else f":{attack_losses.label(self.attack_loss)}"
     return f"{self.attack}:{self.direction.name}{loss}"
 
   def loss_fn(self, predict: Callable[[jax.Array], Any], tasks: Sequence[Any]):
     """The loss function of ``predict`` this attack ascends (its direction's reduction and its
     attack loss)."""
-    from mtajax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
     loss = self.attack_loss if isinstance(self.attack_loss, str) else dict(self.attack_loss)
-    return tasks_lib.make_loss_fn(predict, tasks, self.direction.reduction, loss)
+    return loss_fn_lib.make_loss_fn(predict, tasks, self.direction.reduction, loss)
 
   def __call__(self, loss_fn, x: jax.Array, labels: Any, *, eps: Any, bounds: common.Bounds,
                key: jax.Array | None = None, baselines: Mapping[str, Any] | None = None,
@@ -122,8 +123,3 @@ class Attack:
             "pgd": n * step + int(bool(options.get("return_best"))),
             "auto_sage": n * (1 + num_tasks + step), "early_stopped_pgd": n * step}[self.attack]
 
-
-def _loss_name(attack_loss: Any) -> str:
-  if isinstance(attack_loss, str):
-    return attack_loss
-  return ",".join(f"{t}={v}" for t, v in attack_loss)

@@ -30,12 +30,13 @@ class LossFn:
     predict: maps the model input to ``{task name: (B, h, w, C)}``.
     tasks: the tasks to score, in order.
     reduction: ``'image'`` or ``'pooled'`` (see :func:`make_loss_fn`).
-    attack_loss: a name from :mod:`mtajax.tasks.attack_losses` (``'default'``: the task losses).
+    attack_loss: a name from :mod:`mtajax.tasks.attack_losses` (``'default'``: the task losses),
+      or per-task names as :func:`~mtajax.tasks.attack_losses.canonical` pairs.
   """
   predict: Predict
   tasks: tuple[base.Task, ...]
   reduction: base.Reduction
-  attack_loss: str = attack_losses.DEFAULT
+  attack_loss: str | attack_losses.PerTask = attack_losses.DEFAULT
 
   @property
   def takes_context(self) -> bool:
@@ -62,17 +63,17 @@ class LossFn:
                        f"{sorted(preds)}.")
     if not self.takes_context:
       return {t.name: t.loss(preds[t.name], batch, self.reduction) for t in self.tasks}
-    fn = attack_losses.get(self.attack_loss)
     out = {}
     for t in self.tasks:
       t.check_pred(preds[t.name])
+      fn = attack_losses.get(attack_losses.for_task(self.attack_loss, t.name))
       num, den = fn(t, preds[t.name], batch, context)
       out[t.name] = base.reduce_loss(num, den, self.reduction, batch)
     return out
 
 
 def make_loss_fn(predict: Predict, tasks: Sequence[base.Task], reduction: base.Reduction,
-                 attack_loss: str = attack_losses.DEFAULT) -> LossFn:
+                 attack_loss: str | Mapping[str, str] = attack_losses.DEFAULT) -> LossFn:
   """Builds ``loss_fn(x, batch) -> {task.name: (B,) per-sample loss}`` from ``predict(x)``.
 
   Args:
@@ -81,13 +82,14 @@ def make_loss_fn(predict: Predict, tasks: Sequence[base.Task], reduction: base.R
     tasks: the tasks to score, in order.
     reduction: ``'image'`` (reference ``'none'``: GB-MTA, SignTotal) or ``'pooled'`` (batch mean ==
       reference ``'mean'``: Single-x, Total, training).
-    attack_loss: the per-pixel loss attacks ascend (:mod:`mtajax.tasks.attack_losses`).
+    attack_loss: the per-pixel loss attacks ascend (:mod:`mtajax.tasks.attack_losses`): a name
+      for every task, or ``{task name: loss name}`` (tasks not named use ``'default'``).
   """
   base.check_choice("reduction", reduction, base.REDUCTIONS)
-  attack_losses.get(attack_loss)
   tasks = tuple(tasks)
   if not tasks:
     raise ValueError("make_loss_fn needs at least one task.")
+  attack_loss = attack_losses.canonical(attack_loss, [t.name for t in tasks])
   if isinstance(predict, functools.partial) and not isinstance(predict, jax.tree_util.Partial):
     predict = jax.tree_util.Partial(predict.func, *predict.args, **predict.keywords)
   return LossFn(predict, tasks, reduction, attack_loss)
