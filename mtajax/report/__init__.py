@@ -127,8 +127,9 @@ def _robust_section(every: list[Record], suite: str, grid: list[Record], out_dir
   eps = rec_lib.default_eps(robust) if eps is None else eps
   other = ("" if suite in robust_lib.REFERENCE_SUITES else
            f" (not a reference suite: {', '.join(robust_lib.REFERENCE_SUITES)})")
-  return [f"### Robust evaluation: leaderboard, ε={eps:g}, suite `{suite}`{other}", "",
-          robust_lib.suite_gap(every, suite, eps),
+  gap = robust_lib.suite_gap(every, suite, eps)
+  return [f"### Robust evaluation: leaderboard, ε={eps:g}, suite `{suite}`{other}", ""] + (
+      [gap] if gap else []) + [
           "Robust ARP: the dataset ARP of the worst case per image over the suite's attacks "
           "(never below any of them alone); envelope: per task, the ARP-x of that task's own "
           "worst case.", "",
