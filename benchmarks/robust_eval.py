@@ -1,21 +1,30 @@
-"""Robust evaluation vs the paper grid on the quickstart's models, measured in one run.
+"""Robust evaluation vs the paper grid, or its convergence, on the quickstart's models, in one run.
 
-    python benchmarks/robust_eval.py [--config configs/quickstart.py] [--workdir runs/quickstart]
+    python benchmarks/robust_eval.py [--config smoke] [--workdir runs/quickstart]
                                      [--eps 8] [--suite standard]
+    python benchmarks/robust_eval.py --convergence [--eps 4 8] [--suite standard]
+                                     [--reference thorough]
 
 Trains the config's missing models (as the main job does, into ``--workdir``), then per model runs
 the paper grid at ε (every attack × direction of the config, kept in memory, not stored) and the
 robust suite on the same test images, and prints per model: the robust ARP, the best grid cell,
 whether robust ≥ best, and the compute ratio suite ÷ grid (forward + backward passes per image,
 and wall seconds incl. compilation).
+
+With ``--convergence``, per model and ε it runs ``--suite``, ``--reference`` and the reference with
+twice the steps and restarts (:func:`mtajax.robust.scaled_suite`) and prints each one's robust ARP,
+its gap to the previous one, passes per image, compile and run seconds (compile: JAX's tracing,
+lowering and compilation events, :mod:`jax.monitoring`) and the ``converged`` flag.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import sys
 import time
+from typing import Any, Sequence
 
 import jax
 import tqdm
@@ -32,19 +41,107 @@ from mtajax import sweep  # noqa: E402
 from mtajax.data import preprocess  # noqa: E402
 
 
+class CompileClock:
+  """Seconds JAX spends tracing, lowering and compiling while the context is active."""
+
+  def __init__(self):
+    self.seconds = 0.0
+
+  def __call__(self, event: str, duration: float, **kwargs) -> None:
+    del kwargs
+    if event.startswith("/jax/core/compile/"):
+      self.seconds += duration
+
+  def __enter__(self) -> "CompileClock":
+    jax.monitoring.register_event_duration_secs_listener(self)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    jax.monitoring.unregister_event_duration_listener(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+  """One robust evaluation: the result, and its wall time as compile and run seconds."""
+  label: str
+  result: robust.RobustEvaluation
+  compile_s: float
+  run_s: float
+
+
+def measure_suites(predict, state, batches, tasks, *, eps: float,
+                   suites: Sequence[tuple[str, Any]], key: jax.Array) -> list[Measured]:
+  """Each (label, suite) on the same images; ``batches()`` gives fresh batches."""
+  out = []
+  for label, suite in suites:
+    with CompileClock() as clock:
+      start = time.perf_counter()
+      ev = robust.evaluate(predict, state, batches(), tasks, eps=eps,
+                           bounds=preprocess.input_bounds(), suite=suite, key=key)
+      seconds = time.perf_counter() - start
+    out.append(Measured(label, ev, clock.seconds, seconds - clock.seconds))
+  return out
+
+
+def convergence_suites(suite: str, reference: str) -> list[tuple[str, Any]]:
+  """``suite``, ``reference`` and the reference with twice the steps and restarts."""
+  return [(suite, suite), (reference, reference),
+          (f"{reference} x2", robust.scaled_suite(reference, 2))]
+
+
+def convergence_table(model: str, eps: float, rows: list[Measured]) -> str:
+  """The measured suites of one model and ε, each with its gap to the previous one."""
+  lines = [f"{model} ε={eps:g}",
+           f"  {'suite':20} {'robust ARP':>10} {'gap':>7} {'passes/img':>10} {'compile s':>9} "
+           f"{'run s':>8} converged"]
+  previous = None
+  for m in rows:
+    gap = "" if previous is None else f"{m.result.arp - previous:+7.2f}"
+    lines.append(f"  {m.label:20} {m.result.arp:10.2f} {gap:>7} "
+                 f"{m.result.passes_per_image:10.0f} {m.compile_s:9.1f} {m.run_s:8.1f} "
+                 f"{'yes' if m.result.converged else 'NO'}")
+    previous = m.result.arp
+  return "\n".join(lines)
+
+
+def convergence(config, targets, eps_values, suite: str, reference: str) -> None:
+  """Prints :func:`convergence_table` per model and ε."""
+  print(f"\nconvergence: {suite} vs {reference} vs {reference} x2; devices {jax.devices()}")
+  for target in targets:
+    for eps in eps_values:
+      rows = measure_suites(
+          target.predict, target.state,
+          lambda target=target: sweep._batches(config, target.t),  # pylint: disable=protected-access
+          target.loaded.tasks, eps=eps, suites=convergence_suites(suite, reference),
+          key=jax.random.key(config.robust.seed))
+      print(convergence_table(sweep.model_id(target.t), eps, rows), flush=True)
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="", help="quickstart argument, e.g. 'smoke'")
   parser.add_argument("--workdir", default="runs/quickstart")
-  parser.add_argument("--eps", type=float, default=8.0)
+  parser.add_argument("--eps", type=float, nargs="+", default=[8.0])
   parser.add_argument("--suite", default="standard")
+  parser.add_argument("--convergence", action="store_true",
+                      help="measure --suite against --reference and the doubled reference")
+  parser.add_argument("--reference", default="thorough")
   args = parser.parse_args()
+  for name in {args.suite, args.reference}:
+    if name not in robust.SUITES:
+      parser.error(f"unknown suite {name!r}; use one of {sorted(robust.SUITES)}.")
+  if not args.convergence and len(args.eps) > 1:
+    parser.error("the grid comparison takes one --eps; --convergence takes several.")
   jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(
       "~/.cache/mtajax/jax").expanduser()))
   config = quickstart.get_config(args.config or None)
-  config.workdir, config.eps = args.workdir, (args.eps,)
+  config.workdir, config.eps = args.workdir, tuple(args.eps)
   config.robust.suite = args.suite
   _, targets = sweep.run(config, train_only=True)
+  if args.convergence:
+    convergence(config, targets, args.eps, args.suite, args.reference)
+    return
+  eps = args.eps[0]
   store = results.Store(pathlib.Path(args.workdir) / "no-such-file.jsonl", write=False)
   rows = []
   for target in targets:
@@ -56,11 +153,11 @@ def main() -> None:
     best = max(cells, key=lambda r: r["arp"])
     ev = robust.evaluate(target.predict, target.state,
                          sweep._batches(config, target.t),  # pylint: disable=protected-access
-                         target.loaded.tasks, eps=args.eps, bounds=preprocess.input_bounds(),
+                         target.loaded.tasks, eps=eps, bounds=preprocess.input_bounds(),
                          suite=args.suite, key=jax.random.key(config.robust.seed))
     grid_passes = robust_sweep.grid_passes(config, len(target.loaded.tasks))
     rows.append((model, ev, best, grid_passes, grid_s))
-  print(f"\nε={args.eps:g}, suite {args.suite!r}, {len(sweep.grid(config))} grid cells; "
+  print(f"\nε={eps:g}, suite {args.suite!r}, {len(sweep.grid(config))} grid cells; "
         f"devices {jax.devices()}")
   print(f"{'model':24} {'robust ARP':>10} {'best grid cell':>30} {'≥':>3} "
         f"{'passes ratio':>12} {'seconds ratio':>13}")

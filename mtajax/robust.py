@@ -16,6 +16,10 @@ programs every member with the same direction and attack loss shares).
 
 Candidates run cheapest first, batched over the images still under attack (like AutoAttack): with
 ``threshold``, an image whose best ``s_b`` reaches it is not attacked again.
+
+Convergence is shown, not assumed: the result holds the robust ARP after each candidate against the
+passes spent (``trajectory``), per candidate the share of images whose returned point is its
+attack's last iterate (``at_last_step``) and a ``converged`` flag (:func:`convergence`).
 """
 
 from __future__ import annotations
@@ -55,6 +59,16 @@ SUITES: dict[str, tuple[Member, ...]] = {
         # SegPGD's weighting on the segmentation head (the other heads keep their own loss).
         ("apgd", "gbmta", {**APGD_AA, "num_steps": 20, "attack_loss": "segpgd"}),
     ),
+    # The reference that `standard` is measured against (>= 10x its passes per image): 100-step
+    # AutoAttack-form APGD with restarts in every direction and the segmentation attack losses.
+    "thorough": (
+        ("apgd", "gbmta", {**APGD_AA, "num_steps": 100, "restarts": 4}),
+        ("apgd", "total", {**APGD_AA, "num_steps": 100, "restarts": 2}),
+        ("apgd", "single", {**APGD_AA, "num_steps": 100, "restarts": 2}),
+        ("apgd", "gbmta", {**APGD_AA, "num_steps": 100, "attack_loss": "segpgd"}),
+        ("apgd", "gbmta", {**APGD_AA, "num_steps": 100, "attack_loss": "js"}),
+        ("apgd", "gbmta", {**APGD_AA, "num_steps": 100, "attack_loss": "cospgd"}),
+    ),
     # CI-sized: two short runs.
     "smoke": (
         ("apgd", "gbmta", {**APGD_AA, "num_steps": 2}),
@@ -66,6 +80,55 @@ SUITES: dict[str, tuple[Member, ...]] = {
 def register_suite(name: str, members: Sequence[Member]) -> None:
   """Adds a named suite; ``'single'`` as a direction expands to ``single_<task>`` for every task."""
   SUITES[name] = tuple(members)
+
+
+def scaled_suite(suite: str | Sequence[Member], factor: int) -> tuple[Member, ...]:
+  """The suite with ``factor`` times the steps (default 10; FGSM keeps its one) and restarts."""
+  members = SUITES[suite] if isinstance(suite, str) else suite
+  out = []
+  for attack, direction, options in members:
+    options = {**options, "restarts": factor * int(options.get("restarts", 1))}
+    if attack != "fgsm":
+      options["num_steps"] = factor * int(options.get("num_steps", 10))
+    out.append((attack, direction, options))
+  return tuple(out)
+
+
+# The rule of `converged`: over the last CONVERGENCE_BUDGET of the passes per image the robust ARP
+# rose by less than CONVERGENCE_GAIN points, and no candidate that is the worst case of an image
+# returned its last iterate as its best point on CONVERGENCE_LAST_STEP or more of its images.
+CONVERGENCE_BUDGET = 0.25  # share of the passes per image (X)
+CONVERGENCE_GAIN = 0.1  # ARP points
+CONVERGENCE_LAST_STEP = 0.2  # share of a candidate's images (Y)
+
+
+def convergence(trajectory: Sequence[Mapping[str, Any]], at_last_step: Mapping[str, float | None],
+                wins: Mapping[str, int]) -> str | None:
+  """None when the evaluation converged, else why not (one line).
+
+  The robust ARP is known after each candidate: the gain of the last ``CONVERGENCE_BUDGET`` of the
+  budget is the final ARP minus the ARP at the last point that had spent at most
+  ``1 - CONVERGENCE_BUDGET`` of the final passes per image (a conservative reading: a candidate
+  that straddles the cut counts whole). Converged: that gain < ``CONVERGENCE_GAIN`` points, and
+  every candidate with ``wins`` has ``at_last_step`` < ``CONVERGENCE_LAST_STEP`` (None: the attack
+  always returns its last iterate, so the share says nothing and does not count).
+  """
+  final = trajectory[-1]
+  cut = (1 - CONVERGENCE_BUDGET) * final["passes_per_image"]
+  before = ([p for p in trajectory if p["passes_per_image"] <= cut] or trajectory[:1])[-1]
+  gain = final["arp"] - before["arp"]
+  if gain >= CONVERGENCE_GAIN:
+    return (f"the last {CONVERGENCE_BUDGET:.0%} of the passes per image raised the robust ARP by "
+            f"{gain:.2f} points ({before['arp']:.2f} -> {final['arp']:.2f}; rule: < "
+            f"{CONVERGENCE_GAIN:g}); use a stronger suite")
+  peaked = {c: v for c, v in at_last_step.items()
+            if v is not None and wins.get(c, 0) and v >= CONVERGENCE_LAST_STEP}
+  if peaked:
+    c = max(peaked, key=peaked.get)
+    return (f"{c} (worst case of {wins[c]} images) returned its last iterate on "
+            f"{peaked[c]:.0%} of its images (rule: < {CONVERGENCE_LAST_STEP:.0%}); give it more "
+            "steps")
+  return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +143,16 @@ class Candidate:
   def passes(self, num_tasks: int) -> int:
     """Forward + backward passes per image, including the forward that scores the result."""
     return self.program.passes(num_tasks, self.direction) + 1
+
+
+def _last_iterate(cand: Candidate) -> tuple[int, bool]:
+  """The ``best_step`` of the candidate's last iterate, and whether its attack returns its best
+  iterate (APGD; PGD with ``return_best``) rather than always the last one."""
+  options = dict(cand.program.options)
+  if cand.program.attack == "fgsm":
+    return 1, False
+  keeps_best = cand.program.attack == "apgd" or bool(options.get("return_best"))
+  return int(options.get("num_steps", 10)), keeps_best
 
 
 def _switched(cands: list[Candidate]) -> list[Candidate]:
@@ -195,6 +268,13 @@ class RobustEvaluation:
     passes_per_image: forward + backward passes per image spent by the suite (clean pass included).
     seconds: wall time of the evaluation.
     images: one record per (image, candidate): scores, per-task drops, metrics, chosen flags.
+    suite: the suite's name (``'custom'`` for a list of members).
+    trajectory: the robust ARP after the clean pass and after each candidate in run order, with
+      the passes per image spent so far: ``[{candidate, passes_per_image, arp}]``; the last
+      ``arp`` is :attr:`arp`.
+    at_last_step: per candidate, the share of the images it ran on whose returned point is its
+      last iterate (None: its attack always returns the last iterate, or it ran on no image).
+    converged: :func:`convergence` found nothing against it.
   """
   clean: dict[str, dict[str, float]]
   worst_case: dict[str, dict[str, float]]
@@ -206,6 +286,10 @@ class RobustEvaluation:
   passes_per_image: float
   seconds: float
   images: list[dict[str, Any]]
+  suite: str = "custom"
+  trajectory: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  at_last_step: dict[str, float | None] = dataclasses.field(default_factory=dict)
+  converged: bool | None = None
 
   def write_images(self, path: str | Path) -> Path:
     """Writes :attr:`images` as JSON lines (``pandas.read_json(path, lines=True)``), atomically."""
@@ -230,6 +314,27 @@ def _collect(batches: Iterable[Mapping[str, np.ndarray]]) -> tuple[dict[str, np.
   data = {k: np.concatenate([b[k] for b in items]) for k in items[0]}
   groups = np.concatenate([np.full(len(b["image"]), i) for i, b in enumerate(items)])
   return data, groups, len(items[0]["image"])
+
+
+def _spent(cands: Sequence[Candidate], available: np.ndarray, size: int,
+           num_tasks: int) -> np.ndarray:
+  """Passes per image spent after the clean pass and after each candidate (chunks padded to
+  ``size``, as they run)."""
+  n = available.shape[1]
+  per = [n] + [-(-int(available[c].sum()) // size) * size * cand.passes(num_tasks)
+               for c, cand in enumerate(cands, 1)]
+  return np.cumsum(per) / n
+
+
+def _at_last_step(cands: Sequence[Candidate], available: np.ndarray,
+                  best_step: np.ndarray) -> dict[str, float | None]:
+  """Per candidate, the share of its images whose returned point is its last iterate."""
+  out = {}
+  for c, cand in enumerate(cands, 1):
+    last, keeps_best = _last_iterate(cand)
+    ran = available[c]
+    out[cand.name] = float(np.mean(best_step[c, ran] == last)) if keeps_best and ran.any() else None
+  return out
 
 
 def _chunks(indices: np.ndarray, size: int) -> Iterable[tuple[np.ndarray, int]]:
@@ -371,8 +476,18 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
                        "under attack.")
 
   select = functools.partial(worst_case.select, tasks, states, groups, available=available)
-  multi = select(scores, objective=worst_case.arp_objective(tasks, clean))
+  prefixes = worst_case.accumulate(tasks, states, groups, scores, available,
+                                   worst_case.arp_objective(tasks, clean))
+  multi = prefixes[-1]
   arp = tasks_lib.arp(clean, multi.metrics, tasks)
+  trajectory = [{"candidate": name, "passes_per_image": float(p), "arp": float(sel.value[0])}
+                for name, p, sel in zip(names, _spent(cands, available, size, len(tasks)),
+                                        prefixes)]
+  at_last_step = _at_last_step(cands, available, best_step)
+  wins = {name: int(np.sum(multi.choice == c)) for c, name in enumerate(names)}
+  why_not = convergence(trajectory, at_last_step, wins)
+  if why_not is not None:
+    print(f"robust: WARNING: not converged: {why_not}.")
   envelope, env_choice = {}, {}
   for t in tasks:
     sel = select(drops[t.name], objective=worst_case.arp_objective(tasks, clean, t.name),
@@ -395,8 +510,9 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
       clean=clean, worst_case=multi.metrics, arp=arp.total, arp_per_task=dict(arp.per_task),
       envelope=envelope,
       candidate_arp={name: None if v is None else v[0] for name, v in zip(names, multi.alone)},
-      wins={name: int(np.sum(multi.choice == c)) for c, name in enumerate(names)},
-      passes_per_image=passes / n, seconds=time.perf_counter() - start_time, images=images)
+      wins=wins, passes_per_image=passes / n, seconds=time.perf_counter() - start_time,
+      images=images, suite=suite if isinstance(suite, str) else "custom", trajectory=trajectory,
+      at_last_step=at_last_step, converged=why_not is None)
   if records is not None:
     out.write_images(records)
   return out

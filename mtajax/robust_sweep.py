@@ -4,8 +4,9 @@
 :func:`mtajax.robust.evaluate` on the same test images as the grid and stores one record per
 (model, ε) in ``results.jsonl``, next to the grid's records; stored records are skipped, so a
 killed run resumes where it stopped. Each record also states the compute of the paper grid at
-that ε (forward + backward passes per image), and the per-image records go to
-``<workdir>/robust/<model>_eps<ε>.jsonl``.
+that ε (forward + backward passes per image) and whether the number converged (``trajectory``,
+``at_last_step``, ``converged``: :class:`mtajax.robust.RobustEvaluation`); the per-image records go
+to ``<workdir>/robust/<model>_eps<ε>.jsonl``.
 """
 
 from __future__ import annotations
@@ -72,8 +73,11 @@ def model_keys(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict) 
 
 
 def current_keys(config: ml_collections.ConfigDict) -> set[str]:
-  """The keys of the robust records this config makes (what the report shows by default)."""
-  return set().union(*(model_keys(config, sweep.train_config(config, layout, adv))
+  """The keys of the robust records this config makes (what the report shows by default), and
+  those of the ``thorough`` suite on the same models (a lighter suite's gap to it)."""
+  thorough = config.copy_and_resolve_references()
+  thorough.robust.suite = "thorough"
+  return set().union(*(model_keys(c, sweep.train_config(c, layout, adv)) for c in (config, thorough)
                        for adv in (False, True) for layout in config.layouts))
 
 
@@ -88,7 +92,8 @@ def _record(config, target: sweep.Target, eps: float, ev: robust.RobustEvaluatio
       "suite": config.robust.suite, "eps": float(eps), "num_steps": 0, "tasks": list(t.tasks),
       "metrics": ev.worst_case, "clean_metrics": ev.clean, "arp": ev.arp,
       "arp_per_task": ev.arp_per_task, "envelope": ev.envelope, "candidate_arp": ev.candidate_arp,
-      "wins": ev.wins, "passes_per_image": ev.passes_per_image,
+      "wins": ev.wins, "passes_per_image": ev.passes_per_image, "trajectory": ev.trajectory,
+      "at_last_step": ev.at_last_step, "converged": ev.converged,
       "grid_passes_per_image": grid_passes(config, len(t.tasks)),
       "config_hash": _hash(config, t), "devices": devices, "time_s": ev.seconds,
   }

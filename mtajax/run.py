@@ -99,7 +99,7 @@ def report(config, store: results.Store, examples=None) -> pathlib.Path:
           "train the models longer); see their 'note' in results.jsonl.")
   print(f"report: writing {workdir / 'report'}")
   return report_lib.write_report(records, workdir / "report", eps=config.report_eps,
-                                 examples=examples)
+                                 examples=examples, robust_suite=config.robust.suite)
 
 
 def _save_examples(path: pathlib.Path, ex, key: str) -> None:

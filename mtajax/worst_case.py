@@ -13,6 +13,8 @@ single candidate's set and visits the images (largest possible gain first), tryi
 in decreasing ``s_b`` and accepting a swap only when it raises the dataset objective: the result is
 never below any candidate run alone on the same images. The multi-task worst case maximises the
 ARP; the per-task envelope runs the same search for each task's ARP-t with its per-task drops.
+:func:`accumulate` runs the search on every prefix of the candidates (each from the previous
+one's choice): the worst case after each candidate, never decreasing.
 """
 
 from __future__ import annotations
@@ -109,6 +111,49 @@ class _Evaluator:
     return tasks_lib.metrics.compute(self.tasks, total)
 
 
+def _alone(ev: _Evaluator, available: np.ndarray,
+           objective: Objective) -> list[tuple[float, float] | None]:
+  """The objective of each candidate alone (None where it did not run on every image)."""
+  n = available.shape[1]
+  return [objective(ev.metrics({g: ev.group_state(np.full(n, c), g) for g in ev.members}))
+          if available[c].all() else None for c in range(available.shape[0])]
+
+
+def _search(ev: _Evaluator, preference: np.ndarray, available: np.ndarray, objective: Objective,
+            alone: Sequence[tuple[float, float] | None],
+            starts: Sequence[np.ndarray]) -> Selection:
+  """The greedy search of :func:`select` over the candidates of ``preference`` (C, N)."""
+  n = preference.shape[1]
+  complete = [c for c, v in enumerate(alone) if v is not None]
+  if not complete:
+    raise ValueError("no candidate ran on every image; lower the threshold or run the suite on "
+                     "all images.")
+  start = max(complete, key=lambda c: alone[c])
+  choice, best = np.full(n, start), alone[start]
+  for other in starts:
+    value = objective(ev.metrics({g: ev.group_state(other, g) for g in ev.members}))
+    if value > best:
+      choice, best = np.asarray(other), value
+  contributions = {g: ev.group_state(choice, g) for g in ev.members}
+  pref = np.where(available, preference, -np.inf)
+  gain = pref.max(0) - pref[choice, np.arange(n)]
+  for b in np.argsort(-gain, kind="stable"):
+    if gain[b] <= 0:
+      break
+    g = ev.groups[b]
+    for c in np.argsort(-pref[:, b], kind="stable"):
+      if not pref[c, b] > pref[choice[b], b]:
+        break
+      trial = choice.copy()
+      trial[b] = c
+      state = ev.group_state(trial, g)
+      value = objective(ev.metrics({**contributions, g: state}))
+      if value > best:
+        choice, best, contributions[g] = trial, value, state
+        break
+  return Selection(choice, ev.metrics(contributions), best, tuple(alone))
+
+
 def select(tasks: Sequence[base.Task], states: States, groups: np.ndarray,
            preference: np.ndarray, available: np.ndarray, objective: Objective,
            starts: Sequence[np.ndarray] = ()) -> Selection:
@@ -126,39 +171,23 @@ def select(tasks: Sequence[base.Task], states: States, groups: np.ndarray,
       per-task envelope starts from the multi-task worst case, so it is never below it).
   """
   ev = _Evaluator(tasks, states, groups)
-  n = preference.shape[1]
-  alone = []
-  for c in range(preference.shape[0]):
-    if available[c].all():
-      choice = np.full(n, c)
-      alone.append(objective(ev.metrics({g: ev.group_state(choice, g) for g in ev.members})))
-    else:
-      alone.append(None)
-  complete = [c for c, v in enumerate(alone) if v is not None]
-  if not complete:
-    raise ValueError("no candidate ran on every image; lower the threshold or run the suite on "
-                     "all images.")
-  start = max(complete, key=lambda c: alone[c])
-  choice, best = np.full(n, start), alone[start]
-  for other in starts:
-    value = objective(ev.metrics({g: ev.group_state(other, g) for g in ev.members}))
-    if value > best:
-      choice, best = np.asarray(other), value
-  contributions = {g: ev.group_state(choice, g) for g in ev.members}
-  pref = np.where(available, preference, -np.inf)
-  gain = pref.max(0) - pref[choice, np.arange(n)]
-  for b in np.argsort(-gain, kind="stable"):
-    if gain[b] <= 0:
-      break
-    g = groups[b]
-    for c in np.argsort(-pref[:, b], kind="stable"):
-      if not pref[c, b] > pref[choice[b], b]:
-        break
-      trial = choice.copy()
-      trial[b] = c
-      state = ev.group_state(trial, g)
-      value = objective(ev.metrics({**contributions, g: state}))
-      if value > best:
-        choice, best, contributions[g] = trial, value, state
-        break
-  return Selection(choice, ev.metrics(contributions), best, tuple(alone))
+  return _search(ev, preference, available, objective, _alone(ev, available, objective), starts)
+
+
+def accumulate(tasks: Sequence[base.Task], states: States, groups: np.ndarray,
+               preference: np.ndarray, available: np.ndarray,
+               objective: Objective) -> list[Selection]:
+  """The worst case as the candidates accumulate: the selection over the first 1, 2, ..., C.
+
+  Each prefix runs :func:`select`'s search started from the previous prefix's choice, so the
+  values never decrease along the list and the last one is never below any complete candidate
+  alone nor any earlier prefix; each candidate alone is evaluated once. Arguments as in
+  :func:`select`.
+  """
+  ev = _Evaluator(tasks, states, groups)
+  alone = _alone(ev, available, objective)
+  out = []
+  for c in range(1, preference.shape[0] + 1):
+    starts = [out[-1].choice] if out else []
+    out.append(_search(ev, preference[:c], available[:c], objective, alone[:c], starts))
+  return out

@@ -82,6 +82,77 @@ def test_threshold_stops_attacking_images_that_passed(result):
   assert t.passes_per_image < r.passes_per_image
   assert t.candidate_arp["apgd:total"] is None  # it did not run alone on every image
   assert t.arp >= t.candidate_arp["apgd:gbmta"]
+  # The trajectory's passes count the padded chunks of the images still under attack (B = 4).
+  padded = -(-(N - len(passed)) // B) * B
+  assert [p["passes_per_image"] for p in t.trajectory] == [1, 7, 7 + padded * 6 / N]
+  assert t.trajectory[-1]["passes_per_image"] == t.passes_per_image
+  assert t.trajectory[-1]["arp"] == t.arp
+  later_steps = [row["best_step"] == 2 for row in t.images if row["candidate"] == "apgd:total"]
+  assert t.at_last_step["apgd:total"] == pytest.approx(np.mean(later_steps))
+
+
+def test_trajectory_at_last_step_and_converged_flag(result):
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  r, _ = result
+  assert r.suite == "smoke"
+  # Clean pass, then 2 candidates of 2 (fwd + bwd) steps + APGD's last forward + scoring forward.
+  assert r.trajectory == [
+      {"candidate": "clean", "passes_per_image": 1.0, "arp": 0.0},
+      {"candidate": "apgd:gbmta", "passes_per_image": 7.0, "arp": r.trajectory[1]["arp"]},
+      {"candidate": "apgd:total", "passes_per_image": 13.0, "arp": r.arp}]
+  assert r.trajectory[-1]["passes_per_image"] == r.passes_per_image
+  assert r.candidate_arp["apgd:gbmta"] <= r.trajectory[1]["arp"] <= r.arp
+  for name in ("apgd:gbmta", "apgd:total"):  # the last of 2 APGD iterates: best_step 2
+    steps = [row["best_step"] for row in r.images if row["candidate"] == name]
+    assert set(steps) <= {0, 1, 2}
+    assert r.at_last_step[name] == pytest.approx(np.mean(np.equal(steps, 2)))
+  assert r.converged == (robust.convergence(r.trajectory, r.at_last_step, r.wins) is None)
+
+
+def _point(candidate, passes, arp):
+  return {"candidate": candidate, "passes_per_image": passes, "arp": arp}
+
+
+@pytest.mark.parametrize("trajectory, at_last_step, wins, match", [
+    # The last candidate holds 40 of 100 passes: over the last 25 % the ARP rose 0.5 points.
+    ([_point("clean", 1, 0), _point("a", 60, 30), _point("b", 100, 30.5)], {}, {}, "by 0.50"),
+    ([_point("clean", 1, 0), _point("a", 60, 30), _point("b", 100, 30.09)], {}, {}, None),
+    # Cut at 75 of 100 passes: "b" (76) straddles it and counts whole, so 30 -> 30.2 is the gain.
+    ([_point("clean", 1, 0), _point("a", 50, 30), _point("b", 76, 30.2), _point("c", 100, 30.2)],
+     {}, {}, "by 0.20"),
+    # "a" wins images and returned its last iterate on 30 % of its images (>= 20 %).
+    ([_point("clean", 1, 0), _point("a", 60, 30), _point("b", 100, 30)],
+     {"a": 0.3, "b": 0.1}, {"a": 5, "b": 3}, "a .worst case of 5 images.* 30%"),
+    # ... which does not count for a candidate that wins nothing, nor for a last-iterate attack.
+    ([_point("clean", 1, 0), _point("a", 60, 30), _point("b", 100, 30)],
+     {"a": 0.3, "b": None}, {"a": 0, "b": 8}, None),
+])
+def test_convergence_rule_on_hand_made_trajectories(trajectory, at_last_step, wins, match):
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  why = robust.convergence(trajectory, at_last_step, wins)
+  if match is None:
+    assert why is None
+  else:
+    assert why is not None and "\n" not in why
+    assert __import__("re").search(match, why), why
+
+
+def test_thorough_suite_spends_ten_times_the_passes_of_standard():
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  names = ["segment_semantic", "normal", "depth_zbuffer"]
+
+  def passes(suite):
+    return 1 + sum(c.passes(len(names)) for c in robust.candidates(suite, names))
+  # Independently: APGD costs 2 passes a step (every direction here: one backward) + 2 forwards.
+  # standard: GB-MTA x2 restarts, Total, 3 Single, SegPGD at 20 steps; thorough: GB-MTA x4,
+  # Total x2, 3 Single x2, SegPGD, JS, CosPGD at 100 steps.
+  assert passes("standard") == 1 + 7 * (20 * 2 + 2)
+  assert passes("thorough") == 1 + 15 * (100 * 2 + 2)
+  assert passes("thorough") >= 10 * passes("standard")
+  doubled = robust.scaled_suite("thorough", 2)
+  assert passes(doubled) == 1 + 30 * (200 * 2 + 2)
+  losses = {dict(o).get("attack_loss", "default") for _, _, o in robust.SUITES["thorough"]}
+  assert losses == {"default", "segpgd", "js", "cospgd"}
 
 
 @pytest.mark.parametrize("kwargs, match", [

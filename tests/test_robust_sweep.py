@@ -51,6 +51,10 @@ def test_robust_mode_records_resume_and_report(tmp_path, monkeypatch):
     assert r["arp"] >= max(v for v in r["candidate_arp"].values() if v is not None)
     assert r["passes_per_image"] == 1 + 2 * (2 * 2 + 1 + 1)
     assert r["grid_passes_per_image"] == robust_sweep.grid_passes(config, 3)
+    assert r["suite"] == "smoke" and isinstance(r["converged"], bool)
+    assert r["trajectory"][-1] == {"candidate": "apgd:total", "passes_per_image": 13.0,
+                                   "arp": r["arp"]}
+    assert set(r["at_last_step"]) == {"apgd:gbmta", "apgd:total"}
   # Same test images as the grid: the clean metrics equal the grid's clean record.
   calls.clear()
   run.run("sweep", config)
@@ -63,6 +67,7 @@ def test_robust_mode_records_resume_and_report(tmp_path, monkeypatch):
   report = (tmp_path / "work" / "report" / "report.md").read_text()
   assert "**Robust ARP**" in report and "Robust evaluation: leaderboard" in report
   assert "forward + backward passes per image" in report
+  assert "suite `smoke` (not a reference suite" in report and "Converged" in report
   rows = (tmp_path / "work" / "robust" / "synthetic-small-L0_eps8.jsonl").read_text().splitlines()
   assert len(rows) == 3 * 16  # clean + 2 candidates, 16 test images
 

@@ -112,3 +112,43 @@ def test_guarantee_on_non_additive_metrics():
     env = worst_case.select(tasks, states, GROUPS, drops, available,
                             worst_case.arp_objective(tasks, clean, t.name))
     assert all(env.value >= v for v in env.alone if v is not None)
+
+
+def test_accumulate_on_a_hand_made_candidate_sequence():
+  # Linear metric (as above): the worst case of the first c candidates is their per-image argmax.
+  tasks = (mt.MaskedL1(name="keypoints2d", metric_name="key_err", definition="standard"),)
+  batch = labels(2)
+  preds = [predictions(10 + c, scale) for c, scale in enumerate([1.0, 1.5, 2.0, 3.0])]
+  rng = np.random.default_rng(3)
+  for p in preds:
+    p["keypoints2d"] *= rng.uniform(0.2, 3.0, (N, 1, 1, 1)).astype(np.float32)
+  states, ms = candidates(tasks, batch, preds)
+  clean = streaming(tasks, batch, preds[0])
+  s = np.stack([np.asarray(per_image.score(tasks, m, ms[0], clean)[0]) for m in ms])
+  objective = worst_case.arp_objective(tasks, clean)
+  steps = worst_case.accumulate(tasks, states, GROUPS, s, np.ones_like(s, bool), objective)
+  assert len(steps) == C
+  for c, sel in enumerate(steps, 1):
+    np.testing.assert_array_equal(sel.choice, np.argmax(s[:c], axis=0))
+    mixed = {k: np.stack([preds[j][k][i] for i, j in enumerate(sel.choice)]) for k in preds[0]}
+    np.testing.assert_allclose(sel.value, objective(streaming(tasks, batch, mixed)), rtol=1e-5)
+
+
+def test_accumulate_never_decreases_and_keeps_the_guarantee():
+  tasks = mt.synthetic_tasks(3, num_classes=K)
+  batch = labels(4)
+  preds = [predictions(20 + c, 1.0 + c) for c in range(C)]
+  states, ms = candidates(tasks, batch, preds)
+  clean = streaming(tasks, batch, preds[0])
+  s = np.stack([np.asarray(per_image.score(tasks, m, ms[0], clean)[0]) for m in ms])
+  available = np.ones_like(s, bool)
+  available[2, 5] = False
+  objective = worst_case.arp_objective(tasks, clean)
+  steps = worst_case.accumulate(tasks, states, GROUPS, s, available, objective)
+  alone = [objective(streaming(tasks, batch, p)) for p in preds]
+  for c, sel in enumerate(steps, 1):
+    assert np.isfinite(sel.value).all()
+    assert all(sel.value >= alone[j] for j in range(c) if j != 2)
+    assert sel.choice.max() < c and available[sel.choice, np.arange(N)].all()
+    assert c == 1 or sel.value >= steps[c - 2].value
+  assert steps[-1].value > max(alone[c] for c in (0, 1, 3))

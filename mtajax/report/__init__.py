@@ -118,19 +118,29 @@ def _group_section(records: list[Record], out_dir: pathlib.Path, prefix: str,
   return out
 
 
-def _robust_section(robust: list[Record], grid: list[Record], out_dir: pathlib.Path, prefix: str,
-                    eps: float | None) -> list[str]:
+def _robust_section(every: list[Record], suite: str, grid: list[Record], out_dir: pathlib.Path,
+                    prefix: str, eps: float | None) -> list[str]:
+  """The robust records of ``suite`` (``every``: those of all suites, for the gap to thorough)."""
+  robust = robust_lib.of_suite(every, suite)
   if not robust:
     return []
   eps = rec_lib.default_eps(robust) if eps is None else eps
-  return [f"### Robust evaluation: leaderboard, ε={eps:g}", "",
+  other = ("" if suite in robust_lib.REFERENCE_SUITES else
+           f" (not a reference suite: {', '.join(robust_lib.REFERENCE_SUITES)})")
+  gap = robust_lib.suite_gap(every, suite, eps)
+  return [f"### Robust evaluation: leaderboard, ε={eps:g}, suite `{suite}`{other}", ""] + (
+      [gap] if gap else []) + [
           "Robust ARP: the dataset ARP of the worst case per image over the suite's attacks "
           "(never below any of them alone); envelope: per task, the ARP-x of that task's own "
           "worst case.", "",
           _piece(lambda: robust_lib.leaderboard(robust, grid, eps)),
+          _piece(lambda: robust_lib.convergence_note(robust, eps)),
           _piece(lambda: robust_lib.compute_note(robust, grid, eps)),
           _figure(out_dir, f"{prefix}robust_arp.png", "Robust ARP vs sharing level and ε",
-                  lambda: robust_lib.figure_robust(robust)), ""]
+                  lambda: robust_lib.figure_robust(robust)), "",
+          _figure(out_dir, f"{prefix}robust_trajectory.png",
+                  "Robust ARP against passes per image as the candidates accumulate",
+                  lambda: robust_lib.figure_trajectory(robust, eps)), ""]
 
 
 def _has_variants(records: list[Record], model: str) -> bool:
@@ -172,7 +182,8 @@ def _study_section(records: list[Record], out_dir: pathlib.Path, prefix: str,
 
 def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
                  eps: float | None = None, attack_for_transfer: str | None = None,
-                 examples: Mapping[str, Any] | None = None) -> pathlib.Path:
+                 examples: Mapping[str, Any] | None = None,
+                 robust_suite: str | None = None) -> pathlib.Path:
   """Writes ``out_dir/report.md`` and its PNG figures (each file atomically); returns the path.
 
   Args:
@@ -181,6 +192,8 @@ def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
     eps: ε of the tables and findings; default the largest ε ≤ 8 of each group.
     attack_for_transfer: base attack of Table 12 / Fig. 4; default APGD, else PGD.
     examples: keyword arguments of ``figure_examples`` for Fig. 6 (optional).
+    robust_suite: the suite of the robust evaluation shown; default the last robust record's (the
+      records of other suites only give a non-reference suite its gap to ``thorough``).
   """
   records, robust = robust_lib.split(records)
   records = check(records)
@@ -202,9 +215,11 @@ def write_report(records: Iterable[Record], out_dir: str | os.PathLike[str], *,
     prefix = _slug(dataset, backbone, *short) + "_"
     lines += [f"## {dataset} / {backbone} / {', '.join(short)}", ""]
     grid = [r for r in study.default_loss(group) if r["attack"] != robust_lib.ROBUST]
-    of_group = robust_groups.get((dataset, backbone, tasks), [])
-    lines += _group_section(grid, out_dir, prefix, eps, attack_for_transfer, of_group)
-    lines += _robust_section(of_group, grid, out_dir, prefix, eps)
+    every = robust_groups.get((dataset, backbone, tasks), [])
+    suite = robust_lib.shown_suite(every, robust_suite) if every else ""
+    lines += _group_section(grid, out_dir, prefix, eps, attack_for_transfer,
+                            robust_lib.of_suite(every, suite))
+    lines += _robust_section(every, suite, grid, out_dir, prefix, eps)
     if study.applies(group):
       lines += _study_section([r for r in group if r["attack"] != robust_lib.ROBUST], out_dir,
                               prefix, eps)

@@ -2,7 +2,9 @@
 
 Robust records (``"attack": "robust"``, written by :mod:`mtajax.robust_sweep`) carry the robust
 ARP, the per-task envelope, the clean and worst-case metrics and the compute of the suite and of
-the paper grid (forward + backward passes per image at one ε).
+the paper grid (forward + backward passes per image at one ε); newer ones also whether the number
+converged (``trajectory``, ``at_last_step``, ``converged``: :mod:`mtajax.robust`), which older
+records lack (the report then says "not recorded").
 """
 
 from __future__ import annotations
@@ -13,12 +15,14 @@ from typing import Iterable, Sequence
 from matplotlib import figure as mpl_figure
 import numpy as np
 
+from mtajax import robust as robust_lib
 from mtajax.report import figures
 from mtajax.report import records as rec_lib
 from mtajax.report import tables
 from mtajax.report.records import Record
 
 ROBUST = "robust"
+REFERENCE_SUITES = ("standard", "thorough")  # the suites a report is measured by
 REQUIRED = ("model", "eps", "tasks", "arp", "envelope", "clean_metrics", "passes_per_image",
             "grid_passes_per_image", "sharing_level", "layout", "adv_training")
 
@@ -57,7 +61,8 @@ def leaderboard(robust: Sequence[Record], grid: Sequence[Record], eps: float) ->
   header = (["Model", "Sharing"] +
             [f"{rec_lib.task_label(t)} {m}" for t, m in clean_cols] +
             ["**Robust ARP**", "Best grid cell"] +
-            [f"Envelope {rec_lib.task_label(t)}" for t in tasks] + ["Passes/img (grid)"])
+            [f"Envelope {rec_lib.task_label(t)}" for t in tasks] + ["Passes/img (grid)",
+                                                                     "Converged"])
   rows = []
   order = sorted(last.values(), key=lambda r: (-int(r["sharing_level"]), rec_lib.model_label(r)))
   for r in order:
@@ -72,7 +77,8 @@ def leaderboard(robust: Sequence[Record], grid: Sequence[Record], eps: float) ->
                 [f"{r['clean_metrics'][t][m]:.4g}" for t, m in clean_cols] +
                 [f"**{rec_lib.fmt(r['arp'])}**", cell] +
                 [rec_lib.fmt(r["envelope"][t]) for t in tasks] +
-                [f"{r['passes_per_image']:.0f} ({r['grid_passes_per_image']:.0f})"])
+                [f"{r['passes_per_image']:.0f} ({r['grid_passes_per_image']:.0f})",
+                 _converged_cell(r)])
   return tables.markdown(header, rows)
 
 
@@ -111,4 +117,84 @@ def figure_robust(robust: Sequence[Record]) -> mpl_figure.Figure:
   ax.set_title("Robust ARP vs sharing level", fontsize=10)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
+  return fig
+
+
+def suite_of(rec: Record) -> str:
+  return rec.get("suite") or "unnamed"
+
+
+def shown_suite(robust: Sequence[Record], suite: str | None = None) -> str:
+  """``suite`` where it has records, else the suite of the last robust record."""
+  if not robust:
+    raise rec_lib.MissingData("no robust records")
+  return suite if of_suite(robust, suite) else suite_of(robust[-1])
+
+
+def of_suite(robust: Sequence[Record], suite: str) -> list[Record]:
+  return [r for r in robust if suite_of(r) == suite]
+
+
+def suite_gap(robust: Sequence[Record], suite: str, eps: float) -> str:
+  """For a suite other than standard/thorough: its measured gap to thorough on the same models."""
+  if suite in REFERENCE_SUITES:
+    return ""
+  at_eps = [r for r in robust if rec_lib.same_eps(r["eps"], eps)]
+  ours = {r["model"]: r["arp"] for r in of_suite(at_eps, suite)}
+  ref = {r["model"]: r["arp"] for r in of_suite(at_eps, "thorough")}
+  common = sorted(set(ours) & set(ref))
+  if not common:
+    return (f"Suite `{suite}` is not a reference suite ({', '.join(REFERENCE_SUITES)}): its gap "
+            f"to `thorough` is not measured on these models at ε={eps:g} (run the robust mode "
+            "with config.robust.suite='thorough' to measure it).\n")
+  gaps = [ref[m] - ours[m] for m in common]
+  return (f"Suite `{suite}` is not a reference suite ({', '.join(REFERENCE_SUITES)}): `thorough` "
+          f"finds {np.mean(gaps):+.2f} ARP points more on the same {len(common)} models at "
+          f"ε={eps:g} (max {max(gaps):+.2f}).\n")
+
+
+def _converged_cell(rec: Record) -> str:
+  flag = rec.get("converged")
+  return "–" if flag is None else ("yes" if flag else "**no**")
+
+
+def convergence_note(robust: Sequence[Record], eps: float) -> str:
+  """One line per model at ``eps`` whose robust ARP did not converge, and the rule."""
+  last = {r["model"]: r for r in robust if rec_lib.same_eps(r["eps"], eps)}
+  if not last:
+    raise rec_lib.MissingData(f"no robust records at ε={eps:g}")
+  lines = []
+  for model, r in sorted(last.items()):
+    if r.get("converged") is False:
+      why = robust_lib.convergence(r["trajectory"], r["at_last_step"], r.get("wins", {}))
+      lines.append(f"- ⚠ **Not converged**: {rec_lib.model_label(r)} at ε={eps:g}: "
+                   f"{why or 'as recorded'}.")
+  unknown = [rec_lib.model_label(r) for r in last.values() if r.get("converged") is None]
+  if unknown:
+    lines.append(f"- Convergence not recorded for {', '.join(unknown)} (records written before "
+                 "mtajax recorded it; re-run the robust mode to get it).")
+  rule = (f"Converged: the last {robust_lib.CONVERGENCE_BUDGET:.0%} of the passes per image "
+          f"raised the robust ARP by < {robust_lib.CONVERGENCE_GAIN:g} points and no winning "
+          f"candidate returned its last iterate on ≥ {robust_lib.CONVERGENCE_LAST_STEP:.0%} of "
+          "its images.")
+  return "\n".join([rule, ""] + lines) + "\n"
+
+
+def figure_trajectory(robust: Sequence[Record], eps: float) -> mpl_figure.Figure:
+  """Robust ARP against cumulative passes per image as the candidates accumulate, per model."""
+  last = {r["model"]: r for r in robust
+          if rec_lib.same_eps(r["eps"], eps) and r.get("trajectory")}
+  if not last:
+    raise rec_lib.MissingData(f"no robust records with a trajectory at ε={eps:g}")
+  fig = figures._figure(4.2, 3.3)  # pylint: disable=protected-access
+  ax = fig.add_subplot()
+  for r in sorted(last.values(), key=rec_lib.model_label):
+    points = r["trajectory"]
+    ax.plot([p["passes_per_image"] for p in points], [p["arp"] for p in points], marker=".",
+            label=rec_lib.model_label(r))
+  ax.set_xlabel("forward + backward passes per image")
+  ax.set_ylabel("robust ARP (%)")
+  ax.set_title(f"Robust ARP as the candidates accumulate, ε={eps:g}", fontsize=10)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
   return fig
