@@ -42,7 +42,7 @@ def requested(options: Sequence[tuple[str, Any]]) -> bool:
 
 
 def clear() -> None:
-  """Drops every plan and compiled segment (``mtajax.sweep.release_compiled`` calls it)."""
+  """Drops every plan and compiled segment (``mtajax.memory.release_compiled`` calls it)."""
   _PLANS.clear()
   _COMPILED.clear()
 

@@ -29,10 +29,12 @@ from ml_collections import config_flags
 import mtajax  # noqa: F401  (XLA:CPU workaround before JAX starts)
 from mtajax import models
 from mtajax import parallel
+from mtajax import phases
 from mtajax import results
 from mtajax import robust_sweep
+from mtajax import run_import
 from mtajax import sweep
-from mtajax.train import imported
+from mtajax.train import ensure
 
 MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts", "import", "robust")
 EXAMPLES = "examples.npz"  # The Fig. 6 examples in the workdir, made once per model and ε.
@@ -69,7 +71,7 @@ def define_config_flag() -> None:
 
 def _examples_key(config) -> str:
   """The key of the Fig. 6 examples: those of the config's first clean-trained model."""
-  return sweep.examples_key(config, sweep.train_config(config, config.layouts[0]))
+  return sweep.examples_key(config, ensure.train_config(config, config.layouts[0]))
 
 
 def report(config, store: results.Store, examples=None) -> pathlib.Path:
@@ -141,7 +143,7 @@ def run(mode: str, config) -> None:
         models.layout_table(config.train.backbone, len(config.train.tasks), indices)))
     return
   if mode == "import":
-    print(f"import: {config.checkpoint} -> {imported.import_checkpoint(config)}")
+    print(f"import: {config.checkpoint} -> {run_import.import_checkpoint(config)}")
     return
   if mode == "report":
     store = results.Store(pathlib.Path(config.workdir) / "results.jsonl")
@@ -152,11 +154,11 @@ def run(mode: str, config) -> None:
   if mode == "attack":
     stored = results.Store(workdir / "results.jsonl", write=False)
     for i, layout in enumerate(config.layouts):
-      t = sweep.train_config(config, layout)
+      t = ensure.train_config(config, layout)
       needed = (examples is None and i == 0) or not all(
           k in stored for k in sweep.model_keys(config, t))
-      if needed and not (workdir / "models" / sweep.model_id(t)).is_dir():
-        raise ValueError(f"model {sweep.model_id(t)} is not trained in {config.workdir}; run the "
+      if needed and not (workdir / "models" / ensure.model_id(t)).is_dir():
+        raise ValueError(f"model {ensure.model_id(t)} is not trained in {config.workdir}; run the "
                          "'train' or 'sweep' mode first.")
   if mode == "robust":
     store, targets = robust_sweep.run(config, examples=examples is None)
@@ -168,11 +170,11 @@ def run(mode: str, config) -> None:
     store, targets = sweep.run(config, train_only=mode == "train", adversarial=mode == "advtrain",
                                keys=keys, examples=examples is None)
     if mode == "sweep" and config.robust.enabled:
-      with sweep.PHASES("robust"):
-        robust_sweep.evaluate_models(config, targets, store, parallel.make_mesh(config.mesh))
+      with phases.PHASES("robust"):
+        robust_sweep.robust_records(config, targets, store, parallel.make_mesh(config.mesh))
   if mode == "train" or not parallel.is_writer():
     return
-  with sweep.PHASES("report"):
+  with phases.PHASES("report"):
     # Process 0 alone makes the examples: on the mesh of a one-process run (the grid's compiled
     # programs), on its own device in a multi-process one (a global mesh would wait for the rest).
     # Stored examples of the same model and ε are reused (a complete workdir needs no model).
@@ -182,7 +184,7 @@ def run(mode: str, config) -> None:
     else:
       path = report(config, store)
   print(f"{len(store)} records in {pathlib.Path(config.workdir) / 'results.jsonl'}; report: {path}")
-  print(f"phases (wall and JAX compile seconds):\n{sweep.PHASES.summary()}")
+  print(f"phases (wall and JAX compile seconds):\n{phases.PHASES.summary()}")
 
 
 def main(argv: list[str]) -> None:

@@ -18,6 +18,7 @@ from mtajax import results
 from mtajax import run
 from mtajax import sweep
 from mtajax.train import checkpoint
+from mtajax.train import ensure
 
 from fixtures import damage
 
@@ -209,21 +210,21 @@ def _two_steps(config):
 def test_checkpoint_of_another_layout_is_refused(tmp_path):
   config = _two_steps(_config())
   config.workdir = str(tmp_path)
-  t0 = sweep.train_config(config, 0)
-  t2 = sweep.train_config(config, 2)
-  sweep.ensure_trained(t2, tmp_path)
-  shutil.copytree(tmp_path / "models" / sweep.model_id(t2), tmp_path / "models" / sweep.model_id(t0))
+  t0 = ensure.train_config(config, 0)
+  t2 = ensure.train_config(config, 2)
+  ensure.ensure_trained(t2, tmp_path)
+  shutil.copytree(tmp_path / "models" / ensure.model_id(t2), tmp_path / "models" / ensure.model_id(t0))
   with pytest.raises(ValueError, match="different config"):
-    sweep.ensure_trained(t0, tmp_path)
-  assert (tmp_path / "models" / sweep.model_id(t0) / "checkpoints").is_dir()  # Nothing deleted.
+    ensure.ensure_trained(t0, tmp_path)
+  assert (tmp_path / "models" / ensure.model_id(t0) / "checkpoints").is_dir()  # Nothing deleted.
 
 
 def test_model_killed_before_its_first_checkpoint_is_trained_again(tmp_path):
   config = _two_steps(_config())
-  t = sweep.train_config(config, 0)
-  half_written = tmp_path / "models" / sweep.model_id(t) / "checkpoints" / "20.orbax-checkpoint-tmp-1"
+  t = ensure.train_config(config, 0)
+  half_written = tmp_path / "models" / ensure.model_id(t) / "checkpoints" / "20.orbax-checkpoint-tmp-1"
   half_written.mkdir(parents=True)
-  loaded = sweep.ensure_trained(t, tmp_path)
+  loaded = ensure.ensure_trained(t, tmp_path)
   assert loaded.step == t.num_steps
 
 
@@ -267,7 +268,7 @@ def fresh(tmp_path_factory):
   config = _rerun_config(root / "fresh", root / "tfds")
   run.run("sweep", config)
   workdir = pathlib.Path(config.workdir)
-  ckpts = workdir / "models" / sweep.model_id(sweep.train_config(config, 0)) / "checkpoints"
+  ckpts = workdir / "models" / ensure.model_id(ensure.train_config(config, 0)) / "checkpoints"
   files = {n: (workdir / n).read_bytes() for n in ("results.jsonl", "examples.npz",
                                                     "report/report.md")}
   return root, ckpts, files
