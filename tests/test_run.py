@@ -10,12 +10,12 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from configs import quickstart
 from mtajax import results
 from mtajax import run
+from mtajax import run_report
 from mtajax import sweep
 from mtajax.train import checkpoint
 from mtajax.train import ensure
@@ -244,7 +244,7 @@ def test_report_shows_the_current_configs_records_unless_history_is_asked(tmp_pa
   seen = []
   monkeypatch.setattr(mtajax.report, "write_report",
                       lambda records, *a, **k: seen.extend(r["key"] for r in records))
-  run.report(config, store)
+  run_report.report(config, store)
   assert sorted(seen) == sorted(current + stale if history else current)
 
 
@@ -326,15 +326,3 @@ def test_damaged_model_with_records_missing_names_the_step_to_delete(fresh, tmp_
   with pytest.raises(checkpoint.DamagedCheckpointError,
                      match=f"delete {step} to resume from the previous step"):
     run.run("attack", _rerun_config(workdir, root / "tfds"))
-
-
-def test_examples_are_stored_with_their_key(tmp_path):
-  path = tmp_path / "examples.npz"
-  ex = {"image_rgb": np.zeros((4, 4, 3), np.uint8), "perturbed": {8.0: np.ones((4, 4, 3))},
-        "preds_clean": {"depth": np.zeros((4, 4, 1))}, "preds_adv": {"depth": np.ones((4, 4, 1))},
-        "tasks": ["depth"]}
-  run._save_examples(path, ex, "k1")  # pylint: disable=protected-access
-  loaded = run._load_examples(path, "k1")  # pylint: disable=protected-access
-  assert loaded["tasks"] == ["depth"] and loaded["perturbed"][8.0].sum() == 48
-  assert run._load_examples(path, "k2") is None  # pylint: disable=protected-access
-  assert run._load_examples(tmp_path / "missing.npz", "k1") is None  # pylint: disable=protected-access
