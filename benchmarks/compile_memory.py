@@ -4,7 +4,7 @@
 
 Compiles ``--programs`` distinct programs (a ``--steps``-step unrolled loop, one per "model",
 through one module-level ``jax.jit`` with a static function argument, as `mtajax.evaluate` does)
-first keeping them, then calling `mtajax.sweep.release_compiled` after each. Prints the memory
+first keeping them, then calling `mtajax.memory.release_compiled` after each. Prints the memory
 mappings and resident memory per program, and how many programs the kept mode could compile before
 reaching ``vm.max_map_count`` (where XLA:CPU's JIT fails with ``LLVM ERROR: Unable to allocate
 section memory``). Linux only (/proc). Each mode runs in its own subprocess.
@@ -30,7 +30,7 @@ def _status() -> tuple[int, float]:
 def measure(programs: int, steps: int, release: bool) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from mtajax import sweep  # pylint: disable=g-import-not-at-top
+  from mtajax import memory  # pylint: disable=g-import-not-at-top
 
   @functools.partial(jax.jit, static_argnames="fn")
   def step(x, *, fn):
@@ -39,12 +39,12 @@ def measure(programs: int, steps: int, release: bool) -> dict:
     return x
 
   step(jnp.ones((8, 8)), fn=jnp.sin).block_until_ready()  # JAX's own start-up mappings.
-  sweep.release_compiled(max_mappings=0)
+  memory.release_compiled(max_mappings=0)
   maps0, rss0 = _status()
   for i in range(programs):
     step(jnp.ones((8, 8)), fn=lambda x, i=i: jnp.sin(x @ x.T) * i).block_until_ready()
     if release:
-      sweep.release_compiled(max_mappings=0)
+      memory.release_compiled(max_mappings=0)
   maps, rss = _status()
   return {"maps_per_program": (maps - maps0) / programs, "mb_per_program": (rss - rss0) / programs,
           "maps": maps}

@@ -34,11 +34,13 @@ sys.path.insert(0, str(ROOT))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import mtajax  # noqa: E402,F401
 from configs import quickstart  # noqa: E402
+from mtajax import loaders  # noqa: E402
 from mtajax import results  # noqa: E402
 from mtajax import robust  # noqa: E402
 from mtajax import robust_sweep  # noqa: E402
 from mtajax import sweep  # noqa: E402
 from mtajax.data import preprocess  # noqa: E402
+from mtajax.train import ensure  # noqa: E402
 
 
 class CompileClock:
@@ -146,13 +148,12 @@ def main() -> None:
   rows = []
   for target in targets:
     start = time.perf_counter()
-    sweep.evaluate_model(config, target, store, tqdm.tqdm(disable=True))
+    cells = sweep.model_records(config, target, store, tqdm.tqdm(disable=True))[1:]  # Not clean.
     grid_s = time.perf_counter() - start
-    model = sweep.model_id(target.t)
-    cells = [r for r in store.records() if r["model"] == model and r["attack"] != "clean"]
+    model = ensure.model_id(target.t)
     best = max(cells, key=lambda r: r["arp"])
     ev = robust.evaluate(target.predict, target.state,
-                         sweep._batches(config, target.t),  # pylint: disable=protected-access
+                         loaders.eval_batches(config, target.t),
                          target.loaded.tasks, eps=eps, bounds=preprocess.input_bounds(),
                          suite=args.suite, key=jax.random.key(config.robust.seed))
     grid_passes = robust_sweep.grid_passes(config, len(target.loaded.tasks))

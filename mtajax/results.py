@@ -8,10 +8,15 @@ first. A torn last line (a crash mid-write, garbage after a power loss) is dropp
 and moved to ``<file>.torn``. I/O is O(total): every byte is read once and written once. The records
 held are always as the file reads back (keys sorted, tuples as lists), so a report made after
 ``add`` equals one made from a reload.
+
+The schema of a record is :class:`Record` (the fields every record has, those the report reads),
+extended by :class:`GridRecord` (one cell of the attack grid, or a model's clean baseline) and
+:class:`RobustRecord` (the worst case over the robust suite at one ε).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -33,6 +38,62 @@ def record_key(model: str, attack: str, direction: str | None, eps: float, num_s
   """The identity of a record (the default attack loss keeps the keys it had before that axis)."""
   parts = [model, attack, direction, float(eps), int(num_steps), config_hash]
   return digest(parts if attack_loss == "default" else parts + [attack_loss])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Record:
+  """The fields of every stored record: identity, model, attack cell, results, compute."""
+  key: str  # :func:`record_key` of the cell.
+  model: str  # ``mtajax.train.ensure.model_id``; the model fields as ``ensure.record_fields``.
+  dataset: str
+  backbone: str
+  layout_idx: int | None  # The layout's index in the paper's table, None for an explicit layout.
+  layout: str
+  sharing_level: int
+  adv_training: str  # 'none', or e.g. 'reference:gbmta:eps8'.
+  tasks: list[str]
+  attack: str  # 'clean', an attack name, or 'robust'.
+  direction: str | None
+  eps: float
+  num_steps: int  # Attack steps (0 for clean and robust records).
+  metrics: dict[str, dict[str, float]]  # Per task, under the attack (robust: the worst case).
+  arp: float | None  # Average relative performance drop (None: undefined, see ``note``).
+  arp_per_task: dict[str, float] | None
+  config_hash: str  # What else changes the numbers: model identity, steps, evaluation data.
+  devices: int
+  time_s: float
+
+  def as_json(self) -> dict[str, Any]:
+    """The record as stored (a dict of JSON values)."""
+    return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class GridRecord(Record):
+  """One evaluation of the grid: a model's clean baseline or one (attack, direction, loss, ε)."""
+  train_steps: int
+  attack_loss: str
+  losses: dict[str, float]  # Per-task losses (the clean ones are the attacks' baselines).
+  note: str | None  # Why ``arp`` is None.
+  global_batch: int
+  per_device_batch: int
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RobustRecord(Record):
+  """The robust evaluation of a model at one ε: per image the worst candidate of the suite."""
+  suite: str
+  clean_metrics: dict[str, dict[str, float]]
+  envelope: dict[str, float]  # Per task, the ARP-t of that task's own worst-case set.
+  candidate_arp: dict[str, float | None]  # Each candidate alone (None: not run on every image).
+  wins: dict[str, int]  # Per candidate, the images whose worst case it is.
+  passes_per_image: float
+  grid_passes_per_image: int
+  # Convergence (mtajax.robust.RobustEvaluation): ARP after each candidate with passes so far,
+  # per candidate the share of images that peaked at its last iterate, and the rule's verdict.
+  trajectory: list[dict[str, Any]]
+  at_last_step: dict[str, float | None]
+  converged: bool
 
 
 class Store:
@@ -68,12 +129,14 @@ class Store:
       with open(self.path, "rb") as f:
         self._read_tail(f)
 
-  def add(self, record: Mapping[str, Any]) -> None:
+  def add(self, record: Record | Mapping[str, Any]) -> None:
     """Appends ``record`` (which must carry a new ``key``) as one fsync'ed line.
 
     A key another process stored since this store last read the file is kept as stored there
     (the first record of a key wins) and ``record`` is not written.
     """
+    if isinstance(record, Record):
+      record = record.as_json()
     key = record["key"]
     if key in self._records:
       raise ValueError(f"record {key} is already stored.")

@@ -148,11 +148,10 @@ class Candidate:
 def _last_iterate(cand: Candidate) -> tuple[int, bool]:
   """The ``best_step`` of the candidate's last iterate, and whether its attack returns its best
   iterate (APGD; PGD with ``return_best``) rather than always the last one."""
-  options = dict(cand.program.options)
   if cand.program.attack == "fgsm":
     return 1, False
-  keeps_best = cand.program.attack == "apgd" or bool(options.get("return_best"))
-  return int(options.get("num_steps", 10)), keeps_best
+  keeps_best = cand.program.attack == "apgd" or bool(dict(cand.program.options).get("return_best"))
+  return cand.program.num_steps, keeps_best
 
 
 def _switched(cands: list[Candidate]) -> list[Candidate]:

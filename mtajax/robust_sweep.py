@@ -20,12 +20,13 @@ import ml_collections
 
 from mtajax import attacks
 from mtajax import directions as directions_lib
-from mtajax import models
+from mtajax import loaders
 from mtajax import parallel
 from mtajax import results
 from mtajax import robust
 from mtajax import sweep
 from mtajax.data import preprocess
+from mtajax.train import ensure
 
 ROBUST = "robust"
 
@@ -63,7 +64,7 @@ def _hash(config, t) -> str:
 
 
 def record_key(config, t, eps: float) -> str:
-  return results.record_key(sweep.model_id(t), ROBUST, config.robust.suite, eps, 0,
+  return results.record_key(ensure.model_id(t), ROBUST, config.robust.suite, eps, 0,
                             _hash(config, t))
 
 
@@ -77,52 +78,52 @@ def current_keys(config: ml_collections.ConfigDict) -> set[str]:
   those of the ``thorough`` suite on the same models (a lighter suite's gap to it)."""
   thorough = config.copy_and_resolve_references()
   thorough.robust.suite = "thorough"
-  return set().union(*(model_keys(c, sweep.train_config(c, layout, adv)) for c in (config, thorough)
-                       for adv in (False, True) for layout in config.layouts))
+  return set().union(*(model_keys(c, ensure.train_config(c, layout, adv))
+                       for c in (config, thorough) for adv in (False, True)
+                       for layout in config.layouts))
 
 
-def _record(config, target: sweep.Target, eps: float, ev: robust.RobustEvaluation,
-            devices: int) -> dict[str, Any]:
-  t, layout = target.t, target.loaded.layout
-  return {
-      "key": record_key(config, t, eps), "model": sweep.model_id(t), "dataset": t.dataset,
-      "backbone": t.backbone, "layout_idx": t.layout if isinstance(t.layout, int) else None,
-      "layout": str(layout), "sharing_level": models.sharing_level(layout),
-      "adv_training": sweep.adv_label(t), "attack": ROBUST, "direction": None,
-      "suite": config.robust.suite, "eps": float(eps), "num_steps": 0, "tasks": list(t.tasks),
-      "metrics": ev.worst_case, "clean_metrics": ev.clean, "arp": ev.arp,
-      "arp_per_task": ev.arp_per_task, "envelope": ev.envelope, "candidate_arp": ev.candidate_arp,
-      "wins": ev.wins, "passes_per_image": ev.passes_per_image, "trajectory": ev.trajectory,
-      "at_last_step": ev.at_last_step, "converged": ev.converged,
-      "grid_passes_per_image": grid_passes(config, len(t.tasks)),
-      "config_hash": _hash(config, t), "devices": devices, "time_s": ev.seconds,
-  }
+def _robust_record(config: ml_collections.ConfigDict, target: sweep.Target, eps: float,
+                   ev: robust.RobustEvaluation, devices: int) -> results.RobustRecord:
+  t = target.t
+  return results.RobustRecord(
+      key=record_key(config, t, eps), **ensure.record_fields(t, target.loaded.layout),
+      attack=ROBUST, direction=None, suite=config.robust.suite, eps=float(eps), num_steps=0,
+      metrics=ev.worst_case, clean_metrics=ev.clean, arp=ev.arp, arp_per_task=ev.arp_per_task,
+      envelope=ev.envelope, candidate_arp=ev.candidate_arp, wins=ev.wins,
+      passes_per_image=ev.passes_per_image, trajectory=ev.trajectory,
+      at_last_step=ev.at_last_step, converged=ev.converged,
+      grid_passes_per_image=grid_passes(config, len(t.tasks)), config_hash=_hash(config, t),
+      devices=devices, time_s=ev.seconds)
 
 
-def evaluate_models(config: ml_collections.ConfigDict, targets: list[sweep.Target],
-                    store: results.Store, mesh: jax.sharding.Mesh | None = None) -> None:
-  """Stores the robust record of every (model, ε) not yet in ``store``."""
+def robust_records(config: ml_collections.ConfigDict, targets: list[sweep.Target],
+                   store: results.Store, mesh: jax.sharding.Mesh | None = None
+                   ) -> list[dict[str, Any]]:
+  """The robust record of every (model, ε); evaluates and stores those not stored yet."""
   validate(config)
   workdir = Path(config.workdir)
+  records = []
   for target in targets:
     for eps in eps_values(config):
       key = record_key(config, target.t, eps)
-      if key in store:
-        continue
-      model = sweep.model_id(target.t)
-      print(f"robust: {model} eps={eps:g} suite={config.robust.suite}")
-      start = time.perf_counter()
-      ev = robust.evaluate(
-          target.predict, target.state,
-          sweep._batches(config, target.t),  # pylint: disable=protected-access
-          target.loaded.tasks,
-          eps=eps, bounds=preprocess.input_bounds(), suite=config.robust.suite,
-          key=jax.random.key(config.robust.seed), mesh=mesh, threshold=config.robust.threshold,
-          loop=sweep.attack_loop(config), one_program=config.one_program_per_attack,
-          records=workdir / ROBUST / f"{model}_eps{eps:g}.jsonl" if parallel.is_writer() else None)
-      store.add(_record(config, target, eps, ev, 1 if mesh is None else mesh.size))
-      print(f"robust: {model} eps={eps:g}: robust ARP {ev.arp:.2f}, "
-            f"{ev.passes_per_image:.0f} passes/image, {time.perf_counter() - start:.1f}s")
+      if key not in store:
+        model = ensure.model_id(target.t)
+        print(f"robust: {model} eps={eps:g} suite={config.robust.suite}")
+        start = time.perf_counter()
+        ev = robust.evaluate(
+            target.predict, target.state, loaders.eval_batches(config, target.t),
+            target.loaded.tasks,
+            eps=eps, bounds=preprocess.input_bounds(), suite=config.robust.suite,
+            key=jax.random.key(config.robust.seed), mesh=mesh, threshold=config.robust.threshold,
+            loop=sweep.attack_loop(config), one_program=config.one_program_per_attack,
+            records=(workdir / ROBUST / f"{model}_eps{eps:g}.jsonl" if parallel.is_writer()
+                     else None))
+        store.add(_robust_record(config, target, eps, ev, 1 if mesh is None else mesh.size))
+        print(f"robust: {model} eps={eps:g}: robust ARP {ev.arp:.2f}, "
+              f"{ev.passes_per_image:.0f} passes/image, {time.perf_counter() - start:.1f}s")
+      records.append(store.get(key))
+  return records
 
 
 def run(config: ml_collections.ConfigDict,
@@ -132,5 +133,5 @@ def run(config: ml_collections.ConfigDict,
   validate(config)
   store, targets = sweep.run(config, train_only=True, keys=lambda t: model_keys(config, t),
                              examples=examples)
-  evaluate_models(config, targets, store, parallel.make_mesh(config.mesh))
+  robust_records(config, targets, store, parallel.make_mesh(config.mesh))
   return store, targets

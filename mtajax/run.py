@@ -15,7 +15,6 @@ Bad input exits with status 2 and a one-line ``error:`` message; results already
 from __future__ import annotations
 
 import importlib.util
-import io
 import os
 import pathlib
 import sys
@@ -29,13 +28,15 @@ from ml_collections import config_flags
 import mtajax  # noqa: F401  (XLA:CPU workaround before JAX starts)
 from mtajax import models
 from mtajax import parallel
+from mtajax import phases
 from mtajax import results
 from mtajax import robust_sweep
+from mtajax import run_import
+from mtajax import run_report
 from mtajax import sweep
-from mtajax.train import imported
+from mtajax.train import ensure
 
 MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts", "import", "robust")
-EXAMPLES = "examples.npz"  # The Fig. 6 examples in the workdir, made once per model and ε.
 
 
 def config_path(path: str) -> str:
@@ -67,66 +68,6 @@ def define_config_flag() -> None:
     _exit_bad_flags(e)
 
 
-def _examples_key(config) -> str:
-  """The key of the Fig. 6 examples: those of the config's first clean-trained model."""
-  return sweep.examples_key(config, sweep.train_config(config, config.layouts[0]))
-
-
-def report(config, store: results.Store, examples=None) -> pathlib.Path:
-  """Writes the Markdown report and figures of the config's records (all with report_history).
-
-  ``examples`` (``sweep.examples`` of the first model) are stored in ``workdir/examples.npz``;
-  without them the stored ones are used.
-  """
-  from mtajax import report as report_lib  # pylint: disable=g-import-not-at-top
-  workdir = pathlib.Path(config.workdir)
-  saved = workdir / EXAMPLES
-  if examples is not None:
-    _save_examples(saved, examples, _examples_key(config))
-  elif saved.exists():
-    examples = _load_examples(saved)
-  records = store.records()
-  if not config.report_history:
-    current = sweep.current_keys(config) | robust_sweep.current_keys(config)
-    records = [r for r in records if r["key"] in current]
-    if len(records) < len(store):
-      print(f"report: {len(store) - len(records)} records of other configs (another ε grid, "
-            "layout set, step count, ...) are left out; --config.report_history=True adds them.")
-  kept = [r for r in records if r["attack"] == "clean" or r["arp"] is not None]
-  skipped, records = len(records) - len(kept), kept
-  if skipped:
-    print(f"report: {skipped} records without an ARP are left out (a clean metric is 0: "
-          "train the models longer); see their 'note' in results.jsonl.")
-  print(f"report: writing {workdir / 'report'}")
-  return report_lib.write_report(records, workdir / "report", eps=config.report_eps,
-                                 examples=examples, robust_suite=config.robust.suite)
-
-
-def _save_examples(path: pathlib.Path, ex, key: str) -> None:
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  arrays = {"image_rgb": ex["image_rgb"], "key": np.array(key)}
-  arrays.update({f"perturbed/{k}": v for k, v in ex["perturbed"].items()})
-  arrays.update({f"clean/{k}": v for k, v in ex["preds_clean"].items()})
-  arrays.update({f"adv/{k}": v for k, v in ex["preds_adv"].items()})
-  data = io.BytesIO()
-  np.savez(data, tasks=np.array(ex["tasks"]), **arrays)
-  results.write_atomic(path, data.getvalue())
-
-
-def _load_examples(path: pathlib.Path, key: str | None = None):
-  """The examples stored at ``path``; with ``key``: None unless they were made for it."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  if key is not None and not path.exists():
-    return None
-  with np.load(path) as z:
-    if key is not None and ("key" not in z.files or str(z["key"]) != key):
-      return None  # Made for another model, ε or evaluation data (or before they had a key).
-    group = lambda p: {k[len(p):]: z[k] for k in z.files if k.startswith(p)}  # pylint: disable=unnecessary-lambda-assignment
-    return {"image_rgb": z["image_rgb"], "tasks": list(z["tasks"]),
-            "perturbed": {float(k): v for k, v in group("perturbed/").items()},
-            "preds_clean": group("clean/"), "preds_adv": group("adv/")}
-
-
 def run(mode: str, config) -> None:
   """Runs one mode (see the module docstring)."""
   if mode not in MODES:
@@ -141,22 +82,23 @@ def run(mode: str, config) -> None:
         models.layout_table(config.train.backbone, len(config.train.tasks), indices)))
     return
   if mode == "import":
-    print(f"import: {config.checkpoint} -> {imported.import_checkpoint(config)}")
+    print(f"import: {config.checkpoint} -> {run_import.import_checkpoint(config)}")
     return
   if mode == "report":
     store = results.Store(pathlib.Path(config.workdir) / "results.jsonl")
-    print(f"report: {report(config, store)}")
+    print(f"report: {run_report.report(config, store)}")
     return
   workdir = pathlib.Path(config.workdir)
-  examples = _load_examples(workdir / EXAMPLES, _examples_key(config))  # None: to be made.
+  examples = run_report.load_examples(workdir / run_report.EXAMPLES,
+                                       run_report.examples_key(config))  # None: to be made.
   if mode == "attack":
     stored = results.Store(workdir / "results.jsonl", write=False)
     for i, layout in enumerate(config.layouts):
-      t = sweep.train_config(config, layout)
+      t = ensure.train_config(config, layout)
       needed = (examples is None and i == 0) or not all(
           k in stored for k in sweep.model_keys(config, t))
-      if needed and not (workdir / "models" / sweep.model_id(t)).is_dir():
-        raise ValueError(f"model {sweep.model_id(t)} is not trained in {config.workdir}; run the "
+      if needed and not (workdir / "models" / ensure.model_id(t)).is_dir():
+        raise ValueError(f"model {ensure.model_id(t)} is not trained in {config.workdir}; run the "
                          "'train' or 'sweep' mode first.")
   if mode == "robust":
     store, targets = robust_sweep.run(config, examples=examples is None)
@@ -168,21 +110,21 @@ def run(mode: str, config) -> None:
     store, targets = sweep.run(config, train_only=mode == "train", adversarial=mode == "advtrain",
                                keys=keys, examples=examples is None)
     if mode == "sweep" and config.robust.enabled:
-      with sweep.PHASES("robust"):
-        robust_sweep.evaluate_models(config, targets, store, parallel.make_mesh(config.mesh))
+      with phases.PHASES("robust"):
+        robust_sweep.robust_records(config, targets, store, parallel.make_mesh(config.mesh))
   if mode == "train" or not parallel.is_writer():
     return
-  with sweep.PHASES("report"):
+  with phases.PHASES("report"):
     # Process 0 alone makes the examples: on the mesh of a one-process run (the grid's compiled
     # programs), on its own device in a multi-process one (a global mesh would wait for the rest).
     # Stored examples of the same model and ε are reused (a complete workdir needs no model).
     if examples is None:
       mesh = parallel.make_mesh(config.mesh) if jax.process_count() == 1 else None
-      path = report(config, store, sweep.examples(config, targets[0], mesh))
+      path = run_report.report(config, store, sweep.examples(config, targets[0], mesh))
     else:
-      path = report(config, store)
+      path = run_report.report(config, store)
   print(f"{len(store)} records in {pathlib.Path(config.workdir) / 'results.jsonl'}; report: {path}")
-  print(f"phases (wall and JAX compile seconds):\n{sweep.PHASES.summary()}")
+  print(f"phases (wall and JAX compile seconds):\n{phases.PHASES.summary()}")
 
 
 def main(argv: list[str]) -> None:

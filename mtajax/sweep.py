@@ -1,20 +1,19 @@
 """The experiment grid: train missing models, evaluate clean and attacked, store one record each.
 
-Data flow: run config → data loaders → (trained) model → attack grid → metrics/ARP → records
-(`mtajax.results.Store`) → report (`mtajax.report`). Every step is resumable: training resumes from
-its latest checkpoint, finished records are skipped, the clean baseline is cached as a record.
+Data flow: run config → data loaders (`mtajax.loaders`) → (trained) model
+(`mtajax.train.ensure`) → attack grid → metrics/ARP → records (`mtajax.results.GridRecord` in
+`mtajax.results.Store`) → report (`mtajax.report`). Every step is resumable: training resumes
+from its latest checkpoint, finished records are skipped, the clean baseline is cached as a record.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import itertools
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -24,9 +23,11 @@ import tqdm
 from mtajax import attacks
 from mtajax import directions as directions_lib
 from mtajax import evaluate as evaluate_lib
-from mtajax import locks
+from mtajax import loaders
+from mtajax import memory
 from mtajax import models
 from mtajax import parallel
+from mtajax import phases
 from mtajax import platform
 from mtajax import results
 from mtajax import tasks as tasks_lib
@@ -35,60 +36,10 @@ from mtajax.tasks import attack_losses
 from mtajax.data import pipeline
 from mtajax.data import preprocess
 from mtajax.train import assemble
-from mtajax.train import checkpoint
 from mtajax.train import config as train_config_lib
+from mtajax.train import ensure
 from mtajax.train import load
-from mtajax.train import loop
 from mtajax.train import optim
-
-# JAX's compile events: tracing, lowering and the XLA compile (or persistent-cache read).
-_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
-                   "/jax/core/compile/backend_compile_duration")
-
-
-class Phases:
-  """Wall seconds per phase of the main job and the JAX compile seconds spent inside each.
-
-  ``with PHASES("training"): ...`` times a phase (re-entering a name adds to it);
-  :meth:`summary` is the table the main job prints at its end.
-  """
-
-  def __init__(self):
-    self.wall: dict[str, float] = {}
-    self.compile: dict[str, float] = {}
-    self._current: str | None = None
-    jax.monitoring.register_event_duration_secs_listener(self._on_event)
-
-  def _on_event(self, event: str, seconds: float, **_) -> None:
-    if self._current is not None and event in _COMPILE_EVENTS:
-      self.compile[self._current] = self.compile.get(self._current, 0.0) + seconds
-
-  @contextlib.contextmanager
-  def __call__(self, name: str) -> Iterator[None]:
-    outer, self._current = self._current, name
-    start = time.perf_counter()
-    try:
-      yield
-    finally:
-      self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - start
-      self._current = outer
-
-  def reset(self) -> None:
-    self.wall.clear()
-    self.compile.clear()
-
-  def summary(self) -> str:
-    """One line per phase: wall seconds, of which compiling (JAX trace + lower + XLA)."""
-    lines = [f"{'phase':<10} {'wall s':>8} {'compile s':>10}"]
-    for name, wall in self.wall.items():
-      lines.append(f"{name:<10} {wall:8.1f} {self.compile.get(name, 0.0):10.1f}")
-    lines.append(f"{'total':<10} {sum(self.wall.values()):8.1f} "
-                 f"{sum(self.compile.values()):10.1f}")
-    return "\n".join(lines)
-
-
-PHASES = Phases()
 
 
 def validate(config: ml_collections.ConfigDict, data: bool = True) -> None:
@@ -144,65 +95,6 @@ def direction_names(config: ml_collections.ConfigDict, attack: str) -> list[str]
   return names
 
 
-def train_config(config: ml_collections.ConfigDict, layout: Any,
-                 adversarial: bool = False) -> ml_collections.ConfigDict:
-  """The training config of one model of the grid."""
-  t = ml_collections.ConfigDict(config.train.to_dict())
-  t.layout = layout
-  if adversarial:
-    t.adv.update(config.advtrain.to_dict())
-  return t
-
-
-def adv_label(t: ml_collections.ConfigDict) -> str:
-  """'none' for clean training, else e.g. 'reference:gbmta:eps8'."""
-  return "none" if t.adv.mode == "none" else f"{t.adv.mode}:{t.adv.direction}:eps{t.adv.eps:g}"
-
-
-def model_id(t: ml_collections.ConfigDict) -> str:
-  label = adv_label(t)
-  suffix = "" if label == "none" else "-" + label.replace(":", "_")
-  return f"{t.dataset}-{t.backbone}-L{t.layout}{suffix}"
-
-
-def ensure_trained(t: ml_collections.ConfigDict, workdir: Path,
-                   mesh: jax.sharding.Mesh | None = None) -> load.LoadedModel:
-  """The model of ``t`` at step ``t.num_steps``, trained (or trained further) if it is not there.
-
-  A checkpoint of another model (``train.config.identity``) is refused, never overwritten. Training
-  resumes from the latest intact step; a damaged final step is an error naming what to delete.
-  Runs under the model's lock (``mtajax.locks.model``): a second run on the workdir waits for the
-  model the first is training and then reuses it.
-  """
-  model_dir = workdir / "models" / model_id(t)
-  with locks.model(model_dir):
-    return _ensure_trained(t, model_dir, mesh)
-
-
-def _ensure_trained(t: ml_collections.ConfigDict, model_dir: Path,
-                    mesh: jax.sharding.Mesh | None) -> load.LoadedModel:
-  ckpt = model_dir / "checkpoints"
-  step = checkpoint.latest_step(ckpt)  # None: no checkpoint (or killed before the first save).
-  if step is not None:
-    try:
-      train_config_lib.check_same_model(checkpoint.restore_meta(ckpt)[1]["config"], t, model_dir)
-    except checkpoint.DamagedCheckpointError:
-      if step >= t.num_steps:
-        raise
-      # Training checks the model and falls back to the latest intact step.
-  if step is None or step < t.num_steps:
-    print(f"training {model_id(t)} ({t.num_steps} steps)")
-    loop.train(t, model_dir, mesh)
-  try:
-    return load.load_model(ckpt, t.num_steps)
-  except ValueError:
-    if step is None or step <= t.num_steps:
-      raise
-    raise ValueError(f"model {model_id(t)} in {model_dir} is trained to {step} steps and its step "
-                     f"{t.num_steps} is not kept; set --config.train.num_steps={step} or use "
-                     "another workdir.") from None
-
-
 @dataclasses.dataclass
 class Target:
   """A trained model under evaluation (``loaded`` None: every record of it is stored, not loaded)."""
@@ -218,22 +110,6 @@ class Target:
     return cls(t, loaded, *loaded.pure_predict())
 
 
-@functools.lru_cache(maxsize=8)
-def _eval_loader(dataset: str, data_dir: str, split: str, batch_size: int, tasks: tuple[str, ...],
-                 data_config: tuple[tuple[str, Any], ...] | None) -> pipeline.Loader:
-  return pipeline.dataset(dataset, data_dir, split, batch_size=batch_size, tasks=tasks,
-                          config=None if data_config is None else dict(data_config))
-
-
-def _batches(config, t) -> Iterator[dict[str, np.ndarray]]:
-  """The evaluation batches; one loader per split and process, so a small split's decoded
-  records (``pipeline.Loader.record``) serve every record of the grid and the robust suite."""
-  data_config = None if t.data_config is None else tuple(sorted(dict(t.data_config).items()))
-  loader = _eval_loader(t.dataset, os.path.expanduser(t.data_dir), config.eval_split,
-                        config.eval_batch_size, tuple(t.tasks), data_config)
-  return itertools.islice(iter(loader), config.eval_max_batches)
-
-
 def config_hash(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict) -> str:
   """Hash of everything besides the record identity that changes a record's numbers: the model
   (``train.config.identity``), the step count it is trained to and the evaluation data."""
@@ -241,32 +117,27 @@ def config_hash(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict)
                          config.eval_batch_size, config.eval_max_batches])
 
 
-def _record(target: Target, config, attack: str, direction: str | None, eps: float,
-            ev: evaluate_lib.Evaluation, clean: dict | None,
-            seconds: float, devices: int, attack_loss: str = "default") -> dict[str, Any]:
+def _grid_record(target: Target, config: ml_collections.ConfigDict, attack: str,
+                direction: str | None, eps: float, ev: evaluate_lib.Evaluation,
+                clean: dict[str, Any] | None, seconds: float, devices: int,
+                attack_loss: str = "default") -> results.GridRecord:
+  """The record of one evaluation of the grid (``clean``: the model's clean record, None for it)."""
   t = target.t
-  tasks = target.loaded.tasks
   arp, note = None, None
   if clean is not None:
     try:
-      arp = tasks_lib.arp(clean["metrics"], ev.metrics, tasks)
+      arp = tasks_lib.arp(clean["metrics"], ev.metrics, target.loaded.tasks)
     except ValueError as e:  # A clean metric of 0 (an untrained model, say): ARP is undefined.
       note = str(e)
-  layout = target.loaded.layout
-  return {
-      "key": key(config, t, attack, direction, eps, attack_loss),
-      "model": model_id(t), "dataset": t.dataset, "backbone": t.backbone,
-      "layout_idx": t.layout if isinstance(t.layout, int) else None, "layout": str(layout),
-      "sharing_level": models.sharing_level(layout), "adv_training": adv_label(t),
-      "train_steps": int(t.num_steps), "attack": attack, "direction": direction,
-      "attack_loss": attack_loss, "eps": float(eps), "num_steps": attack_steps(config, attack),
-      "tasks": list(t.tasks), "metrics": ev.metrics, "losses": ev.losses,
-      "arp": None if arp is None else arp.total,
-      "arp_per_task": None if arp is None else dict(arp.per_task), "note": note,
-      "config_hash": config_hash(config, t), "devices": devices,
-      "global_batch": config.eval_batch_size,
-      "per_device_batch": config.eval_batch_size // devices, "time_s": seconds,
-  }
+  return results.GridRecord(
+      key=key(config, t, attack, direction, eps, attack_loss),
+      **ensure.record_fields(t, target.loaded.layout),
+      train_steps=int(t.num_steps), attack=attack, direction=direction, attack_loss=attack_loss,
+      eps=float(eps), num_steps=attack_steps(config, attack), metrics=ev.metrics, losses=ev.losses,
+      arp=None if arp is None else arp.total,
+      arp_per_task=None if arp is None else dict(arp.per_task), note=note,
+      config_hash=config_hash(config, t), devices=devices, global_batch=config.eval_batch_size,
+      per_device_batch=config.eval_batch_size // devices, time_s=seconds)
 
 
 def grid(config: ml_collections.ConfigDict) -> list[tuple[str, str, str, float]]:
@@ -281,8 +152,8 @@ def attack_steps(config: ml_collections.ConfigDict, attack: str) -> int:
 def key(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict, attack: str,
         direction: str | None, eps: float, attack_loss: str = "default") -> str:
   """The record key of one cell: model identity and training steps, attack, direction, ε, loss."""
-  return results.record_key(model_id(t), attack, direction, eps, attack_steps(config, attack),
-                            config_hash(config, t), attack_loss)
+  return results.record_key(ensure.model_id(t), attack, direction, eps,
+                            attack_steps(config, attack), config_hash(config, t), attack_loss)
 
 
 def model_keys(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict) -> set[str]:
@@ -293,7 +164,7 @@ def model_keys(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict) 
 
 def current_keys(config: ml_collections.ConfigDict) -> set[str]:
   """The keys of every record this config makes (clean-trained and adversarially trained models)."""
-  return set().union(*(model_keys(config, train_config(config, layout, adv))
+  return set().union(*(model_keys(config, ensure.train_config(config, layout, adv))
                        for adv in (False, True) for layout in config.layouts))
 
 
@@ -332,42 +203,47 @@ def attack_spec(config, attack: str, direction: str,
   return attacks.Attack(attack, d, config.num_steps, (), loss), None
 
 
-def evaluate_model(config, target: Target, store: results.Store, bar: tqdm.tqdm,
-                   mesh: jax.sharding.Mesh | None = None) -> None:
-  """The clean record and every (attack, direction, ε) record of one model, skipping stored ones."""
+def model_records(config: ml_collections.ConfigDict, target: Target, store: results.Store,
+                  bar: tqdm.tqdm, mesh: jax.sharding.Mesh | None = None) -> list[dict[str, Any]]:
+  """The grid's records of one model, its clean record first; evaluates and stores those not
+  stored yet (stored ones are read back, not evaluated again)."""
   t = target.t
+  name = ensure.model_id(t)
   devices = 1 if mesh is None else mesh.size
   clean_key = key(config, t, "clean", None, 0.0)
   _refresh(store)
   if clean_key not in store:
-    tasks = target.loaded.tasks
-    bar.write(f"clean evaluation {model_id(t)}")
+    bar.write(f"clean evaluation {name}")
     start = time.perf_counter()
-    ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t), tasks,
-                               mesh=mesh)
-    store.add(_record(target, config, "clean", None, 0.0, ev, None,
-                      time.perf_counter() - start, devices))
+    ev = evaluate_lib.evaluate(target.predict, target.state, loaders.eval_batches(config, t),
+                               target.loaded.tasks, mesh=mesh)
+    store.add(_grid_record(target, config, "clean", None, 0.0, ev, None,
+                          time.perf_counter() - start, devices))
   clean = store.get(clean_key)
+  records = [clean]
   bounds = preprocess.input_bounds()
   for attack, direction, loss, eps in grid(config):
     _refresh(store)
-    if key(config, t, attack, direction, eps, loss) not in store:
-      bar.set_postfix_str(f"{model_id(t)} {attack} {direction} {loss} eps={eps:g}")
-      bar.write(f"attacking {model_id(t)}: {attack} {direction} {loss} eps={eps:g}")
+    cell = key(config, t, attack, direction, eps, loss)
+    if cell not in store:
+      bar.set_postfix_str(f"{name} {attack} {direction} {loss} eps={eps:g}")
+      bar.write(f"attacking {name}: {attack} {direction} {loss} eps={eps:g}")
       spec, index = attack_spec(config, attack, direction, loss)
       start = time.perf_counter()
-      ev = evaluate_lib.evaluate(target.predict, target.state, _batches(config, t),
+      ev = evaluate_lib.evaluate(target.predict, target.state, loaders.eval_batches(config, t),
                                  target.loaded.tasks,
                                  spec=spec, eps=eps, bounds=bounds, baselines=clean["losses"],
                                  direction_index=index, mesh=mesh, loop=attack_loop(config))
-      store.add(_record(target, config, attack, direction, eps, ev, clean,
-                        time.perf_counter() - start, devices, loss))
+      store.add(_grid_record(target, config, attack, direction, eps, ev, clean,
+                            time.perf_counter() - start, devices, loss))
+    records.append(store.get(cell))
     bar.update(1)
+  return records
 
 
 def examples(config, target: Target, mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Fig. 6 material: one test image, its GB-MTA-PGD perturbations and predictions before/after."""
-  batch = next(_batches(config, target.t))
+  batch = next(loaders.eval_batches(config, target.t))
   # The grid's GB-MTA PGD (with the Python loop its programs are compiled already; with
   # one_program_per_attack its Switched attack) on the grid's first batch.
   spec, index = attack_spec(config, "pgd", "gbmta")
@@ -401,55 +277,28 @@ def run(config: ml_collections.ConfigDict, *, train_only: bool = False, adversar
   mesh = parallel.make_mesh(config.mesh)
   workdir = Path(config.workdir)
   store = results.Store(workdir / "results.jsonl", write=parallel.is_writer())
-  configs = [train_config(config, layout) for layout in config.layouts]
+  configs = [ensure.train_config(config, layout) for layout in config.layouts]
   if adversarial:
-    configs += [train_config(config, layout, adversarial=True) for layout in config.layouts]
-  with PHASES("data"):
+    configs += [ensure.train_config(config, layout, adversarial=True) for layout in config.layouts]
+  with phases.PHASES("data"):
     if parallel.is_writer():  # One process generates the embedded benchmark; the others wait.
       for t in configs:
         if t.dataset == "synthetic":
           pipeline.prepare(t.dataset, os.path.expanduser(t.data_dir), config=t.data_config)
     parallel.sync("mtajax-sweep-ready")  # Every process read the stored keys before any write.
   targets = []
-  with PHASES("training"):
+  with phases.PHASES("training"):
     needs = keys or (None if train_only else functools.partial(model_keys, config))
     for i, t in enumerate(configs):
       stored = needs is not None and not (examples and i == 0) and all(k in store for k in needs(t))
-      targets.append(Target.of(t, None if stored else ensure_trained(t, workdir, mesh)))
-      release_compiled()
+      targets.append(Target.of(t, None if stored else ensure.ensure_trained(t, workdir, mesh)))
+      memory.release_compiled()
   if train_only:
     return store, targets
   bar = tqdm.tqdm(total=len(targets) * len(grid(config)), desc="attacks", dynamic_ncols=True,
                   disable=not parallel.is_writer())
-  with bar, PHASES("attacks"):
+  with bar, phases.PHASES("attacks"):
     for target in targets:
-      evaluate_model(config, target, store, bar, mesh)
-      release_compiled()
+      model_records(config, target, store, bar, mesh)
+      memory.release_compiled()
   return store, targets
-
-
-def _mappings() -> tuple[int, int]:
-  """(memory mappings this process holds, the kernel's limit ``vm.max_map_count``); (0, 1) where
-  /proc is missing."""
-  try:
-    with open("/proc/self/maps") as f:
-      held = sum(1 for _ in f)
-    with open("/proc/sys/vm/max_map_count") as f:
-      return held, int(f.read())
-  except OSError:
-    return 0, 1
-
-
-def release_compiled(max_mappings: int | None = None) -> None:
-  """Drops every compiled program once the process holds more than ``max_mappings`` memory
-  mappings (None: a quarter of ``vm.max_map_count``; 0: always). The sweep calls it after each model.
-
-  Every XLA:CPU program holds its own memory mappings of machine code (~20–60), so a sweep of
-  hundreds of programs in one process would exhaust them (``LLVM ERROR: Unable to allocate section
-  memory``). Below the limit the programs are kept: the next model reuses the small ones (its
-  initialisers' random draws and the eager operations compile once per shape, several seconds per
-  model on 2 CPU cores). Without /proc it always releases. The on-disk compilation cache is kept.
-  """
-  held, limit = _mappings()
-  if held >= (limit // 4 if max_mappings is None else max_mappings):
-    jax.clear_caches()

@@ -14,7 +14,7 @@ they compare every head's eval output and the input gradients with the goldens
 ``torch_reference/make_goldens.py`` computed with the transcription (rerun it, with torch, when the
 transcription or the cases change), on state dicts rebuilt here from the same NumPy seeds. The
 restricted pickle loader is tested in test_models_torch_pickle.py, the ``import`` command in
-test_train_imported.py.
+test_run_import.py.
 """
 
 import functools

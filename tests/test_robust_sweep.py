@@ -8,7 +8,7 @@ from configs import quickstart
 from mtajax import robust
 from mtajax import robust_sweep
 from mtajax import run
-from mtajax import sweep
+from mtajax.train import ensure
 
 
 def _config(tmp_path):
@@ -95,5 +95,5 @@ def test_bad_robust_config_is_one_line_before_training(tmp_path, change, match):
 
 def test_sweep_targets_share_the_grid_batches(tmp_path):
   config = _config(tmp_path)
-  assert robust_sweep.record_key(config, sweep.train_config(config, 0), 8.0) != \
-      robust_sweep.record_key(config, sweep.train_config(config, 0), 4.0)
+  assert robust_sweep.record_key(config, ensure.train_config(config, 0), 8.0) != \
+      robust_sweep.record_key(config, ensure.train_config(config, 0), 4.0)

@@ -10,14 +10,15 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from configs import quickstart
 from mtajax import results
 from mtajax import run
+from mtajax import run_report
 from mtajax import sweep
 from mtajax.train import checkpoint
+from mtajax.train import ensure
 
 from fixtures import damage
 
@@ -209,21 +210,21 @@ def _two_steps(config):
 def test_checkpoint_of_another_layout_is_refused(tmp_path):
   config = _two_steps(_config())
   config.workdir = str(tmp_path)
-  t0 = sweep.train_config(config, 0)
-  t2 = sweep.train_config(config, 2)
-  sweep.ensure_trained(t2, tmp_path)
-  shutil.copytree(tmp_path / "models" / sweep.model_id(t2), tmp_path / "models" / sweep.model_id(t0))
+  t0 = ensure.train_config(config, 0)
+  t2 = ensure.train_config(config, 2)
+  ensure.ensure_trained(t2, tmp_path)
+  shutil.copytree(tmp_path / "models" / ensure.model_id(t2), tmp_path / "models" / ensure.model_id(t0))
   with pytest.raises(ValueError, match="different config"):
-    sweep.ensure_trained(t0, tmp_path)
-  assert (tmp_path / "models" / sweep.model_id(t0) / "checkpoints").is_dir()  # Nothing deleted.
+    ensure.ensure_trained(t0, tmp_path)
+  assert (tmp_path / "models" / ensure.model_id(t0) / "checkpoints").is_dir()  # Nothing deleted.
 
 
 def test_model_killed_before_its_first_checkpoint_is_trained_again(tmp_path):
   config = _two_steps(_config())
-  t = sweep.train_config(config, 0)
-  half_written = tmp_path / "models" / sweep.model_id(t) / "checkpoints" / "20.orbax-checkpoint-tmp-1"
+  t = ensure.train_config(config, 0)
+  half_written = tmp_path / "models" / ensure.model_id(t) / "checkpoints" / "20.orbax-checkpoint-tmp-1"
   half_written.mkdir(parents=True)
-  loaded = sweep.ensure_trained(t, tmp_path)
+  loaded = ensure.ensure_trained(t, tmp_path)
   assert loaded.step == t.num_steps
 
 
@@ -243,7 +244,7 @@ def test_report_shows_the_current_configs_records_unless_history_is_asked(tmp_pa
   seen = []
   monkeypatch.setattr(mtajax.report, "write_report",
                       lambda records, *a, **k: seen.extend(r["key"] for r in records))
-  run.report(config, store)
+  run_report.report(config, store)
   assert sorted(seen) == sorted(current + stale if history else current)
 
 
@@ -267,7 +268,7 @@ def fresh(tmp_path_factory):
   config = _rerun_config(root / "fresh", root / "tfds")
   run.run("sweep", config)
   workdir = pathlib.Path(config.workdir)
-  ckpts = workdir / "models" / sweep.model_id(sweep.train_config(config, 0)) / "checkpoints"
+  ckpts = workdir / "models" / ensure.model_id(ensure.train_config(config, 0)) / "checkpoints"
   files = {n: (workdir / n).read_bytes() for n in ("results.jsonl", "examples.npz",
                                                     "report/report.md")}
   return root, ckpts, files
@@ -325,15 +326,3 @@ def test_damaged_model_with_records_missing_names_the_step_to_delete(fresh, tmp_
   with pytest.raises(checkpoint.DamagedCheckpointError,
                      match=f"delete {step} to resume from the previous step"):
     run.run("attack", _rerun_config(workdir, root / "tfds"))
-
-
-def test_examples_are_stored_with_their_key(tmp_path):
-  path = tmp_path / "examples.npz"
-  ex = {"image_rgb": np.zeros((4, 4, 3), np.uint8), "perturbed": {8.0: np.ones((4, 4, 3))},
-        "preds_clean": {"depth": np.zeros((4, 4, 1))}, "preds_adv": {"depth": np.ones((4, 4, 1))},
-        "tasks": ["depth"]}
-  run._save_examples(path, ex, "k1")  # pylint: disable=protected-access
-  loaded = run._load_examples(path, "k1")  # pylint: disable=protected-access
-  assert loaded["tasks"] == ["depth"] and loaded["perturbed"][8.0].sum() == 48
-  assert run._load_examples(path, "k2") is None  # pylint: disable=protected-access
-  assert run._load_examples(tmp_path / "missing.npz", "k1") is None  # pylint: disable=protected-access

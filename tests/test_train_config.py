@@ -7,6 +7,7 @@ import pytest
 from configs import quickstart
 from mtajax import sweep
 from mtajax.train import config as config_lib
+from mtajax.train import ensure
 from mtajax.train import loop
 
 
@@ -25,7 +26,7 @@ def trained(tmp_path_factory):
   """A workdir holding the smoke model trained to 4 steps: (config, workdir)."""
   root = tmp_path_factory.mktemp("identity")
   config = _config(root / "data")
-  sweep.ensure_trained(sweep.train_config(config, 0), root / "work")
+  ensure.ensure_trained(ensure.train_config(config, 0), root / "work")
   return config, root / "work"
 
 
@@ -36,7 +37,7 @@ def _copy(trained, tmp_path):
 
 
 def _train(config, workdir, capsys):
-  loaded = sweep.ensure_trained(sweep.train_config(config, 0), workdir)
+  loaded = ensure.ensure_trained(ensure.train_config(config, 0), workdir)
   return loaded, [l for l in capsys.readouterr().out.splitlines() if l.startswith("training ")]
 
 
@@ -79,7 +80,7 @@ def test_change_lr_is_another_model(trained, capsys):
   with pytest.raises(ValueError, match=r"different config \(fields \['lr'\]\)"):
     _train(config, workdir, capsys)
   with pytest.raises(ValueError, match=r"different config \(fields \['lr'\]\)"):
-    loop.train(sweep.train_config(config, 0), workdir / "models" / "synthetic-small-L0")
+    loop.train(ensure.train_config(config, 0), workdir / "models" / "synthetic-small-L0")
   assert not before & sweep.current_keys(config)
 
 

@@ -26,7 +26,8 @@ def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
   """Source index read by each destination index under the reference "nearest" rule (read-only,
   computed once per size pair)."""
   if in_size < 1 or out_size < 1:
-    raise ValueError(f'sizes must be positive, got in={in_size}, out={out_size}.')
+    raise ValueError(f"sizes must be positive, got in_size={in_size}, out_size={out_size}; resize "
+                     "a non-empty array to a non-empty size.")
   idx = np.minimum((np.arange(out_size, dtype=np.int64) * in_size) // out_size, in_size - 1)
   _read_only(idx)
   return idx

@@ -26,7 +26,8 @@ _SEGMENTATION = "segment_semantic"
 _NORMAL = "normal"
 
 
-def _figure(width: float, height: float) -> mpl_figure.Figure:
+def new_figure(width: float, height: float) -> mpl_figure.Figure:
+  """An empty figure of ``width`` x ``height`` inches drawn by Agg (no pyplot, no display)."""
   fig = mpl_figure.Figure(figsize=(width, height), dpi=100, layout="constrained")
   backend_agg.FigureCanvasAgg(fig)
   return fig
@@ -51,7 +52,7 @@ def figure_per_task(records: Sequence[Record], model: str | None = None,
                               f"ε={eps:g}")
   tasks = chosen[0]["tasks"]
   directions = rec_lib.directions_present(chosen, tasks)
-  fig = _figure(1.0 + 1.1 * len(directions), 3.4)
+  fig = new_figure(1.0 + 1.1 * len(directions), 3.4)
   ax = fig.add_subplot()
   width = 0.8 / len(tasks)
   x = np.arange(len(directions))
@@ -78,7 +79,7 @@ def figure_arp_vs_eps(records: Sequence[Record]) -> mpl_figure.Figure:
     raise rec_lib.MissingData("no attacked clean-trained models")
   tasks = clean_trained[0]["tasks"]
   n_models = len(rec_lib.models(clean_trained))
-  fig = _figure(3.3 * len(attacks) + 0.5, 3.3)
+  fig = new_figure(3.3 * len(attacks) + 0.5, 3.3)
   axes = fig.subplots(1, len(attacks), squeeze=False)[0]
   for ax, attack in zip(axes, attacks):
     of_attack = rec_lib.select(clean_trained, attack=attack)
@@ -109,7 +110,7 @@ def figure_transfer(records: Sequence[Record], attack: str | None = None,
   if not by_task:
     raise rec_lib.MissingData(f"no defined transferability for {rec_lib.attack_label(attack)} at "
                               f"ε={eps:g}")
-  fig = _figure(4.6, 3.4)
+  fig = new_figure(4.6, 3.4)
   ax = fig.add_subplot()
   for task in rec_lib.attacked(records)[0]["tasks"]:
     if task in by_task:
@@ -189,7 +190,7 @@ def figure_examples(image_rgb: np.ndarray, perturbed: Mapping[float, np.ndarray]
     raise ValueError(f"adv_eps={adv_eps} is not a key of perturbed {eps_list}; pass the ε of "
                      "preds_adv.")
   columns = max(1 + len(eps_list), len(tasks))
-  fig = _figure(1.9 * columns, 1.9 * 4 + 0.3)
+  fig = new_figure(1.9 * columns, 1.9 * 4 + 0.3)
   axes = fig.subplots(4, columns, squeeze=False)
   for ax in axes.flat:
     ax.set_axis_off()

@@ -104,7 +104,7 @@ def figure_robust(robust: Sequence[Record]) -> mpl_figure.Figure:
   clean_trained = [r for r in robust if r["adv_training"] == rec_lib.NO_AT]
   if not clean_trained:
     raise rec_lib.MissingData("no robust records of clean-trained models")
-  fig = figures._figure(4.2, 3.3)  # pylint: disable=protected-access
+  fig = figures.new_figure(4.2, 3.3)
   ax = fig.add_subplot()
   for eps in sorted({float(r["eps"]) for r in clean_trained}):
     last = {r["model"]: r for r in clean_trained if rec_lib.same_eps(r["eps"], eps)}

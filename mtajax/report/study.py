@@ -84,7 +84,7 @@ def directions_table(records: Sequence[Record], eps: float | None = None) -> str
     for m in infos:
       columns.append([mean_arp(chosen, a, d, l, [m.model]) for d, l in pairs])
     columns.append([mean_arp(chosen, a, d, l, [m.model for m in infos]) for d, l in pairs])
-  cells = [tables._cells(col) for col in columns]  # pylint: disable=protected-access
+  cells = [tables.format_cells(col) for col in columns]
   rows = [[rec_lib.direction_label(d), l] + [c[i] for c in cells]
           for i, (d, l) in enumerate(pairs)]
   return tables.markdown(header, rows)
@@ -99,7 +99,7 @@ def figure_directions(records: Sequence[Record], eps: float | None = None) -> mp
   directions = list(dict.fromkeys(d for d, _ in pairs))
   losses = list(dict.fromkeys(l for _, l in sorted(pairs, key=lambda p: p[1] != DEFAULT_LOSS)))
   fig_width = 0.6 + 0.9 * len(directions) * len(attacks)
-  fig = figures._figure(fig_width, 3.4)  # pylint: disable=protected-access
+  fig = figures.new_figure(fig_width, 3.4)
   axes = fig.subplots(1, len(attacks), squeeze=False, sharey=True)[0]
   width = 0.8 / len(losses)
   x = np.arange(len(directions))

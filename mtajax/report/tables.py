@@ -26,7 +26,7 @@ def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
   return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"
 
 
-def _cells(values: Sequence[float | None]) -> list[str]:
+def format_cells(values: Sequence[float | None]) -> list[str]:
   """Formats values with 2 decimals and bolds the largest (every tie at 2 decimals)."""
   shown = [rec_lib.fmt(v) for v in values]
   present = [round(v, 2) for v in values if v is not None]
@@ -78,7 +78,8 @@ def arp_table(records: Sequence[Record], eps: float | None = None,
   for info in rec_lib.models(at_eps):
     row = [info.label, f"{info.sharing_level}L"]
     for attack in dict.fromkeys(a for a, _ in columns):
-      row += _cells([_arp(at_eps, info.model, attack, d, eps) for a, d in columns if a == attack])
+      row += format_cells([_arp(at_eps, info.model, attack, d, eps)
+                           for a, d in columns if a == attack])
     if robust:
       row.append(rec_lib.fmt(robust_arp(robust, info.model, eps)))
     rows.append(row)
@@ -122,7 +123,7 @@ def at_table(records: Sequence[Record], model: str | None = None, attack: str = 
   rows = []
   for info in [base] + variants:
     rows.append([rec_lib.adv_training_label(info.adv_training)] +
-                _cells([_arp(at_eps, info.model, attack, d, eps) for d in directions]))
+                format_cells([_arp(at_eps, info.model, attack, d, eps) for d in directions]))
   return markdown(header, rows)
 
 
@@ -214,7 +215,7 @@ def per_task_table(records: Sequence[Record], model: str | None = None,
   for d in directions:
     rec = rec_lib.lookup(chosen, model, attack, d, eps)
     cells.append([float(rec["arp_per_task"][t]) for t in tasks] + [float(rec["arp"])])
-  columns = [_cells(list(col)) for col in zip(*cells)]
+  columns = [format_cells(list(col)) for col in zip(*cells)]
   header = ["Direction"] + [f"ARP-{rec_lib.task_label(t)}" for t in tasks] + ["ARP"]
   rows = [[rec_lib.direction_label(d)] + [col[i] for col in columns]
           for i, d in enumerate(directions)]

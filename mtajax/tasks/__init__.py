@@ -13,7 +13,7 @@ from mtajax.tasks.relative import arp
 from mtajax.tasks.relative import relative_loss
 from mtajax.tasks.relative import relative_performance
 from mtajax.tasks.relative import transferability
-from mtajax.tasks.resize import nearest_indices
+from mtajax.data.resize import nearest_indices
 from mtajax.tasks.resize import resize_nearest
 from mtajax.tasks.segmentation import Segmentation
 from mtajax.tasks.task_sets import nyuv2_tasks

@@ -155,8 +155,8 @@ def _clean(name: str, task: base.Task, context: Any) -> jax.Array:
 
 def _segmentation(task: Segmentation, pred: jax.Array, batch: base.Batch):
   """Labels, log-softmax, class-weighted CE numerator and the denominator weight."""
-  y, valid = task._labels(batch, pred.shape[1:3])  # pylint: disable=protected-access
-  num, den = task._weighted_nll(pred, y, valid)  # pylint: disable=protected-access
+  y, valid = task.labels(batch, pred.shape[1:3])
+  num, den = task.weighted_nll(pred, y, valid)
   return y, jax.nn.log_softmax(pred.astype(jnp.float32), axis=-1), num, den
 
 
@@ -293,7 +293,7 @@ def cospgd(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) ->
   p = pred.astype(jnp.float32)
   num, den = task.pixel_loss(pred, batch)
   if isinstance(task, Segmentation):
-    y, _ = task._labels(batch, pred.shape[1:3])  # pylint: disable=protected-access
+    y, _ = task.labels(batch, pred.shape[1:3])
     soft = jax.nn.softmax(p, axis=-1)
     w = jnp.take_along_axis(soft, y[..., None], axis=-1)[..., 0] / jnp.linalg.norm(soft, axis=-1)
   elif isinstance(task, Normal):

@@ -44,7 +44,9 @@ class Depth(l1.L1Task):
       return {"abs_err": False}
     return {"abs_err": False, "rel_err": False, **{name: True for name in SIGMA_NAMES}}
 
-  def _labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
+  def labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
+    """Depths at ``hw`` (None: label resolution) and their validity (above ``min_depth``, or
+    not 255 and inside the mask where the batch has one)."""
     g = batch[self.name].astype(jnp.float32)
     if hw is not None:
       g = resize_labels(g, hw, self.name)
@@ -62,7 +64,7 @@ class Depth(l1.L1Task):
   def metric_update(self, state: base.MetricState, pred: jax.Array,
                     batch: base.Batch) -> base.MetricState:
     self.check_pred(pred)
-    g, valid = self._labels(batch, None)
+    g, valid = self.labels(batch, None)
     p = resize_nearest(pred[..., 0].astype(jnp.float32), g.shape[1:3])
     if self.metric_set == "nyuv2":
       valid &= g > self.min_depth

@@ -15,17 +15,17 @@ from mtajax.tasks.resize import resize_nearest
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class L1Task(base.Task):
-  """A single-channel task with an L1 pixel loss over the pixels its ``_labels`` rule marks valid."""
+  """A single-channel task with an L1 pixel loss over the pixels its ``labels`` rule marks valid."""
 
   @abc.abstractmethod
-  def _labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
+  def labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
     """Labels at ``hw`` (None: label resolution) and their validity."""
 
   def valid(self, batch: base.Batch, hw: tuple[int, int]) -> jax.Array:
-    return self._labels(batch, hw)[1]
+    return self.labels(batch, hw)[1]
 
   def pixel_loss(self, pred: jax.Array, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
-    g, valid = self._labels(batch, pred.shape[1:3])
+    g, valid = self.labels(batch, pred.shape[1:3])
     v = valid.astype(jnp.float32)
     return jnp.abs(pred[..., 0].astype(jnp.float32) - g) * v, v
 
@@ -46,7 +46,7 @@ class MaskedL1(L1Task):
   def metrics(self) -> dict[str, bool]:
     return {self.metric_name: False}
 
-  def _labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
+  def labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
     g = batch[self.name].astype(jnp.float32)
     if hw is not None:
       g = resize_labels(g, hw, self.name)
@@ -60,7 +60,7 @@ class MaskedL1(L1Task):
   def metric_update(self, state: base.MetricState, pred: jax.Array,
                     batch: base.Batch) -> base.MetricState:
     self.check_pred(pred)
-    g, valid = self._labels(batch, None)
+    g, valid = self.labels(batch, None)
     valid, size = base.real_pixels(valid, batch)
     p = resize_nearest(pred[..., 0].astype(jnp.float32), g.shape[1:3])
     err = jnp.where(valid, jnp.abs(p - g), 0)

@@ -60,8 +60,8 @@ class Normal(base.Task):
               **{f"Angle {t:g}": True for t in ANGLE_THRESHOLDS}}
     return {"cosine_similarity": True}
 
-  def _labels(self, batch: base.Batch, hw: tuple[int, int] | None,
-              strict: bool) -> tuple[jax.Array, jax.Array]:
+  def labels(self, batch: base.Batch, hw: tuple[int, int] | None,
+             strict: bool) -> tuple[jax.Array, jax.Array]:
     """Unit label vectors and validity at ``hw``: loss ``max < 255`` (strict), metrics ``max != 255``."""
     g = batch[self.name].astype(jnp.float32)
     if hw is not None:
@@ -76,10 +76,10 @@ class Normal(base.Task):
     return base.l2_normalize(g), valid
 
   def valid(self, batch: base.Batch, hw: tuple[int, int]) -> jax.Array:
-    return self._labels(batch, hw, strict=True)[1]
+    return self.labels(batch, hw, strict=True)[1]
 
   def pixel_loss(self, pred: jax.Array, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
-    g, valid = self._labels(batch, pred.shape[1:3], strict=True)
+    g, valid = self.labels(batch, pred.shape[1:3], strict=True)
     cos = jnp.sum(base.l2_normalize(pred.astype(jnp.float32)) * g, axis=-1)
     v = valid.astype(jnp.float32)
     return (1 - cos) * v, v
@@ -94,7 +94,7 @@ class Normal(base.Task):
   def _cosines(self, pred: jax.Array, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
     """Per-pixel clipped cosines at label resolution and the metrics' validity (real examples)."""
     self.check_pred(pred)
-    g, valid = self._labels(batch, None, strict=False)
+    g, valid = self.labels(batch, None, strict=False)
     p = base.l2_normalize(resize_nearest(pred.astype(jnp.float32), g.shape[1:3]))
     return jnp.clip(jnp.sum(p * g, axis=-1), -1, 1), base.real_pixels(valid, batch)[0]
 

@@ -105,7 +105,7 @@ def _segmentation(task, s, pred, batch):
 def _normal(task, s, pred, batch):
   if task.metric_set == "taskonomy":
     return {"cosine_similarity": base.safe_divide(s["cos_sum"], s["count"].astype(jnp.float32))}
-  g, valid = task._labels(batch, None, strict=False)  # pylint: disable=protected-access
+  g, valid = task.labels(batch, None, strict=False)
   p = base.l2_normalize(resize_nearest(pred.astype(jnp.float32), g.shape[1:3]))
   angle = jnp.degrees(jnp.arccos(jnp.clip(jnp.sum(p * g, axis=-1), -1, 1)))
   n = s["count"]

@@ -1,8 +1,9 @@
-"""The reference's "nearest" resize rule, as a gather.
+"""The reference's "nearest" resize rule as a JAX gather, and the labels' resize to predictions.
 
-Destination index ``i`` reads source index ``floor(i * in_size / out_size)`` (PyTorch
-``F.interpolate(mode='nearest')`` and OpenCV ``INTER_NEAREST``; no half-pixel offset), so
-``jax.image.resize(method='nearest')`` must not be used for labels or predictions.
+The rule's indices are ``mtajax.data.resize.nearest_indices``: destination index ``i`` reads
+source index ``floor(i * in_size / out_size)`` (PyTorch ``F.interpolate(mode='nearest')`` and
+OpenCV ``INTER_NEAREST``; no half-pixel offset), so ``jax.image.resize(method='nearest')`` must not
+be used for labels or predictions.
 """
 
 from __future__ import annotations
@@ -11,14 +12,8 @@ import warnings
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-
-def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-  """Source index read by each of ``out_size`` destination positions (exact integer arithmetic)."""
-  if in_size < 1 or out_size < 1:
-    raise ValueError(f"Sizes must be positive, got in_size={in_size}, out_size={out_size}.")
-  return (np.arange(out_size, dtype=np.int64) * in_size) // out_size
+from mtajax.data import resize as data_resize
 
 
 def resize_nearest(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
@@ -28,8 +23,9 @@ def resize_nearest(x: jax.Array, hw: tuple[int, int]) -> jax.Array:
   h, w = hw
   if (x.shape[1], x.shape[2]) == (h, w):
     return x
-  x = jnp.take(x, jnp.asarray(nearest_indices(x.shape[1], h)), axis=1)
-  return jnp.take(x, jnp.asarray(nearest_indices(x.shape[2], w)), axis=2)
+  rows = data_resize.nearest_indices(x.shape[1], h)
+  cols = data_resize.nearest_indices(x.shape[2], w)
+  return jnp.take(jnp.take(x, jnp.asarray(rows), axis=1), jnp.asarray(cols), axis=2)
 
 
 def is_stride_scaling(src: tuple[int, int], dst: tuple[int, int]) -> bool:

@@ -67,7 +67,7 @@ class Segmentation(base.Task):
                        f"value {self.ignore_label}; got {bad[:5].tolist()}. Fix: map those "
                        f"classes into range, or to {self.ignore_label} to ignore them.")
 
-  def _labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
+  def labels(self, batch: base.Batch, hw: tuple[int, int] | None) -> tuple[jax.Array, jax.Array]:
     """Labels and validity (label in [0, channels), not ignored, mask if used) at ``hw``."""
     self.check_labels(batch)
     y = batch[self.name].astype(jnp.int32)
@@ -85,8 +85,8 @@ class Segmentation(base.Task):
       valid &= mask
     return jnp.where(valid, y, 0), valid
 
-  def _weighted_nll(self, logits: jax.Array, y: jax.Array,
-                    valid: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def weighted_nll(self, logits: jax.Array, y: jax.Array,
+                   valid: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Per-pixel ``w[y] * nll`` and ``w[y]``, zero where invalid."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     nll = -jnp.take_along_axis(logp, y[..., None], axis=-1)[..., 0]
@@ -96,12 +96,12 @@ class Segmentation(base.Task):
     return w * nll, w
 
   def valid(self, batch: base.Batch, hw: tuple[int, int]) -> jax.Array:
-    return self._labels(batch, hw)[1]
+    return self.labels(batch, hw)[1]
 
   def pixel_loss(self, pred: jax.Array, batch: base.Batch) -> tuple[jax.Array, jax.Array]:
     """Weighted NLL; NaN on every pixel of an image with an out-of-range label (traced labels)."""
-    y, valid = self._labels(batch, pred.shape[1:3])
-    num, den = self._weighted_nll(pred, y, valid)
+    y, valid = self.labels(batch, pred.shape[1:3])
+    num, den = self.weighted_nll(pred, y, valid)
     bad = self._out_of_range(batch[self.name].astype(jnp.int32))[:, None, None]
     # Weight 1 keeps the NaN in the image's mean when no pixel of it is valid.
     return jnp.where(bad, jnp.nan, num), jnp.where(bad, 1.0, den)
@@ -115,7 +115,7 @@ class Segmentation(base.Task):
   def metric_update(self, state: base.MetricState, pred: jax.Array,
                     batch: base.Batch) -> base.MetricState:
     self.check_pred(pred)
-    y, valid = self._labels(batch, None)
+    y, valid = self.labels(batch, None)
     valid, size = base.real_pixels(valid, batch)
     hw = y.shape[1:3]
     if self.metric_set == "nyuv2":
@@ -130,7 +130,7 @@ class Segmentation(base.Task):
     else:
       # The reference upsamples logits before the CE; the per-pixel CE commutes with the gather.
       logits = resize_nearest(pred, hw)
-      num, den = self._weighted_nll(logits, y, valid)
+      num, den = self.weighted_nll(logits, y, valid)
       update = base.mean_state("err", jnp.sum(num, axis=(1, 2)), jnp.sum(den, axis=(1, 2)),
                                size)
     return base.add_states(state, update)

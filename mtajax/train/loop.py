@@ -91,8 +91,10 @@ def _check_finite(step: int, values: dict[str, float]) -> None:
                              "check the labels (the last checkpoint is kept).")
 
 
-def _meta(config: ml_collections.ConfigDict, layout: models.Layout, step: int,
-          class_weights: np.ndarray | None) -> dict[str, Any]:
+def checkpoint_meta(config: ml_collections.ConfigDict, layout: models.Layout, step: int,
+                    class_weights: np.ndarray | None) -> dict[str, Any]:
+  """The meta record saved with each checkpoint: the training config, layout, data position and
+  class weights (``checkpoint.restore_meta`` reads it back)."""
   return {"config": json.loads(config.to_json()), "layout": str(layout), "data_step": step,
           "class_weights": None if class_weights is None else class_weights.tolist()}
 
@@ -200,7 +202,8 @@ def _train(config: ml_collections.ConfigDict, workdir: Path,
             itertools.islice(eval_loader, config.eval_max_batches), tasks, mesh=mesh).metrics
         log.write([{"step": done, "split": config.eval_split, **eval_metrics}])
       if save:
-        checkpointer.save(done, state, _meta(config, layout, done, train_loader.class_weights))
+        checkpointer.save(done, state,
+                          checkpoint_meta(config, layout, done, train_loader.class_weights))
   finally:
     bar.close()
     checkpointer.wait()

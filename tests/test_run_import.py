@@ -1,4 +1,4 @@
-"""mtajax.train.imported: the ``import`` run mode stores a TreeMTL checkpoint as a trained model that
+"""mtajax.run_import: the ``import`` run mode stores a TreeMTL checkpoint as a trained model that
 ``attack`` and ``report`` use (no torch needed: the checkpoint is an .npz of a state_dict)."""
 
 import json
@@ -13,8 +13,8 @@ from mtajax.models import torch_import
 @pytest.mark.slow
 def test_import_mode_stores_a_final_model_that_attack_and_report_use(tmp_path):
   from configs import quickstart  # pylint: disable=g-import-not-at-top
-  from mtajax import run, sweep  # pylint: disable=g-import-not-at-top
-  from mtajax.train import checkpoint, load  # pylint: disable=g-import-not-at-top
+  from mtajax import run  # pylint: disable=g-import-not-at-top
+  from mtajax.train import checkpoint, ensure, load  # pylint: disable=g-import-not-at-top
   config = quickstart.get_config("smoke")
   config.workdir = str(tmp_path / "work")
   t = config.train
@@ -33,7 +33,7 @@ def test_import_mode_stores_a_final_model_that_attack_and_report_use(tmp_path):
   config.checkpoint = str(tmp_path / "depth.npz")
 
   run.run("import", config)
-  model_dir = tmp_path / "work" / "models" / sweep.model_id(sweep.train_config(config, 0))
+  model_dir = tmp_path / "work" / "models" / ensure.model_id(ensure.train_config(config, 0))
   assert checkpoint.latest_step(model_dir / "checkpoints") == t.num_steps
   with pytest.raises(ValueError, match="already holds a model"):
     run.run("import", config)

@@ -3,9 +3,10 @@
 The converted model is stored where the sweep keeps the model of that layout
 (``<workdir>/models/<model_id>/checkpoints``) as an ordinary training checkpoint at step
 ``train.num_steps`` whose meta record is the config the sweep derives for that layout, so
-``ensure_trained`` finds it complete (it is never resumed or retrained) and ``attack``, ``sweep``
-and ``report`` use it like any trained model. The optimiser state is the freshly
-initialised one (``load_model`` restores whole train states); ``imported_from`` names the file.
+``mtajax.train.ensure.ensure_trained`` finds it complete (it is never resumed or retrained) and
+``attack``, ``sweep`` and ``report`` use it like any trained model. The optimiser state is the
+freshly initialised one (``load_model`` restores whole train states); ``imported_from`` names the
+file.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from flax import nnx
 
 from mtajax import locks
 from mtajax import models
-from mtajax import sweep
 from mtajax.data import pipeline
 from mtajax.train import assemble
 from mtajax.train import checkpoint
+from mtajax.train import ensure
 from mtajax.train import loop
 from mtajax.train import optim
 from mtajax.train import step as step_lib
@@ -58,8 +59,8 @@ def import_checkpoint(config: ml_collections.ConfigDict) -> Path:
                      "file, or an .npz of its state_dict).")
   source = Path(os.path.expanduser(config.checkpoint)).absolute()
   ckpt = models.read_checkpoint(source)
-  t = sweep.train_config(config, checkpoint_layout(config, ckpt))
-  ckpt_dir = Path(config.workdir) / "models" / sweep.model_id(t) / "checkpoints"
+  t = ensure.train_config(config, checkpoint_layout(config, ckpt))
+  ckpt_dir = Path(config.workdir) / "models" / ensure.model_id(t) / "checkpoints"
   with locks.model(ckpt_dir.parent):
     _store(t, ckpt, source, ckpt_dir)
   return ckpt_dir
@@ -80,7 +81,7 @@ def _store(t: ml_collections.ConfigDict, ckpt: models.torch_import.Checkpoint, s
   optimizer = optim.make_optimizer(t, step_lib.updates_per_step(t.adv))
   state = step_lib.init_state(nnx.to_pure_dict(params), nnx.to_pure_dict(batch_stats), optimizer,
                               t.seed)
-  meta = {**loop._meta(t, layout, t.num_steps, class_weights),  # pylint: disable=protected-access
+  meta = {**loop.checkpoint_meta(t, layout, t.num_steps, class_weights),
           "imported_from": str(source)}
   saver = checkpoint.Checkpointer(ckpt_dir, max_to_keep=1)
   try:
