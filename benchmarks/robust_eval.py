@@ -113,10 +113,10 @@ def convergence(config, targets, eps_values, suite: str, reference: str) -> None
     for eps in eps_values:
       rows = measure_suites(
           target.predict, target.state,
-          lambda target=target: sweep._batches(config, target.t),  # pylint: disable=protected-access
+          lambda target=target: loaders.eval_batches(config, target.t),
           target.loaded.tasks, eps=eps, suites=convergence_suites(suite, reference),
           key=jax.random.key(config.robust.seed))
-      print(convergence_table(sweep.model_id(target.t), eps, rows), flush=True)
+      print(convergence_table(ensure.model_id(target.t), eps, rows), flush=True)
 
 
 def main() -> None:

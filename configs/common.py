@@ -27,15 +27,6 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   # Attack losses (mtajax.tasks.attack_losses): 'default' is the training loss; e.g. 'segpgd'.
   c.attack_losses = ("default",)
   c.num_steps = 10  # spec §14.1: the paper likely used 20 for NYUv2; 10 is the committed default
-  # Attack loops: None = platform default (lax.scan fully unrolled on CPU, rolled on GPU/TPU), an
-  # int (lax.scan unroll) or 'host' (mtajax.host_loop: a Python loop over one compiled step, which
-  # compiles ~1 step instead of N and runs like the unrolled program on CPU). The robust
-  # evaluation uses it when set, else rolled loops.
-  c.unroll = ml_collections.config_dict.placeholder(object)
-  # Skip XLA's backend (LLVM) optimisations for attack-only runs (`attack`/`report` of trained
-  # models) on CPU, where compiling one program per model x attack x direction dominates: attack
-  # programs compile 2-3x faster and run ~1.6x slower; training steps run ~3x slower (measured).
-  c.xla_fast_compile = False
   # One compiled program per model x attack serving every direction (mtajax.directions.Switched)
   # (Single-x, Total, GB-MTA; SignTotal and others keep their own): each direction keeps its loss
   # reduction; results equal the per-direction programs up to float rounding (rare sign flips).
@@ -87,7 +78,6 @@ def smoke(c: ml_collections.ConfigDict, num_tasks: int = 3) -> None:
   c.layouts = c.layouts[:2]
   c.attacks, c.directions, c.eps = ("fgsm", "pgd"), ("total", "gbmta"), (8.0,)
   c.num_steps = 2
-  c.unroll = 1
   c.eval_batch_size, c.eval_max_batches = 4, 1
   c.examples_eps = (8.0,)
   c.robust.suite = "smoke"

@@ -1,7 +1,7 @@
 """Directions × attack losses on the quickstart's models (AS, layout 41, IND), PGD and APGD, ε 4, 8.
 
     python -m mtajax.run train --config configs/directions_study.py
-    python -m mtajax.run sweep --config configs/directions_study.py --config.xla_fast_compile=True
+    XLA_FLAGS=--xla_backend_optimization_level=0 python -m mtajax.run sweep --config configs/directions_study.py
     python -m mtajax.run report --config configs/directions_study.py
     python -m mtajax.run sweep --config configs/directions_study.py:smoke   # CI-sized, minutes
 

@@ -26,7 +26,6 @@ def get_config(arg: str | None = None):
   c.attacks = ("pgd", "apgd")
   c.eps = (4.0, 8.0)
   c.one_program_per_attack = True  # 12 attack programs instead of 36
-  c.unroll = "host"  # loops from the host over one compiled step (mtajax.host_loop)
   c.robust.eps = (8.0,)  # the robust evaluation at the report's ε
   if args.get("smoke"):
     c.workdir = "runs/quickstart_smoke"

@@ -167,7 +167,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
                       spec=None, loop=None)
     else:
       out = _compiled(state, batch, eps, bounds, baselines, index, predict=predict, tasks=tasks,
-                      spec=spec, loop=loop)
+                      spec=spec, loop=None if spec is None else loop)
     if pending is not None:
       absorb(pending)
     pending, count = out, count + 1

@@ -62,10 +62,17 @@ def default_loop() -> str:
 
 
 def evaluation_loop() -> str:
-  """How mtajax's own evaluations (the sweep, the robust suite) run their attacks by default.
+  """How mtajax's own evaluations (the sweep, the robust suite, ``evaluate``) run their attacks
+  when the caller passes ``loop=None``.
 
-  On XLA:CPU the Python loop: it compiles one step per attack instead of N unrolled ones and runs
-  as fast as the unrolled program (benchmarks/main_job.py); elsewhere the rolled scan.
+  ``MTAJAX_ATTACK_LOOP`` (``unrolled``, ``rolled`` or ``python``) chooses it for a run; otherwise,
+  on XLA:CPU the Python loop (it compiles one step per attack instead of N unrolled ones and runs
+  as fast as the unrolled program, benchmarks/main_job.py), elsewhere the rolled scan.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  chosen = os.environ.get("MTAJAX_ATTACK_LOOP")
+  if chosen:
+    if chosen not in ("unrolled", "rolled", "python"):
+      raise ValueError(f"MTAJAX_ATTACK_LOOP must be unrolled, rolled or python; got {chosen!r}.")
+    return chosen
   return "python" if jax.default_backend() == "cpu" else "rolled"

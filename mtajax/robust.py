@@ -406,7 +406,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     if program is None or loop != "python":
       return parallel.to_host(_compiled(state, batch, eps_, bounds, chunk_key, clean_img,
                                         reference, index, predict=predict, tasks=tasks,
-                                        program=program, loop=loop))
+                                        program=program, loop=None if program is None else loop))
     # The Python loop: the attack's programs, then the clean pass's program on its images.
     x_adv, best_step = _attack(state, batch, eps_, bounds, chunk_key, index, predict=predict,
                                tasks=tasks, program=program, loop=loop)

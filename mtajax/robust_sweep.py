@@ -116,7 +116,7 @@ def robust_records(config: ml_collections.ConfigDict, targets: list[sweep.Target
             target.loaded.tasks,
             eps=eps, bounds=preprocess.input_bounds(), suite=config.robust.suite,
             key=jax.random.key(config.robust.seed), mesh=mesh, threshold=config.robust.threshold,
-            loop=sweep.attack_loop(config), one_program=config.one_program_per_attack,
+            one_program=config.one_program_per_attack,
             records=(workdir / ROBUST / f"{model}_eps{eps:g}.jsonl" if parallel.is_writer()
                      else None))
         store.add(_robust_record(config, target, eps, ev, 1 if mesh is None else mesh.size))

@@ -133,10 +133,6 @@ def main(argv: list[str]) -> None:
           f"{', '.join(MODES)}.", file=sys.stderr)
     sys.exit(2)
   logging.set_verbosity(logging.ERROR)  # Orbax and TFDS log every step at INFO.
-  if _CONFIG.value.xla_fast_compile:  # Must precede the backend's start (the first jax.devices()).
-    xla_flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_backend_optimization_level" not in xla_flags:
-      os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_backend_optimization_level=0".strip()
   jax.config.update("jax_compilation_cache_dir",
                     os.path.expanduser(os.environ.get("MTAJAX_JAX_CACHE", "~/.cache/mtajax/jax")))
   # Programs that compile in under a second are not worth a cache file, unless JAX's own variable

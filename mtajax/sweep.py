@@ -28,10 +28,8 @@ from mtajax import memory
 from mtajax import models
 from mtajax import parallel
 from mtajax import phases
-from mtajax import platform
 from mtajax import results
 from mtajax import tasks as tasks_lib
-from mtajax.attacks import loop as loop_lib
 from mtajax.tasks import attack_losses
 from mtajax.data import pipeline
 from mtajax.data import preprocess
@@ -59,10 +57,11 @@ def validate(config: ml_collections.ConfigDict, data: bool = True) -> None:
            not e >= 0]
     if bad or not values:
       raise ValueError(f"config.{field} must hold numbers >= 0; got {getattr(config, field)!r}.")
-  try:
-    attack_loop(config)
-  except ValueError as e:
-    raise ValueError(f"config.unroll: {e}") from None
+  for gone in ("unroll", "xla_fast_compile"):
+    if gone in config:
+      raise ValueError(f"config.{gone} is no longer a config key: attack loops follow the platform "
+                       "(MTAJAX_ATTACK_LOOP=unrolled|rolled|python chooses them for a run) and "
+                       "XLA_FLAGS=--xla_backend_optimization_level=0 compiles faster; remove it.")
   t = config.train
   for field, value in [("num_steps", config.num_steps), ("eval_batch_size", config.eval_batch_size)
                       ] + [(f"train.{k}", t[k]) for k in (
@@ -180,14 +179,6 @@ def _refresh(store: results.Store) -> None:
     store.refresh()
 
 
-def attack_loop(config: ml_collections.ConfigDict) -> str:
-  """How the evaluations' attack loops run: ``config.unroll`` (None: the platform's evaluation
-  default, :func:`mtajax.platform.evaluation_loop`)."""
-  if config.unroll is None:
-    return platform.evaluation_loop()
-  return loop_lib.from_unroll(config.unroll, None)[0]
-
-
 def attack_spec(config, attack: str, direction: str,
                 loss: str = attack_losses.DEFAULT) -> tuple[attacks.Attack, int | None]:
   """The evaluation's attack and direction index: with ``config.one_program_per_attack``, FGSM,
@@ -233,7 +224,7 @@ def model_records(config: ml_collections.ConfigDict, target: Target, store: resu
       ev = evaluate_lib.evaluate(target.predict, target.state, loaders.eval_batches(config, t),
                                  target.loaded.tasks,
                                  spec=spec, eps=eps, bounds=bounds, baselines=clean["losses"],
-                                 direction_index=index, mesh=mesh, loop=attack_loop(config))
+                                 direction_index=index, mesh=mesh)
       store.add(_grid_record(target, config, attack, direction, eps, ev, clean,
                             time.perf_counter() - start, devices, loss))
     records.append(store.get(cell))
@@ -252,7 +243,7 @@ def examples(config, target: Target, mesh: jax.sharding.Mesh | None = None) -> d
   for eps in config.examples_eps:
     x_adv = evaluate_lib.attack_batch(target.predict, target.state, batch, target.loaded.tasks,
                                       spec=spec, eps=eps, bounds=preprocess.input_bounds(),
-                                      direction_index=index, mesh=mesh, loop=attack_loop(config))
+                                      direction_index=index, mesh=mesh)
     perturbed[float(eps)] = rgb(x_adv)
   predict = jax.jit(target.predict)
   first = lambda p: {k: np.asarray(v[0]) for k, v in p.items()}  # pylint: disable=unnecessary-lambda-assignment

@@ -5,6 +5,7 @@ Plain functions and constants; the pytest fixtures built on them are registered 
 """
 
 import collections
+import contextlib
 import math
 import pathlib
 
@@ -412,3 +413,23 @@ def damage(step_dir: pathlib.Path, how: str) -> None:
 
 # The paper backbones' three NYUv2 tasks and their channels (model shape tests).
 TASKS3 = {"segment_semantic": 40, "normal": 3, "depth_zbuffer": 1}
+
+
+TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"  # one per program JAX traces (compiles)
+
+
+@contextlib.contextmanager
+def traced_programs():
+  """Counts the programs JAX traces inside the block (jax.monitoring's public events)."""
+  count = []
+
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if event == TRACE_EVENT:
+      count.append(1)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield count
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)

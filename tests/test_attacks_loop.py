@@ -4,7 +4,6 @@ JAX's public compile events), and the loop serves the attacked and the robust ev
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 
@@ -20,26 +19,6 @@ from mtajax import robust
 from mtajax import tasks as mt
 
 import fixtures
-
-TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"  # one per traced (compiled) program
-
-
-@contextlib.contextmanager
-def traced_programs():
-  """Counts the programs JAX traces inside the block (jax.monitoring's public events)."""
-  count = []
-
-  def listener(event, duration, **kwargs):
-    del duration, kwargs
-    if event == TRACE_EVENT:
-      count.append(1)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
-  try:
-    yield count
-  finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
-
 
 def problem():
   predict, params, batches, tasks = fixtures.problem()
@@ -119,7 +98,7 @@ def test_attacks_share_the_evaluation_program_and_compile_once_per_shape():
   attacks.apgd(loss_fn(), x, batch, eps=8.0, num_steps=4, **kw)
   attacks.apgd(loss_fn(), x, batch, eps=8.0, num_steps=5, variant="autoattack", **kw)
   assert traces == {"ascent": 1, "losses": 1}
-  with traced_programs() as again:  # other ε and a rebuilt loss: no program at all
+  with fixtures.traced_programs() as again:  # other ε and a rebuilt loss: no program at all
     attacks.apgd(loss_fn(), x, batch, eps=4.0, num_steps=4, **kw)
     attacks.pgd(loss_fn(), x, batch, eps=2.0, num_steps=3, return_best=True, **kw)
   assert not again
@@ -151,7 +130,7 @@ def test_attack_batch_runs_the_evaluation_programs():
   spec = attacks.Attack("pgd", E.switched([D.total(), D.gbmta()]), 3)
   kw = dict(spec=spec, eps=8.0, bounds=(-128.0, 128.0), direction_index=1, loop="python")
   ev = E.evaluate(predict, params, batches[:1], tasks, **kw)
-  with traced_programs() as traced:
+  with fixtures.traced_programs() as traced:
     x_adv = E.attack_batch(predict, params, batches[0], tasks, **kw)
   assert not traced  # the examples reuse the evaluation's programs
   step = np.abs(np.asarray(x_adv) - batches[0]["image"])

@@ -37,6 +37,7 @@ def _worker(data_dir: str) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from mtajax import attacks  # pylint: disable=g-import-not-at-top
   from mtajax import directions  # pylint: disable=g-import-not-at-top
   from mtajax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
   from mtajax import models  # pylint: disable=g-import-not-at-top
@@ -61,10 +62,10 @@ def _worker(data_dir: str) -> dict:
   out = {"mesh_sizes": [mesh8.size, mesh1.size]}
 
   # 1. The attack of one batch: 8 shards vs 1 device, the attack function untouched.
-  spec = evaluate_lib.AttackSpec("pgd", directions.gbmta(), num_steps=2, options=(("unroll", 1),))
+  spec = attacks.Attack("pgd", directions.gbmta(), num_steps=2, options=(("unroll", 1),))
   bounds = preprocess.input_bounds()
-  attack = jax.jit(lambda s, b: spec.run(tasks_lib.make_loss_fn(
-      functools.partial(predict, s), tasks, "image"), b["image"], b, bounds, 8.0, None))
+  attack = jax.jit(lambda s, b: spec(tasks_lib.make_loss_fn(
+      functools.partial(predict, s), tasks, "image"), b["image"], b, eps=8.0, bounds=bounds).x_adv)
   x1 = attack(*parallel.replicate((state, batches[0]), mesh1))
   x8 = attack(parallel.replicate(state, mesh8), parallel.shard_batch(batches[0], mesh8))
   out["attack_shards"] = len(x8.sharding.device_set)
@@ -194,17 +195,17 @@ def small_model(tmp_path_factory):
 def test_padded_batch_attacks_its_real_examples_like_the_unpadded_batch(small_model, direction):
   import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import attacks  # pylint: disable=g-import-not-at-top
   from mtajax import directions  # pylint: disable=g-import-not-at-top
   from mtajax import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
   from mtajax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   from mtajax.data import preprocess  # pylint: disable=g-import-not-at-top
   (real, padded), tasks, predict, state = small_model
-  spec = evaluate_lib.AttackSpec("pgd", directions.by_name(direction), num_steps=3,
-                                 options=(("unroll", 1),))
+  spec = attacks.Attack("pgd", directions.by_name(direction), num_steps=3,
+                        options=(("unroll", 1),))
   bounds = preprocess.input_bounds()
-  attack = jax.jit(lambda b: spec.run(tasks_lib.make_loss_fn(
-      functools.partial(predict, state), tasks, spec.direction.reduction), b["image"], b, bounds,
-                                      8.0, None))
+  attack = jax.jit(lambda b: spec(spec.loss_fn(functools.partial(predict, state), tasks),
+                                  b["image"], b, eps=8.0, bounds=bounds).x_adv)
   x_real, x_pad = np.asarray(attack(real)), np.asarray(attack(padded))
   assert np.abs(x_real - real["image"]).max() > 1  # the attack moved the real images
   np.testing.assert_array_equal(x_pad[:3], x_real)  # bit-identical real examples
@@ -362,7 +363,7 @@ if num > 1:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(f"localhost:{port}", num_processes=num, process_id=pid)
 from configs import quickstart
-from mtajax import directions, evaluate, models, parallel
+from mtajax import attacks, directions, evaluate, models, parallel
 from mtajax.data import pipeline, preprocess
 from mtajax.train import assemble
 t = quickstart.get_config("smoke").train
@@ -375,7 +376,7 @@ loader = pipeline.Loader(t.dataset, [source[i] for i in range(15)], batch_size=6
 tasks = assemble.make_tasks(t)
 predict, state = models.pure_predict(assemble.make_model(t, tasks))
 mesh = parallel.make_mesh()
-spec = evaluate.AttackSpec("pgd", directions.gbmta(), num_steps=2, options=(("unroll", 1),))
+spec = attacks.Attack("pgd", directions.gbmta(), num_steps=2, options=(("unroll", 1),))
 clean = evaluate.evaluate(predict, state, loader, tasks, mesh=mesh)
 attacked = evaluate.evaluate(predict, state, loader, tasks, spec=spec, eps=8.0,
                              bounds=preprocess.input_bounds(), baselines=clean.losses, mesh=mesh)

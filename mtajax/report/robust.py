@@ -186,7 +186,7 @@ def figure_trajectory(robust: Sequence[Record], eps: float) -> mpl_figure.Figure
           if rec_lib.same_eps(r["eps"], eps) and r.get("trajectory")}
   if not last:
     raise rec_lib.MissingData(f"no robust records with a trajectory at ε={eps:g}")
-  fig = figures._figure(4.2, 3.3)  # pylint: disable=protected-access
+  fig = figures.new_figure(4.2, 3.3)
   ax = fig.add_subplot()
   for r in sorted(last.values(), key=rec_lib.model_label):
     points = r["trajectory"]

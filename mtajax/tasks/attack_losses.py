@@ -182,13 +182,13 @@ def success(task: base.Task, pred: jax.Array, batch: base.Batch) -> jax.Array:
   _require("success", task, *ALL_TYPES)
   p = pred.astype(jnp.float32)
   if isinstance(task, Segmentation):
-    y, _ = task._labels(batch, pred.shape[1:3])  # pylint: disable=protected-access
+    y, _ = task.labels(batch, pred.shape[1:3])
     return _sg(_correct(p, y))
   if isinstance(task, Normal):
-    g, _ = task._labels(batch, pred.shape[1:3], strict=True)  # pylint: disable=protected-access
+    g, _ = task.labels(batch, pred.shape[1:3], strict=True)
     cos = jnp.sum(base.l2_normalize(p) * g, axis=-1)
     return _sg(_fraction([cos >= math.cos(math.radians(t)) for t in normal_lib.ANGLE_THRESHOLDS]))
-  g, valid = task._labels(batch, pred.shape[1:3])  # pylint: disable=protected-access
+  g, valid = task.labels(batch, pred.shape[1:3])
   p = p[..., 0]
   if isinstance(task, depth_lib.Depth):  # max(p/g, g/p) <= t  <=>  p <= t·g and g <= t·p
     return _sg(_fraction([(p <= t * g) & (g <= t * p) for t in depth_lib.SIGMA_THRESHOLDS]))
@@ -275,9 +275,9 @@ def relative(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) 
   _, den = task.pixel_loss(pred, batch)
   p = pred.astype(jnp.float32)
   if isinstance(task, Normal):
-    g, _ = task._labels(batch, pred.shape[1:3], strict=True)  # pylint: disable=protected-access
+    g, _ = task.labels(batch, pred.shape[1:3], strict=True)
     return den * _angle(p, g), den
-  g, valid = task._labels(batch, pred.shape[1:3])  # pylint: disable=protected-access
+  g, valid = task.labels(batch, pred.shape[1:3])
   p = p[..., 0]
   if isinstance(task, depth_lib.Depth):
     floor = max(task.min_depth, LOG_FLOOR)
