@@ -24,7 +24,7 @@ Array = jax.Array
 Bounds = tuple[Any, Any]
 Start = Literal["none", "uniform", "autoattack", "given"]
 LINF = threat_lib.Linf()
-per_sample = threat_lib.per_sample  # (B,) values against a (B, ...) batch
+per_sample = threat_lib.per_sample  # (B,) values against a (B, ...) batch (directions.base)
 
 
 class AttackResult(NamedTuple):

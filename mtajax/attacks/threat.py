@@ -24,13 +24,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from mtajax.directions.base import per_sample
+
 Array = jax.Array
-
-
-def per_sample(v: Array, x: Array) -> Array:
-  """Broadcasts a (B,) vector against a (B, ...) array (anything else is returned as is)."""
-  v = jnp.asarray(v)
-  return v.reshape(v.shape + (1,) * (x.ndim - 1)) if v.ndim == 1 else v
 
 
 def _no_nan(d: Array) -> Array:

@@ -85,9 +85,10 @@ def per_task_grads(loss_fn: LossFn, x: Array, labels: Any, method: GradMethod = 
   return grads, losses
 
 
-def per_sample(w: Array, x: Array) -> Array:
-  """Broadcasts a (B,) vector against a (B, ...) array."""
-  return w.reshape(w.shape + (1,) * (x.ndim - 1))
+def per_sample(v: Array, x: Array) -> Array:
+  """Broadcasts a (B,) vector against a (B, ...) array (anything else is returned as is)."""
+  v = jnp.asarray(v)
+  return v.reshape(v.shape + (1,) * (x.ndim - 1)) if v.ndim == 1 else v
 
 
 @dataclasses.dataclass(frozen=True)
