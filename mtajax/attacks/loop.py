@@ -69,6 +69,7 @@ class Evaluation:
 
 
 class Phase(NamedTuple):
+  """One model evaluation and the update that consumes it (``evaluate`` None: the update alone)."""
   at: Callable[[Problem, Any, Any], tuple[Array, Any]]
   evaluate: Evaluation | None
   update: Callable[[Problem, Any, Any, Any], tuple[Any, Any]]
