@@ -28,6 +28,7 @@ import mtajax  # noqa: F401  (applies the XLA:CPU workaround before JAX starts)
 from mtajax import attacks
 from mtajax.directions import balancing
 from mtajax import directions as D
+from mtajax import platform
 from mtajax import testing
 from mtajax.attacks import common
 
@@ -111,7 +112,7 @@ def main() -> None:
   parser.add_argument("--skip-loops", action="store_true", help="only the direction step costs")
   args = parser.parse_args()
   print(f"backend={jax.default_backend()} devices={jax.devices()} jax={jax.__version__} "
-        f"default unroll={common.resolve_unroll(None)}")
+        f"default loop={platform.default_loop()}")
   for size in args.sizes:
     for num_tasks in args.tasks:
       key = jax.random.PRNGKey(size + num_tasks)
