@@ -28,6 +28,7 @@ import mtajax  # noqa: F401  (applies the XLA:CPU workaround before JAX starts)
 from mtajax import attacks
 from mtajax.directions import balancing
 from mtajax import directions as D
+from mtajax import platform
 from mtajax import testing
 from mtajax.attacks import common
 
@@ -82,19 +83,19 @@ def loop_costs(x, labels, repeats, steps=10):
       x_ = one_step(x_, x)
     return x_
 
-  def pgd(unroll, norm="linf", eps=EPS):
+  def pgd(loop, norm="linf", eps=EPS):
     return lambda: attacks.pgd(testing.loss_fn, x, labels, direction=direction, eps=eps,
-                               bounds=BOUNDS, num_steps=steps, unroll=unroll, norm=norm).x_adv
+                               bounds=BOUNDS, num_steps=steps, loop=loop, norm=norm).x_adv
 
   def apgd(variant):
     return lambda: attacks.apgd(testing.loss_fn, x, labels, direction=direction, eps=EPS,
-                                bounds=BOUNDS, num_steps=steps, unroll=True,
+                                bounds=BOUNDS, num_steps=steps, loop="unrolled",
                                 variant=variant).x_adv
   return _interleaved({
       f"{steps}x total direction": lambda: [grad(x) for _ in range(steps)][-1],
-      "pgd scan rolled": pgd(1),
-      "pgd scan unrolled": pgd(True),
-      "pgd scan unrolled, l2": pgd(True, "l2", EPS * x[0].size ** 0.5),
+      "pgd scan rolled": pgd("rolled"),
+      "pgd scan unrolled": pgd("unrolled"),
+      "pgd scan unrolled, l2": pgd("unrolled", "l2", EPS * x[0].size ** 0.5),
       "python loop of jitted steps": python_loop,
       "apgd reference, unrolled": apgd("reference"),
       "apgd autoattack, unrolled": apgd("autoattack"),
@@ -111,7 +112,7 @@ def main() -> None:
   parser.add_argument("--skip-loops", action="store_true", help="only the direction step costs")
   args = parser.parse_args()
   print(f"backend={jax.default_backend()} devices={jax.devices()} jax={jax.__version__} "
-        f"default unroll={common.resolve_unroll(None)}")
+        f"default loop={platform.default_loop()}")
   for size in args.sizes:
     for num_tasks in args.tasks:
       key = jax.random.PRNGKey(size + num_tasks)

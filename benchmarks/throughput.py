@@ -32,11 +32,10 @@ def measure(num_devices: int, per_device_batch: int, steps: int, repeats: int,
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from mtajax import attacks  # pylint: disable=g-import-not-at-top
   from mtajax import directions  # pylint: disable=g-import-not-at-top
-  from mtajax import evaluate  # pylint: disable=g-import-not-at-top
   from mtajax import models  # pylint: disable=g-import-not-at-top
   from mtajax import parallel  # pylint: disable=g-import-not-at-top
-  from mtajax import tasks as tasks_lib  # pylint: disable=g-import-not-at-top
   from mtajax.data import pipeline  # pylint: disable=g-import-not-at-top
   from mtajax.data import preprocess  # pylint: disable=g-import-not-at-top
   from mtajax.train import assemble  # pylint: disable=g-import-not-at-top
@@ -48,10 +47,10 @@ def measure(num_devices: int, per_device_batch: int, steps: int, repeats: int,
   tasks = assemble.make_tasks(t)
   predict, state = models.pure_predict(assemble.make_model(t, tasks))
   mesh = parallel.make_mesh(num_devices)
-  spec = evaluate.AttackSpec("pgd", directions.gbmta(), num_steps=steps)
+  spec = attacks.Attack("pgd", directions.gbmta(), num_steps=steps)
   bounds = preprocess.input_bounds()
-  attack = jax.jit(lambda s, b: spec.run(tasks_lib.make_loss_fn(
-      functools.partial(predict, s), tasks, "image"), b["image"], b, bounds, 8.0, None))
+  attack = jax.jit(lambda s, b: spec(spec.loss_fn(functools.partial(predict, s), tasks),
+                                     b["image"], b, eps=8.0, bounds=bounds))
   state, batch = parallel.replicate(state, mesh), parallel.shard_batch(loader.batch(0), mesh)
   jax.block_until_ready(attack(state, batch))
   times = []

@@ -1,6 +1,6 @@
 """NYUv2 / Deeplab-ResNet34: the paper's 25 models, every attack and direction, ε grid 1…16.
 
-Needs NYUv2 prepared once:  --config.train.data_dir=... plus the manual files (README, Data).
+Needs NYUv2 prepared once:  --config.train.data_dir=... plus the manual files (docs/data.md).
 Smoke variant for CI: a tiny ResNet34-shaped run on the embedded benchmark (`:smoke`).
 """
 

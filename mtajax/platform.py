@@ -2,8 +2,8 @@
 
 jaxlib 0.10.2's XLA:CPU fuses reductions through YNNPACK and then computes ``jit(vmap(vjp))``
 per-task gradients wrongly for normalise-then-reduce losses such as the surface-normal loss
-(regression test: tests/test_tasks_loss_fn.py, README "The XLA:CPU gradient bug"). Disabling that
-fusion kind fixes it at no measured cost.
+(regression test: tests/test_tasks_loss_fn.py; docs/design.md, "The XLA:CPU gradient bug").
+Disabling that fusion kind fixes it at no measured cost.
 The flag must be in ``XLA_FLAGS`` before JAX creates its CPU backend, so :mod:`mtajax` applies it at
 import time when that is still possible and warns otherwise.
 """

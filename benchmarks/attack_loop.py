@@ -1,12 +1,12 @@
-"""Attack loops judged on compile + run together: ``lax.scan`` unrolled, rolled, and host loops.
+"""Attack loops judged on compile + run together: ``lax.scan`` unrolled, rolled, and the Python loop.
 
-    python benchmarks/host_loop.py [--size 32] [--width 8] [--batch 16] [--batches 8]
+    python benchmarks/attack_loop.py [--size 32] [--width 8] [--batch 16] [--batches 8]
                                    [--steps 10] [--repeats 3]
 
-For each loop kind (``unroll=True``, ``unroll=1``, ``unroll='host'``: :mod:`mtajax.host_loop`) and
+For each loop kind (``loop='unrolled'``, ``'rolled'``, ``'python'``: :mod:`mtajax.attacks.loop`) and
 attack (GB-MTA PGD, SignTotal APGD) on the quickstart's ``small`` model (AS and IND, 3 heads): the
-first call (trace + compile + one run, in a fresh compile cache: ``jax.clear_caches`` and
-``host_loop.clear`` before it; the persistent cache is off) and the median of ``--repeats`` later
+first call (trace + compile + one run, in a fresh compile cache: ``jax.clear_caches`` before
+it; the persistent cache is off) and the median of ``--repeats`` later
 calls, interleaved over the kinds; then the cost of a quickstart-like use: first call +
 (batches × 2 ε − 1) runs. Ratios are to the unrolled scan, measured in this one run.
 """
@@ -25,13 +25,12 @@ from flax import nnx
 
 from mtajax import attacks
 from mtajax import directions as D
-from mtajax import host_loop
 from mtajax import models
 from mtajax import tasks as tasks_lib
 from mtajax.data import preprocess
 from mtajax.tasks import task_sets
 
-KINDS = {"unrolled": True, "rolled": 1, "host": "host"}
+KINDS = attacks.LOOPS
 
 
 def problem(size: int, batch: int, layout: int, width: int):
@@ -72,15 +71,16 @@ def main() -> None:
                                        direction.reduction)
       call = {kind: functools.partial(
           attacks.by_name(attack), loss_fn, x, labels, direction=direction, eps=8.0 / 127.5,
-          bounds=preprocess.input_bounds(), num_steps=args.steps, unroll=unroll)
-              for kind, unroll in KINDS.items()}
+          bounds=preprocess.input_bounds(), num_steps=args.steps, loop=kind)
+              for kind in KINDS}
       first, runs = {}, {k: [] for k in KINDS}
       for kind in KINDS:
         jax.clear_caches()
-        host_loop.clear()
         start = time.perf_counter()
         jax.block_until_ready(call[kind]().x_adv)
         first[kind] = time.perf_counter() - start
+      for kind in KINDS:  # untimed: recompiles what the later kinds' clear_caches dropped
+        jax.block_until_ready(call[kind]().x_adv)
       for _ in range(args.repeats):  # interleaved
         for kind in KINDS:
           start = time.perf_counter()
