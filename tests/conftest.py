@@ -2,8 +2,8 @@
 shared by the xdist workers and the subprocesses of one run, and the fixtures shared by several test
 modules (their helpers are in fixtures.py).
 
-Level 0 is the main job's ``xla_fast_compile`` setting: the suite's time is mostly XLA:CPU compiling
-its programs, which level 0 does about twice as fast. The numerics tests compare with tolerances or
+Level 0 (what ``XLA_FLAGS=--xla_backend_optimization_level=0`` gives the main job): the suite's time
+is mostly XLA:CPU compiling its programs, which level 0 does about twice as fast. The numerics tests compare with tolerances or
 between programs compiled alike, and the XLA:CPU miscompilation that ``mtajax.platform`` works
 around shows at level 0 as well (its regression test fails there without the workaround). A level
 given in ``XLA_FLAGS`` (e.g. ``--xla_backend_optimization_level=3``) is kept.
