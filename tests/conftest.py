@@ -35,6 +35,25 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
+# The longest modules (whole-job runs and notebooks), longest first: scheduled first, so that the
+# two xdist workers end together instead of one running a long module at the end alone.
+FIRST = ("test_run.py", "test_parallel.py", "test_notebooks.py", "test_train_imported.py",
+         "test_robust_sweep.py", "test_locks.py", "test_train_config.py")
+
+
+def pytest_configure(config):
+  """--dist loadscope hands modules out in collection order (not xdist's default: most tests
+  first)."""
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+  """The modules of FIRST first, in that order; the rest as collected."""
+  rank = lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST)  # pylint: disable=unnecessary-lambda-assignment
+  items.sort(key=rank)  # Stable: each module's tests keep their order.
+
+
 @pytest.fixture(scope="module", name="setup")
 def fixture_setup():
   """The attack tests' toy net and images: (x, (params, labels))."""

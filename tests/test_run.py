@@ -66,14 +66,17 @@ def _kill_at(args, cwd, env, marker: str) -> None:
 
 
 def test_sweep_killed_in_every_phase_ends_with_the_same_records(tmp_path):
-  # A cache of its own: JAX writes cache files in place, and this test SIGKILLs its runs.
-  env = _env(tmp_path / "jax_cache")
+  shared_cache = pathlib.Path(os.environ["MTAJAX_JAX_CACHE"])
   shutil.copytree(ROOT / "configs", tmp_path / "configs")
-  done = _run(SMALL + ["--config.workdir=uninterrupted"], tmp_path, env)
+  done = _run(SMALL + ["--config.workdir=uninterrupted"], tmp_path, _env(shared_cache))
   assert done.returncode == 0, done.stderr[-2000:]
   want = _records(tmp_path / "uninterrupted")
   assert len(want) == 6  # clean + 2 directions x 2 eps + robust at the quickstart's robust ε
   assert (tmp_path / "uninterrupted" / "report" / "report.md").exists()
+
+  # The killed runs keep a cache of their own (JAX writes cache files in place, and they are
+  # SIGKILLed): a copy of the shared one, which holds every program the uninterrupted run used.
+  env = _env(shutil.copytree(shared_cache, tmp_path / "jax_cache"))
 
   args = [sys.executable, "-m", "mtajax.run", *SMALL, "--config.workdir=killed"]
   for marker in PHASES:  # Each run resumes what the previous one left, then dies in the next phase.
