@@ -48,10 +48,13 @@ def pytest_configure(config):
     config.option.loadscopereorder = False
 
 
+def _rank(item: pytest.Item) -> int:
+  return FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST)
+
+
 def pytest_collection_modifyitems(items):
   """The modules of FIRST first, in that order; the rest as collected."""
-  rank = lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST)  # pylint: disable=unnecessary-lambda-assignment
-  items.sort(key=rank)  # Stable: each module's tests keep their order.
+  items.sort(key=_rank)  # Stable: each module's tests keep their order.
 
 
 @pytest.fixture(scope="module", name="setup")
