@@ -9,8 +9,10 @@ around shows at level 0 as well (its regression test fails there without the wor
 given in ``XLA_FLAGS`` (e.g. ``--xla_backend_optimization_level=3``) is kept.
 """
 
+import fcntl
 import os
 import pathlib
+import shutil
 
 _CACHE = pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"
 # Inherited by the main-job subprocesses and notebook kernels too: one cache of every compiled
@@ -33,7 +35,47 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
+# The longest modules (whole-job runs and notebooks), longest first: scheduled first, so that the
+# two xdist workers end together instead of one running a long module at the end alone.
+FIRST = ("test_run.py", "test_parallel.py", "test_notebooks.py", "test_run_import.py",
+         "test_robust_sweep.py", "test_locks.py", "test_train_config.py")
+
+
+def pytest_configure(config):
+  """--dist loadscope hands modules out in collection order (not xdist's default: most tests
+  first)."""
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
+def _rank(item: pytest.Item) -> int:
+  return FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST)
+
+
+def pytest_collection_modifyitems(items):
+  """The modules of FIRST first, in that order; the rest as collected."""
+  items.sort(key=_rank)  # Stable: each module's tests keep their order.
+
+
 @pytest.fixture(scope="module", name="setup")
 def fixture_setup():
   """The attack tests' toy net and images: (x, (params, labels))."""
   return fixtures.attack_setup()
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory) -> pathlib.Path:
+  """The root of the session's one smoke sweep (fixtures.smoke_sweep), built by the first xdist
+  worker that asks while the others wait on a file lock. Read-only: copy it (fixtures.
+  copy_smoke_sweep) to write."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # The session's folder, above each worker's own.
+  root = base / "smoke_sweep"
+  with open(base / "smoke_sweep.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (root / "done").exists():
+      shutil.rmtree(root, ignore_errors=True)  # What a failed build left.
+      fixtures.smoke_sweep(root)
+      (root / "done").touch()
+  return root

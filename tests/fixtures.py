@@ -8,13 +8,16 @@ import collections
 import contextlib
 import math
 import pathlib
+import shutil
 
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import quickstart
 from mtajax import models
+from mtajax import run
 from mtajax import tasks as mt
 from mtajax import testing
 from mtajax.models.heads import ConvHead
@@ -433,3 +436,36 @@ def traced_programs():
     yield count
   finally:
     jax.monitoring.unregister_event_duration_listener(listener)
+
+
+# The session's one trained smoke workdir (fixture `smoke_sweep` in conftest.py), shared by the
+# main-job re-run, model-identity and robust-mode tests: the smoke model of layout 0 trained
+# SMOKE_STEPS steps (checkpoints at half and all of them; fewer leave a clean metric at 0, so no
+# ARP), its clean record and one attacked cell (GB-MTA PGD at ε 8), the examples and the report.
+SMOKE_MODEL = "synthetic-small-L0"
+SMOKE_STEPS = 40
+
+
+def smoke_config(workdir: pathlib.Path, data_dir: pathlib.Path):
+  """The smoke config cut to one model, one attacked cell, no robust suite."""
+  c = quickstart.get_config("smoke")
+  c.workdir, c.train.data_dir = str(workdir), str(data_dir)
+  c.layouts, c.directions, c.eps = (0,), ("gbmta",), (8.0,)
+  c.train.num_steps = c.train.eval_every = SMOKE_STEPS
+  c.train.checkpoint_every = SMOKE_STEPS // 2
+  c.train.progress_bar = False
+  c.robust.enabled = False
+  return c
+
+
+def smoke_sweep(root: pathlib.Path) -> None:
+  """Runs the sweep of smoke_config into root/work (data in root/tfds)."""
+  run.run("sweep", smoke_config(root / "work", root / "tfds"))
+
+
+def copy_smoke_sweep(root: pathlib.Path, dest: pathlib.Path, results: bool = True):
+  """A writable copy of the shared sweep in dest (work/ and tfds/): its config on the copy."""
+  ignore = None if results else shutil.ignore_patterns("results.jsonl", "examples.npz", "report")
+  shutil.copytree(root / "work", dest / "work", ignore=ignore)
+  shutil.copytree(root / "tfds", dest / "tfds")
+  return smoke_config(dest / "work", dest / "tfds")

@@ -10,6 +10,8 @@ from mtajax import robust_sweep
 from mtajax import run
 from mtajax.train import ensure
 
+from fixtures import copy_smoke_sweep
+
 
 def _config(tmp_path):
   c = quickstart.get_config("smoke")
@@ -20,8 +22,10 @@ def _config(tmp_path):
   return c
 
 
-def test_robust_mode_records_resume_and_report(tmp_path, monkeypatch):
-  config = _config(tmp_path)
+def test_robust_mode_records_resume_and_report(smoke_sweep, tmp_path, monkeypatch):
+  # The session's smoke model (fixtures.smoke_sweep), without its records.
+  config = copy_smoke_sweep(smoke_sweep, tmp_path, results=False)
+  config.robust.enabled, config.robust.eps = True, (4.0, 8.0)
   calls = []
   real = robust.evaluate
 

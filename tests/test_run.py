@@ -20,7 +20,7 @@ from mtajax import sweep
 from mtajax.train import checkpoint
 from mtajax.train import ensure
 
-from fixtures import damage
+from fixtures import SMOKE_MODEL, SMOKE_STEPS, copy_smoke_sweep, damage
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # One model, two directions, two ε: training, a clean record and four attacked records.
@@ -67,14 +67,17 @@ def _kill_at(args, cwd, env, marker: str) -> None:
 
 
 def test_sweep_killed_in_every_phase_ends_with_the_same_records(tmp_path):
-  # A cache of its own: JAX writes cache files in place, and this test SIGKILLs its runs.
-  env = _env(tmp_path / "jax_cache")
+  shared_cache = pathlib.Path(os.environ["MTAJAX_JAX_CACHE"])
   shutil.copytree(ROOT / "configs", tmp_path / "configs")
-  done = _run(SMALL + ["--config.workdir=uninterrupted"], tmp_path, env)
+  done = _run(SMALL + ["--config.workdir=uninterrupted"], tmp_path, _env(shared_cache))
   assert done.returncode == 0, done.stderr[-2000:]
   want = _records(tmp_path / "uninterrupted")
   assert len(want) == 6  # clean + 2 directions x 2 eps + robust at the quickstart's robust ε
   assert (tmp_path / "uninterrupted" / "report" / "report.md").exists()
+
+  # The killed runs keep a cache of their own (JAX writes cache files in place, and they are
+  # SIGKILLed): a copy of the shared one, which holds every program the uninterrupted run used.
+  env = _env(shutil.copytree(shared_cache, tmp_path / "jax_cache"))
 
   args = [sys.executable, "-m", "mtajax.run", *SMALL, "--config.workdir=killed"]
   for marker in PHASES:  # Each run resumes what the previous one left, then dies in the next phase.
@@ -207,16 +210,14 @@ def _two_steps(config):
   return config
 
 
-def test_checkpoint_of_another_layout_is_refused(tmp_path):
-  config = _two_steps(_config())
-  config.workdir = str(tmp_path)
-  t0 = ensure.train_config(config, 0)
+def test_checkpoint_of_another_layout_is_refused(smoke_sweep, tmp_path):
+  config = copy_smoke_sweep(smoke_sweep, tmp_path)
+  models = tmp_path / "work" / "models"
   t2 = ensure.train_config(config, 2)
-  ensure.ensure_trained(t2, tmp_path)
-  shutil.copytree(tmp_path / "models" / ensure.model_id(t2), tmp_path / "models" / ensure.model_id(t0))
+  shutil.copytree(models / SMOKE_MODEL, models / ensure.model_id(t2))  # The layout-0 model.
   with pytest.raises(ValueError, match="different config"):
-    ensure.ensure_trained(t0, tmp_path)
-  assert (tmp_path / "models" / ensure.model_id(t0) / "checkpoints").is_dir()  # Nothing deleted.
+    ensure.ensure_trained(t2, tmp_path / "work")
+  assert (models / ensure.model_id(t2) / "checkpoints").is_dir()  # Nothing deleted.
 
 
 def test_model_killed_before_its_first_checkpoint_is_trained_again(tmp_path):
@@ -248,36 +249,23 @@ def test_report_shows_the_current_configs_records_unless_history_is_asked(tmp_pa
   assert sorted(seen) == sorted(current + stale if history else current)
 
 
-# Re-runs on a complete workdir: stored examples reused, no model needed (deleted or damaged),
-# and the report from stored records byte-identical to the one the fresh run wrote.
-def _rerun_config(workdir: pathlib.Path, data_dir: pathlib.Path):
-  """The smoke config cut to one model, one attacked cell, 4 train steps, no robust suite."""
-  c = quickstart.get_config("smoke")
-  c.workdir, c.train.data_dir = str(workdir), str(data_dir)
-  c.layouts, c.directions, c.eps = (0,), ("gbmta",), (8.0,)
-  c.train.num_steps, c.train.eval_every, c.train.checkpoint_every = 4, 4, 2
-  c.train.progress_bar = False
-  c.robust.enabled = False
-  return c
-
-
+# Re-runs on a complete workdir (the session's smoke sweep, fixtures.smoke_sweep): stored examples
+# reused, no model needed (deleted or damaged), and the report from stored records byte-identical to
+# the one the fresh run wrote.
 @pytest.fixture(scope="module")
-def fresh(tmp_path_factory):
-  """A fresh sweep: (its directory, the model's checkpoint dir, the files it wrote)."""
-  root = tmp_path_factory.mktemp("rerun")
-  config = _rerun_config(root / "fresh", root / "tfds")
-  run.run("sweep", config)
-  workdir = pathlib.Path(config.workdir)
-  ckpts = workdir / "models" / ensure.model_id(ensure.train_config(config, 0)) / "checkpoints"
+def fresh(smoke_sweep):
+  """The fresh sweep: (its root, the model's checkpoint dir, the files it wrote)."""
+  workdir = smoke_sweep / "work"
+  ckpts = workdir / "models" / SMOKE_MODEL / "checkpoints"
   files = {n: (workdir / n).read_bytes() for n in ("results.jsonl", "examples.npz",
                                                     "report/report.md")}
-  return root, ckpts, files
+  return smoke_sweep, ckpts, files
 
 
-def _copy(fresh, tmp_path) -> pathlib.Path:
-  root, _, _ = fresh
-  shutil.copytree(root / "fresh", tmp_path / "w")
-  return tmp_path / "w"
+def _copy(fresh, tmp_path):
+  """A writable copy of the fresh sweep: (its workdir, its config)."""
+  config = copy_smoke_sweep(fresh[0], tmp_path)
+  return pathlib.Path(config.workdir), config
 
 
 def _mtimes(workdir: pathlib.Path) -> dict[pathlib.Path, int]:
@@ -293,36 +281,36 @@ def _unchanged(workdir: pathlib.Path, files, mtimes: dict[pathlib.Path, int]) ->
 
 
 def test_report_from_stored_records_equals_the_fresh_one(fresh, tmp_path):
-  root, _, files = fresh
-  workdir = _copy(fresh, tmp_path)
+  _, _, files = fresh
+  workdir, config = _copy(fresh, tmp_path)
   (workdir / "report" / "report.md").unlink()
-  run.run("report", _rerun_config(workdir, root / "tfds"))
+  run.run("report", config)
   assert (workdir / "report" / "report.md").read_bytes() == files["report/report.md"]
 
 
 @pytest.mark.parametrize("mode", ["sweep", "attack"])
 def test_rerun_reuses_the_examples_and_needs_no_model(fresh, tmp_path, mode):
-  root, ckpts, files = fresh
-  workdir = _copy(fresh, tmp_path)
+  _, ckpts, files = fresh
+  workdir, config = _copy(fresh, tmp_path)
   mtimes = _mtimes(workdir)
-  config = _rerun_config(workdir, root / "tfds")
   shutil.rmtree(workdir / "models")  # Every record is stored: no model is needed...
   run.run(mode, config)
   _unchanged(workdir, files, mtimes)
   assert not (workdir / "models").exists()  # ...so none is trained again.
   shutil.copytree(ckpts.parent, workdir / "models" / ckpts.parent.name)
-  damage(workdir / "models" / ckpts.parent.name / "checkpoints" / "4", "flip")
+  damage(workdir / "models" / ckpts.parent.name / "checkpoints" / str(SMOKE_STEPS), "flip")
   run.run(mode, config)  # Nor loaded: its damaged final step is not read.
   _unchanged(workdir, files, mtimes)
 
 
 def test_damaged_model_with_records_missing_names_the_step_to_delete(fresh, tmp_path):
-  root, ckpts, _ = fresh
-  workdir = _copy(fresh, tmp_path)
+  _, ckpts, _ = fresh
+  workdir, config = _copy(fresh, tmp_path)
   results = workdir / "results.jsonl"
   results.write_text("".join(results.read_text().splitlines(keepends=True)[:-1]))
-  step = workdir / "models" / ckpts.parent.name / "checkpoints" / "4"
+  step = workdir / "models" / ckpts.parent.name / "checkpoints" / str(SMOKE_STEPS)
   damage(step, "flip")
   with pytest.raises(checkpoint.DamagedCheckpointError,
                      match=f"delete {step} to resume from the previous step"):
-    run.run("attack", _rerun_config(workdir, root / "tfds"))
+    run.run("attack", config)
+
