@@ -176,14 +176,16 @@ _GRID_LINE = (
     '"note": null, "num_steps": 10, "per_device_batch": 8, "sharing_level": 2, "tasks": '
     '["segment_semantic", "depth_zbuffer"], "time_s": 1.25, "train_steps": 20}\n')
 _ROBUST_LINE = (
-    '{"adv_training": "none", "arp": 80.0, "arp_per_task": {"depth_zbuffer": 80.0}, "attack": '
+    '{"adv_training": "none", "arp": 80.0, "arp_per_task": {"depth_zbuffer": 80.0}, '
+    '"at_last_step": {"apgd:total": null, "pgd:gbmta": 0.5}, "attack": '
     '"robust", "backbone": "small", "candidate_arp": {"apgd:total": null, "pgd:gbmta": 70.0}, '
     '"clean_metrics": {"depth_zbuffer": {"abs_err": 0.5}}, "config_hash": "fedcba9876543210", '
-    '"dataset": "synthetic", "devices": 1, "direction": null, "envelope": {"depth_zbuffer": 80.0}, '
+    '"converged": false, "dataset": "synthetic", "devices": 1, "direction": null, "envelope": {"depth_zbuffer": 80.0}, '
     '"eps": 4.0, "grid_passes_per_image": 67, "key": "k2", "layout": "L", "layout_idx": null, '
     '"metrics": {"depth_zbuffer": {"abs_err": 0.9}}, "model": "synthetic-small-L0", '
     '"num_steps": 0, "passes_per_image": 41.0, "sharing_level": 2, "suite": "standard", "tasks": '
-    '["depth_zbuffer"], "time_s": 3.5, "wins": {"apgd:total": 0, "pgd:gbmta": 2}}\n')
+    '["depth_zbuffer"], "time_s": 3.5, "trajectory": [{"arp": 80.0, "candidate": "pgd:gbmta", '
+    '"passes_per_image": 41.0}], "wins": {"apgd:total": 0, "pgd:gbmta": 2}}\n')
 _MODEL = dict(model="synthetic-small-L0", dataset="synthetic", backbone="small", layout="L",
               sharing_level=2, adv_training="none")
 
@@ -203,7 +205,9 @@ def test_grid_and_robust_records_are_stored_as_before_the_schema(tmp_path):
       arp=80.0, arp_per_task={"depth_zbuffer": 80.0}, config_hash="fedcba9876543210", devices=1,
       time_s=3.5, suite="standard", clean_metrics={"depth_zbuffer": {"abs_err": 0.5}},
       envelope={"depth_zbuffer": 80.0}, candidate_arp={"pgd:gbmta": 70.0, "apgd:total": None},
-      wins={"pgd:gbmta": 2, "apgd:total": 0}, passes_per_image=41.0, grid_passes_per_image=67)
+      wins={"pgd:gbmta": 2, "apgd:total": 0}, passes_per_image=41.0, grid_passes_per_image=67,
+      trajectory=[{"candidate": "pgd:gbmta", "arp": 80.0, "passes_per_image": 41.0}],
+      at_last_step={"pgd:gbmta": 0.5, "apgd:total": None}, converged=False)
   store = results.Store(tmp_path / "r.jsonl")
   store.add(grid)
   store.add(robust)
