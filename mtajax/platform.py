@@ -66,7 +66,7 @@ def evaluation_loop() -> str:
   when the caller passes ``loop=None``.
 
   ``MTAJAX_ATTACK_LOOP`` (``unrolled``, ``rolled`` or ``python``) chooses it for a run; otherwise,
-  on XLA:CPU the Python loop (it compiles one step per attack instead of N unrolled ones and runs
+  on XLA:CPU in one process the Python loop (it compiles one step per attack instead of N unrolled ones and runs
   as fast as the unrolled program, benchmarks/main_job.py), elsewhere the rolled scan.
   """
   import jax  # pylint: disable=g-import-not-at-top
@@ -75,4 +75,5 @@ def evaluation_loop() -> str:
     if chosen not in ("unrolled", "rolled", "python"):
       raise ValueError(f"MTAJAX_ATTACK_LOOP must be unrolled, rolled or python; got {chosen!r}.")
     return chosen
-  return "python" if jax.default_backend() == "cpu" else "rolled"
+  # A multi-host run's arrays span every process: one program per attack, as on accelerators.
+  return "python" if jax.default_backend() == "cpu" and jax.process_count() == 1 else "rolled"

@@ -379,7 +379,8 @@ mesh = parallel.make_mesh()
 spec = attacks.Attack("pgd", directions.gbmta(), num_steps=2, options=(("unroll", 1),))
 clean = evaluate.evaluate(predict, state, loader, tasks, mesh=mesh)
 attacked = evaluate.evaluate(predict, state, loader, tasks, spec=spec, eps=8.0,
-                             bounds=preprocess.input_bounds(), baselines=clean.losses, mesh=mesh)
+                             bounds=preprocess.input_bounds(), baselines=clean.losses, mesh=mesh,
+                             loop="rolled")
 if pid == 0:
   print(json.dumps({"shapes": sorted({loader.batch(s)["image"].shape[0] for s in range(3)}),
                     "compiles": evaluate._compiled._cache_size(), "devices": mesh.size,

@@ -272,8 +272,11 @@ def run(build: Callable[[dict[str, Any]], loop_lib.Algorithm], loss_fn, directio
 
 
 def _is_concrete(*values: Any) -> bool:
-  """Whether no leaf of ``values`` is a tracer (values captured by a trace are concrete)."""
-  return not any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(values))
+  """Whether every leaf of ``values`` can be read on this host: no tracer (values captured by a
+  trace are concrete) and no array spread over other processes' devices (a multi-host batch; its
+  bad values are left to :func:`invalid_images`, as traced ones)."""
+  return not any(isinstance(v, jax.core.Tracer) or (
+      isinstance(v, jax.Array) and not v.is_fully_addressable) for v in jax.tree.leaves(values))
 
 
 def check_inputs(x: Array, eps: Any, bounds: Bounds, *, step_size: Any = None,

@@ -22,8 +22,8 @@ static options. :func:`run` drives an :class:`Algorithm` in one of three ways (`
 ``'python'``    a Python loop: each evaluation is one jitted program per (model, direction, attack
                 loss, kind), shared by every phase and every attack that evaluates the same thing,
                 and each phase's update a small jitted program. Compiles about one step, runs like
-                the unrolled program on XLA:CPU. Outside a trace only: inside a caller's ``jit`` it
-                falls back to ``'rolled'``.
+                the unrolled program on XLA:CPU. Outside a trace and on one process's arrays only:
+                inside a caller's ``jit`` or on a multi-host batch it runs ``'rolled'``.
 ==============  ===================================================================================
 
 ``None`` picks :func:`mtajax.platform.default_loop`. The two scan loops give the same program
@@ -204,10 +204,12 @@ def _length(schedule: Any) -> int:
 
 
 def can_use_python_loop(algorithm: Algorithm, *values: Any) -> bool:
-  """Whether the Python loop can run: outside a trace (no tracer among ``values``) and with at
-  least one iteration (an empty loop's stacked outputs have no shape to take)."""
-  traced = any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(values))
-  return not traced and (not algorithm.body or _length(algorithm.schedule) > 0)
+  """Whether the Python loop can run: outside a trace (no tracer among ``values``), on this
+  process's devices only (no array of a multi-host run: its pieces would each need every process),
+  and with at least one iteration (an empty loop's stacked outputs have no shape to take)."""
+  local = not any(isinstance(v, jax.core.Tracer) or (
+      isinstance(v, jax.Array) and not v.is_fully_addressable) for v in jax.tree.leaves(values))
+  return local and (not algorithm.body or _length(algorithm.schedule) > 0)
 
 
 def from_unroll(unroll: Any, loop: Loop | None) -> tuple[Loop, bool | int]:
