@@ -82,7 +82,9 @@ def test_linear_metric_selection_equals_numpy_argmax():
   assert len(set(sel.choice)) > 1
 
 
-def test_guarantee_on_non_additive_metrics():
+def non_additive():
+  """Candidates on non-additive metrics, candidate 2 skipped on image 5 (it cannot compete alone):
+  (tasks, batch, predictions, states, per-image metrics, clean, scores, available, objective)."""
   tasks = mt.synthetic_tasks(3, num_classes=K)
   batch = labels(4)
   preds = [predictions(20 + c, 1.0 + c) for c in range(C)]
@@ -90,8 +92,12 @@ def test_guarantee_on_non_additive_metrics():
   clean = streaming(tasks, batch, preds[0])
   s = np.stack([np.asarray(per_image.score(tasks, m, ms[0], clean)[0]) for m in ms])
   available = np.ones_like(s, bool)
-  available[2, 5] = False  # candidate 2 skipped on one image: it cannot compete alone
-  objective = worst_case.arp_objective(tasks, clean)
+  available[2, 5] = False
+  return tasks, batch, preds, states, ms, clean, s, available, worst_case.arp_objective(tasks, clean)
+
+
+def test_guarantee_on_non_additive_metrics():
+  tasks, batch, preds, states, ms, clean, s, available, objective = non_additive()
   sel = worst_case.select(tasks, states, GROUPS, s, available, objective)
   assert sel.alone[2] is None
   alone = [objective(streaming(tasks, batch, p)) for p in preds]
@@ -135,15 +141,7 @@ def test_accumulate_on_a_hand_made_candidate_sequence():
 
 
 def test_accumulate_never_decreases_and_keeps_the_guarantee():
-  tasks = mt.synthetic_tasks(3, num_classes=K)
-  batch = labels(4)
-  preds = [predictions(20 + c, 1.0 + c) for c in range(C)]
-  states, ms = candidates(tasks, batch, preds)
-  clean = streaming(tasks, batch, preds[0])
-  s = np.stack([np.asarray(per_image.score(tasks, m, ms[0], clean)[0]) for m in ms])
-  available = np.ones_like(s, bool)
-  available[2, 5] = False
-  objective = worst_case.arp_objective(tasks, clean)
+  tasks, batch, preds, states, _, _, s, available, objective = non_additive()
   steps = worst_case.accumulate(tasks, states, GROUPS, s, available, objective)
   alone = [objective(streaming(tasks, batch, p)) for p in preds]
   for c, sel in enumerate(steps, 1):
