@@ -25,6 +25,7 @@ from mtajax import parallel
 from mtajax import results
 from mtajax import robust
 from mtajax import sweep
+from mtajax import tasks as tasks_lib
 from mtajax.data import preprocess
 from mtajax.train import ensure
 
@@ -60,7 +61,11 @@ def grid_passes(config: ml_collections.ConfigDict, num_tasks: int) -> int:
 
 def _hash(config, t) -> str:
   r = config.robust
-  return results.digest([sweep.config_hash(config, t), r.suite, r.threshold, r.seed])
+  # The suite's members (what it runs, not only its name) and the attack losses' revisions: a
+  # redefined suite or loss never reuses records of the old definition.
+  members = robust.SUITES.get(r.suite, ())
+  return results.digest([sweep.config_hash(config, t), r.suite, r.threshold, r.seed, members,
+                         tasks_lib.attack_losses.REVISIONS])
 
 
 def record_key(config, t, eps: float) -> str:

@@ -152,7 +152,8 @@ def key(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict, attack:
         direction: str | None, eps: float, attack_loss: str = "default") -> str:
   """The record key of one cell: model identity and training steps, attack, direction, ε, loss."""
   return results.record_key(ensure.model_id(t), attack, direction, eps,
-                            attack_steps(config, attack), config_hash(config, t), attack_loss)
+                            attack_steps(config, attack), config_hash(config, t),
+                            attack_losses.key_name(attack_loss))
 
 
 def model_keys(config: ml_collections.ConfigDict, t: ml_collections.ConfigDict) -> set[str]:

@@ -64,6 +64,15 @@ PixelLoss = tuple[jax.Array, jax.Array]
 AttackLoss = Callable[[base.Task, jax.Array, base.Batch, Any], PixelLoss]
 PerTask = tuple[tuple[str, str], ...]
 DEFAULT = "default"
+# Losses whose meaning changed since records were first keyed by their name: segpgd, masked_ce and
+# js also attack regression heads (by each task's success criteria) since revision 2.
+REVISIONS = {"segpgd": 2, "masked_ce": 2, "js": 2}
+
+
+def key_name(name: str) -> str:
+  """``name`` as stored records' keys carry it: with its revision where its meaning changed, so a
+  re-run never reuses a record of the loss's earlier meaning."""
+  return f"{name}@{REVISIONS[name]}" if name in REVISIONS else name
 ALL_TYPES = (Segmentation, Normal, L1Task)
 REGRESSION_TYPES = (Normal, L1Task)
 LOG_FLOOR = 1e-6  # the smallest depth ``relative`` takes the log of (with ``min_depth``)
