@@ -221,9 +221,7 @@ def _attack(loss_arrays, dir_arrays, args, *, build, loss_static, dir_static, op
   loss_fn = compile_once.merge(loss_static, loss_arrays)
   args = {**args, "clean": clean_context(loss_fn, args["x0"], args["labels"])}
   p = loop_lib.Problem(loss_fn, compile_once.merge(dir_static, dir_arrays), args, options)
-  result = loop_lib.scanned(build(options), p, options["scan_unroll"])
-  return nan_where_invalid(result, invalid_images(args["x0"], args["eps"], args["bounds"],
-                                                  args.get("step_size")))
+  return _invalid(loop_lib.scanned(build(options), p, options["scan_unroll"]), args)
 
 
 def _clean(loss_arrays, args, *, loss_static):
@@ -231,6 +229,7 @@ def _clean(loss_arrays, args, *, loss_static):
 
 
 def _invalid(result, args):
+  """``result`` with the images :func:`invalid_images` flags as NaN."""
   return nan_where_invalid(result, invalid_images(args["x0"], args["eps"], args["bounds"],
                                                   args.get("step_size")))
 
@@ -258,13 +257,12 @@ def run(build: Callable[[dict[str, Any]], loop_lib.Algorithm], loss_fn, directio
   loop, scan_unroll = loop_lib.from_unroll(unroll, loop)
   options["context_steps"] = options.get("num_steps") if takes_context(loss_fn) else None
   algorithm = build(options)
+  loss_static, loss_arrays = compile_once.split(loss_fn)
   if loop == "python" and loop_lib.can_use_python_loop(algorithm, loss_fn, direction, args):
-    loss_static, loss_arrays = compile_once.split(loss_fn)
     clean = None if not takes_context(loss_fn) else _clean_jit(loss_arrays, args,
                                                                loss_static=loss_static)
     args = {**args, "clean": clean}
     return _invalid_jit(loop_lib.python_loop(algorithm, loss_fn, direction, args, options), args)
-  loss_static, loss_arrays = compile_once.split(loss_fn)
   dir_static, dir_arrays = compile_once.split(direction)
   options["scan_unroll"] = scan_unroll
   return _compiled(loss_arrays, dir_arrays, args, build=build, loss_static=loss_static,
