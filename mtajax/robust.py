@@ -343,6 +343,93 @@ def _chunks(indices: np.ndarray, size: int) -> Iterable[tuple[np.ndarray, int]]:
     yield np.concatenate([idx, np.full(size - len(idx), idx[-1])]), len(idx)
 
 
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+  """Every candidate's per-image results on every image, before the worst case (:func:`summarise`).
+
+  Row 0 of the (C, N) arrays is the clean input; row c the c-th candidate in run order.
+  """
+  tasks: tuple[tasks_lib.Task, ...]
+  names: list[str]  # "clean", then the candidates' names
+  candidates: tuple[Candidate, ...]
+  clean: dict[str, dict[str, float]]  # clean dataset metrics
+  states: worst_case.States  # {task: {leaf: (C, N, ...)}}
+  groups: np.ndarray  # (N,) batch of each image
+  scores: np.ndarray  # (C, N) s_b
+  drops: dict[str, np.ndarray]  # {task: (C, N)}
+  available: np.ndarray  # (C, N) ran on the image
+  best_step: np.ndarray  # (C, N) iteration of the returned point
+  metrics: list[dict[str, dict[str, np.ndarray]]]  # per candidate {task: {metric: (N,)}}
+  chunk: int  # images per attacked chunk
+  suite: str
+
+  def members(self, suite: str | Sequence[Member], *, one_program: bool = False) -> list[int]:
+    """Rows of the candidates of ``suite`` (a sub-suite of the one that ran: same attack, options
+    and restart index give the same candidate), for :func:`summarise`'s ``only``."""
+    where = {(c.program, c.restart, c.index): i for i, c in enumerate(self.candidates, 1)}
+    rows = []
+    for c in candidates(suite, [t.name for t in self.tasks], one_program=one_program):
+      row = where.get((c.program, c.restart, c.index))
+      if row is None:
+        raise ValueError(f"candidate {c.name} of the sub-suite did not run; run a suite that "
+                         "contains it.")
+      rows.append(row)
+    return rows
+
+
+def summarise(raw: Candidates, *, only: Sequence[int] | None = None,
+              seconds: float = float("nan")) -> RobustEvaluation:
+  """The worst case per image and per task over the candidates ``only`` (rows of ``raw``, in run
+  order; None: all) and the clean input, as a :class:`RobustEvaluation`."""
+  rows = [0] + (list(range(1, len(raw.names))) if only is None else list(only))
+  tasks, groups = raw.tasks, raw.groups
+  states = {t: {k: v[rows] for k, v in leaves.items()} for t, leaves in raw.states.items()}
+  available, scores = raw.available[rows], raw.scores[rows]
+  drops = {t: v[rows] for t, v in raw.drops.items()}
+  names = [raw.names[r] for r in rows]
+  cands = [raw.candidates[r - 1] for r in rows[1:]]
+  best_step = raw.best_step[rows]
+  clean = raw.clean
+  n = len(groups)
+  select = functools.partial(worst_case.select, tasks, states, groups, available=available)
+  prefixes = worst_case.accumulate(tasks, states, groups, scores, available,
+                                   worst_case.arp_objective(tasks, clean))
+  multi = prefixes[-1]
+  arp = tasks_lib.arp(clean, multi.metrics, tasks)
+  trajectory = [{"candidate": name, "passes_per_image": float(p), "arp": float(sel.value[0])}
+                for name, p, sel in zip(names, _spent(cands, available, raw.chunk, len(tasks)),
+                                        prefixes)]
+  at_last_step = _at_last_step(cands, available, best_step)
+  wins = {name: int(np.sum(multi.choice == c)) for c, name in enumerate(names)}
+  why_not = convergence(trajectory, at_last_step, wins)
+  envelope, env_choice = {}, {}
+  for t in tasks:
+    sel = select(drops[t.name], objective=worst_case.arp_objective(tasks, clean, t.name),
+                 starts=[multi.choice])
+    envelope[t.name], env_choice[t.name] = sel.value[0], sel.choice
+
+  images = []
+  for b in range(n):
+    for c, r in enumerate(rows):
+      if not available[c, b]:
+        continue
+      images.append({
+          "image": b, "batch": int(groups[b]), "candidate": names[c], "s": float(scores[c, b]),
+          "best_step": int(best_step[c, b]),
+          "chosen": bool(multi.choice[b] == c),
+          **{f"drop/{t}": float(drops[t][c, b]) for t in drops},
+          **{f"envelope/{t}": bool(env_choice[t][b] == c) for t in drops},
+          **{f"{t}/{m}": float(v[b]) for t, ms in raw.metrics[r].items() for m, v in ms.items()}})
+  out = RobustEvaluation(
+      clean=clean, worst_case=multi.metrics, arp=arp.total, arp_per_task=dict(arp.per_task),
+      envelope=envelope,
+      candidate_arp={name: None if v is None else v[0] for name, v in zip(names, multi.alone)},
+      wins=wins, passes_per_image=trajectory[-1]["passes_per_image"], seconds=seconds,
+      images=images, suite=raw.suite if only is None else "custom", trajectory=trajectory,
+      at_last_step=at_last_step, converged=why_not is None)
+  return out
+
+
 def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state: Any,
              batches: Iterable[Mapping[str, np.ndarray]], tasks: Sequence[tasks_lib.Task], *,
              eps: float, bounds: tuple[Any, Any], suite: str | Sequence[Member] = "standard",
@@ -373,6 +460,28 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     unroll: the older spelling of ``loop`` (``'host'``: ``'python'``; an int: a scan unrolled that
       many steps).
   """
+  start_time = time.perf_counter()
+  raw = attack_all(predict, state, batches, tasks, eps=eps, bounds=bounds, suite=suite, key=key,
+                   mesh=mesh, threshold=threshold, loop=loop, one_program=one_program,
+                   unroll=unroll)
+  out = summarise(raw, seconds=time.perf_counter() - start_time)
+  if not out.converged:
+    why_not = convergence(out.trajectory, out.at_last_step, out.wins)
+    print(f"robust: WARNING: not converged: {why_not}.")
+  if records is not None:
+    out.write_images(records)
+  return out
+
+
+def attack_all(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state: Any,
+               batches: Iterable[Mapping[str, np.ndarray]], tasks: Sequence[tasks_lib.Task], *,
+               eps: float, bounds: tuple[Any, Any], suite: str | Sequence[Member] = "standard",
+               key: jax.Array, mesh: jax.sharding.Mesh | None = None,
+               threshold: float | None = None, loop: loop_lib.Loop | None = None,
+               one_program: bool = False, unroll: Any = None) -> Candidates:
+  """Runs every candidate of ``suite`` (arguments as :func:`evaluate`'s) and returns their
+  per-image results, before the worst case: :func:`summarise` of any sub-suite
+  (:meth:`Candidates.members`) equals that sub-suite's own evaluation (without ``threshold``)."""
   if not eps >= 0:
     raise ValueError(f"eps must be >= 0; got {eps}.")
   tasks = tuple(tasks)
@@ -381,7 +490,6 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     loop = loop_lib.from_unroll(unroll, loop)[0]
   loop = platform.evaluation_loop() if loop is None else loop_lib.resolve(loop)
   cands = candidates(suite, [t.name for t in tasks], one_program=one_program)
-  start_time = time.perf_counter()
   data, groups, size = _collect(batches)
   n = len(groups)
   eps_ = jnp.asarray(eps, jnp.float32)
@@ -447,14 +555,12 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   available = np.zeros((num_c, n), bool)
   best_step = np.zeros((num_c, n), np.int32)  # iteration of each returned point (clean: 0)
   available[0] = True
-  passes = n  # the clean pass
   for ci, cand in enumerate(cands, 1):
     todo = everything if threshold is None else everything[scores[:ci].max(0) < threshold]
     outputs = []
     for j, (idx, k) in enumerate(_chunks(todo, size)):
       chunk_key = jax.random.fold_in(jax.random.fold_in(key, cand.restart), j)
       outputs.append((run(cand.program, idx, k, clean_img, reference, chunk_key, cand.index), k))
-      passes += len(idx) * cand.passes(len(tasks))
     metrics_c = {t.name: {m: np.zeros(n, np.float32) for m in t.metrics} for t in tasks}
     if len(todo):
       st, ms, (s, d, steps) = gather(outputs, len(todo))
@@ -474,44 +580,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
       raise ValueError(f"candidate {cand.name} produced non-finite scores; the model gives NaN/inf "
                        "under attack.")
 
-  select = functools.partial(worst_case.select, tasks, states, groups, available=available)
-  prefixes = worst_case.accumulate(tasks, states, groups, scores, available,
-                                   worst_case.arp_objective(tasks, clean))
-  multi = prefixes[-1]
-  arp = tasks_lib.arp(clean, multi.metrics, tasks)
-  trajectory = [{"candidate": name, "passes_per_image": float(p), "arp": float(sel.value[0])}
-                for name, p, sel in zip(names, _spent(cands, available, size, len(tasks)),
-                                        prefixes)]
-  at_last_step = _at_last_step(cands, available, best_step)
-  wins = {name: int(np.sum(multi.choice == c)) for c, name in enumerate(names)}
-  why_not = convergence(trajectory, at_last_step, wins)
-  if why_not is not None:
-    print(f"robust: WARNING: not converged: {why_not}.")
-  envelope, env_choice = {}, {}
-  for t in tasks:
-    sel = select(drops[t.name], objective=worst_case.arp_objective(tasks, clean, t.name),
-                 starts=[multi.choice])
-    envelope[t.name], env_choice[t.name] = sel.value[0], sel.choice
-
-  images = []
-  for b in range(n):
-    for c in range(num_c):
-      if not available[c, b]:
-        continue
-      images.append({
-          "image": b, "batch": int(groups[b]), "candidate": names[c], "s": float(scores[c, b]),
-          "best_step": int(best_step[c, b]),
-          "chosen": bool(multi.choice[b] == c),
-          **{f"drop/{t}": float(drops[t][c, b]) for t in drops},
-          **{f"envelope/{t}": bool(env_choice[t][b] == c) for t in drops},
-          **{f"{t}/{m}": float(v[b]) for t, ms in metrics_all[c].items() for m, v in ms.items()}})
-  out = RobustEvaluation(
-      clean=clean, worst_case=multi.metrics, arp=arp.total, arp_per_task=dict(arp.per_task),
-      envelope=envelope,
-      candidate_arp={name: None if v is None else v[0] for name, v in zip(names, multi.alone)},
-      wins=wins, passes_per_image=passes / n, seconds=time.perf_counter() - start_time,
-      images=images, suite=suite if isinstance(suite, str) else "custom", trajectory=trajectory,
-      at_last_step=at_last_step, converged=why_not is None)
-  if records is not None:
-    out.write_images(records)
-  return out
+  return Candidates(tasks=tasks, names=names, candidates=tuple(cands), clean=clean, states=states,
+                    groups=groups, scores=scores, drops=drops, available=available,
+                    best_step=best_step, metrics=metrics_all, chunk=size,
+                    suite=suite if isinstance(suite, str) else "custom")

@@ -253,3 +253,27 @@ def test_padding_examples_of_the_loader_are_left_out(result):
                         suite="smoke", key=jax.random.key(1))
   assert got.clean == r.clean
   assert len(got.images) == len(r.images)
+
+
+def test_a_sub_suite_of_one_run_equals_its_own_evaluation():
+  """attack_all once, then summarise any sub-suite: the numbers of evaluating that sub-suite."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  predict, params, batches, tasks = problem()
+  sub = (("apgd", "total", {**robust.APGD_AA, "num_steps": 2, "restarts": 2}),)
+  pool = robust.SUITES["smoke"] + sub
+  raw = robust.attack_all(predict, params, batches, tasks, eps=8.0, bounds=(-128.0, 128.0),
+                          suite=pool, key=jax.random.key(1))
+  rows = raw.members(sub)
+  assert len(rows) == 2 and len(raw.candidates) == 4
+  got = robust.summarise(raw, only=rows)
+  want = run(suite=sub)
+  assert got.arp == want.arp and got.envelope == want.envelope
+  assert got.passes_per_image == want.passes_per_image
+  assert [p["arp"] for p in got.trajectory] == [p["arp"] for p in want.trajectory]
+  assert list(got.candidate_arp.values()) == list(want.candidate_arp.values())
+  assert got.arp > 0  # the attacks moved the metrics
+  whole = robust.summarise(raw)
+  assert whole.arp >= got.arp  # more candidates never lower the worst case
+  with pytest.raises(ValueError, match="did not run"):
+    raw.members((("apgd", "gbmta", {**robust.APGD_AA, "num_steps": 3}),))
