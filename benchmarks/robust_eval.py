@@ -43,25 +43,6 @@ from mtajax.data import preprocess  # noqa: E402
 from mtajax.train import ensure  # noqa: E402
 
 
-class CompileClock:
-  """Seconds JAX spends tracing, lowering and compiling while the context is active."""
-
-  def __init__(self):
-    self.seconds = 0.0
-
-  def __call__(self, event: str, duration: float, **kwargs) -> None:
-    del kwargs
-    if event.startswith("/jax/core/compile/"):
-      self.seconds += duration
-
-  def __enter__(self) -> "CompileClock":
-    jax.monitoring.register_event_duration_secs_listener(self)
-    return self
-
-  def __exit__(self, *exc) -> None:
-    jax.monitoring.unregister_event_duration_listener(self)
-
-
 @dataclasses.dataclass(frozen=True)
 class Measured:
   """One robust evaluation: the result, and its wall time as compile and run seconds."""
@@ -76,12 +57,9 @@ def measure_suites(predict, state, batches, tasks, *, eps: float,
   """Each (label, suite) on the same images; ``batches()`` gives fresh batches."""
   out = []
   for label, suite in suites:
-    with CompileClock() as clock:
-      start = time.perf_counter()
-      ev = robust.evaluate(predict, state, batches(), tasks, eps=eps,
-                           bounds=preprocess.input_bounds(), suite=suite, key=key)
-      seconds = time.perf_counter() - start
-    out.append(Measured(label, ev, clock.seconds, seconds - clock.seconds))
+    ev = robust.evaluate(predict, state, batches(), tasks, eps=eps,
+                         bounds=preprocess.input_bounds(), suite=suite, key=key)
+    out.append(Measured(label, ev, ev.compile_seconds, ev.seconds - ev.compile_seconds))
   return out
 
 

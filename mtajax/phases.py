@@ -14,6 +14,24 @@ _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
                    "/jax/core/compile/backend_compile_duration")
 
 
+class CompileClock:
+  """JAX compile seconds (trace + lower + XLA) spent while the context is active, any thread."""
+
+  def __init__(self):
+    self.seconds = 0.0
+
+  def _on_event(self, event: str, seconds: float, **_) -> None:
+    if event in _COMPILE_EVENTS:
+      self.seconds += seconds
+
+  def __enter__(self) -> "CompileClock":
+    jax.monitoring.register_event_duration_secs_listener(self._on_event)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    jax.monitoring.unregister_event_duration_listener(self._on_event)
+
+
 class Phases:
   """Wall seconds per phase of the main job and the JAX compile seconds spent inside each.
 

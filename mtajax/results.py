@@ -94,6 +94,7 @@ class RobustRecord(Record):
   trajectory: list[dict[str, Any]]
   at_last_step: dict[str, float | None]
   converged: bool
+  compile_s: float  # The part of time_s spent tracing and compiling.
 
 
 class Store:

@@ -39,6 +39,7 @@ from mtajax import attacks
 from mtajax import directions as directions_lib
 from mtajax import evaluate as evaluate_lib
 from mtajax import parallel
+from mtajax import phases
 from mtajax import platform
 from mtajax import results
 from mtajax import tasks as tasks_lib
@@ -266,6 +267,7 @@ class RobustEvaluation:
     wins: per candidate, the images whose worst case it is.
     passes_per_image: forward + backward passes per image spent by the suite (clean pass included).
     seconds: wall time of the evaluation.
+    compile_seconds: the part of ``seconds`` JAX spent tracing and compiling (the rest ran).
     images: one record per (image, candidate): scores, per-task drops, metrics, chosen flags.
     suite: the suite's name (``'custom'`` for a list of members).
     trajectory: the robust ARP after the clean pass and after each candidate in run order, with
@@ -289,6 +291,7 @@ class RobustEvaluation:
   trajectory: list[dict[str, Any]] = dataclasses.field(default_factory=list)
   at_last_step: dict[str, float | None] = dataclasses.field(default_factory=dict)
   converged: bool | None = None
+  compile_seconds: float = 0.0
 
   def write_images(self, path: str | Path) -> Path:
     """Writes :attr:`images` as JSON lines (``pandas.read_json(path, lines=True)``), atomically."""
@@ -461,10 +464,12 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
       many steps).
   """
   start_time = time.perf_counter()
-  raw = attack_all(predict, state, batches, tasks, eps=eps, bounds=bounds, suite=suite, key=key,
-                   mesh=mesh, threshold=threshold, loop=loop, one_program=one_program,
-                   unroll=unroll)
-  out = summarise(raw, seconds=time.perf_counter() - start_time)
+  with phases.CompileClock() as clock:
+    raw = attack_all(predict, state, batches, tasks, eps=eps, bounds=bounds, suite=suite,
+                     key=key, mesh=mesh, threshold=threshold, loop=loop, one_program=one_program,
+                     unroll=unroll)
+    out = summarise(raw, seconds=time.perf_counter() - start_time)
+  out = dataclasses.replace(out, compile_seconds=clock.seconds)
   if not out.converged:
     why_not = convergence(out.trajectory, out.at_last_step, out.wins)
     print(f"robust: WARNING: not converged: {why_not}.")

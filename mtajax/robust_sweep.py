@@ -99,7 +99,7 @@ def _robust_record(config: ml_collections.ConfigDict, target: sweep.Target, eps:
       passes_per_image=ev.passes_per_image, trajectory=ev.trajectory,
       at_last_step=ev.at_last_step, converged=ev.converged,
       grid_passes_per_image=grid_passes(config, len(t.tasks)), config_hash=_hash(config, t),
-      devices=devices, time_s=ev.seconds)
+      devices=devices, time_s=ev.seconds, compile_s=ev.compile_seconds)
 
 
 def robust_records(config: ml_collections.ConfigDict, targets: list[sweep.Target],
@@ -126,7 +126,8 @@ def robust_records(config: ml_collections.ConfigDict, targets: list[sweep.Target
                      else None))
         store.add(_robust_record(config, target, eps, ev, 1 if mesh is None else mesh.size))
         print(f"robust: {model} eps={eps:g}: robust ARP {ev.arp:.2f}, "
-              f"{ev.passes_per_image:.0f} passes/image, {time.perf_counter() - start:.1f}s")
+              f"{ev.passes_per_image:.0f} passes/image, {time.perf_counter() - start:.1f}s (compiling "
+              f"{ev.compile_seconds:.1f}s)")
       records.append(store.get(key))
   return records
 

@@ -179,8 +179,8 @@ _ROBUST_LINE = (
     '{"adv_training": "none", "arp": 80.0, "arp_per_task": {"depth_zbuffer": 80.0}, '
     '"at_last_step": {"apgd:total": null, "pgd:gbmta": 0.5}, "attack": '
     '"robust", "backbone": "small", "candidate_arp": {"apgd:total": null, "pgd:gbmta": 70.0}, '
-    '"clean_metrics": {"depth_zbuffer": {"abs_err": 0.5}}, "config_hash": "fedcba9876543210", '
-    '"converged": false, "dataset": "synthetic", "devices": 1, "direction": null, "envelope": {"depth_zbuffer": 80.0}, '
+    '"clean_metrics": {"depth_zbuffer": {"abs_err": 0.5}}, "compile_s": 1.5, '
+    '"config_hash": "fedcba9876543210", "converged": false, "dataset": "synthetic", "devices": 1, "direction": null, "envelope": {"depth_zbuffer": 80.0}, '
     '"eps": 4.0, "grid_passes_per_image": 67, "key": "k2", "layout": "L", "layout_idx": null, '
     '"metrics": {"depth_zbuffer": {"abs_err": 0.9}}, "model": "synthetic-small-L0", '
     '"num_steps": 0, "passes_per_image": 41.0, "sharing_level": 2, "suite": "standard", "tasks": '
@@ -207,7 +207,7 @@ def test_grid_and_robust_records_are_stored_as_before_the_schema(tmp_path):
       envelope={"depth_zbuffer": 80.0}, candidate_arp={"pgd:gbmta": 70.0, "apgd:total": None},
       wins={"pgd:gbmta": 2, "apgd:total": 0}, passes_per_image=41.0, grid_passes_per_image=67,
       trajectory=[{"candidate": "pgd:gbmta", "arp": 80.0, "passes_per_image": 41.0}],
-      at_last_step={"pgd:gbmta": 0.5, "apgd:total": None}, converged=False)
+      at_last_step={"pgd:gbmta": 0.5, "apgd:total": None}, converged=False, compile_s=1.5)
   store = results.Store(tmp_path / "r.jsonl")
   store.add(grid)
   store.add(robust)

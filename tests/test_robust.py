@@ -58,6 +58,7 @@ def test_cost_and_per_image_records(result):
   r, path = result
   # Clean forward + 2 candidates x (2 steps x (forward + backward) + last + scoring forward).
   assert r.passes_per_image == 1 + 2 * (2 * 2 + 1 + 1)
+  assert 0 < r.compile_seconds < r.seconds  # a new model: traced and compiled, then run
   assert r.seconds > 0
   rows = [json.loads(line) for line in path.read_text().splitlines()]
   assert len(rows) == 3 * N and rows == r.images

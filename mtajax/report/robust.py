@@ -90,11 +90,13 @@ def compute_note(robust: Sequence[Record], grid: Sequence[Record], eps: float) -
   suite = np.mean([r["passes_per_image"] for r in at_eps])
   grid_passes = np.mean([r["grid_passes_per_image"] for r in at_eps])
   seconds = sum(float(r.get("time_s", 0.0)) for r in at_eps)
+  compiling = sum(float(r.get("compile_s", 0.0)) for r in at_eps)
   grid_seconds = sum(float(r.get("time_s", 0.0)) for r in rec_lib.attacked(grid)
                      if rec_lib.same_eps(r["eps"], eps))
   return (f"Compute at ε={eps:g}: the suite ({at_eps[0].get('suite', '?')}) spent {suite:.0f} "
           f"forward + backward passes per image, the paper grid {grid_passes:.0f} "
-          f"(ratio {suite / grid_passes:.2f}); wall time {seconds:.0f} s vs {grid_seconds:.0f} s "
+          f"(ratio {suite / grid_passes:.2f}); wall time {seconds:.0f} s (of which compiling "
+          f"{compiling:.0f} s) vs {grid_seconds:.0f} s "
           f"for the grid's attacked records, over {len(at_eps)} models. The robust ARP is the "
           "worst case per image over the suite's candidates (never an average).\n")
 
