@@ -35,12 +35,11 @@ class RandomTask(Direction):
     return dataclasses.replace(self, choice=jnp.asarray(choice, jnp.int32))
 
   def objective(self, losses, state=None):
-    """Each example's loss of its chosen task (B,)."""
+    """Each example's loss of its chosen task (``(..., B)`` losses broadcast against ``choice``)."""
     if self.choice is None:
       raise ValueError("random_task needs its per-example task indices; pass the attack "
                        "index=jax.random.randint(key, (B,), 0, T) (the train recipes do).")
-    stacked = jnp.stack(list(losses.values()))  # (T, B)
-    return jnp.take_along_axis(stacked, self.choice[None], axis=0)[0]
+    return sum(jnp.where(self.choice == t, v, 0) for t, v in enumerate(losses.values()))
 
   def __call__(self, loss_fn, x, labels):
     return base.value_and_grad(lambda losses: jnp.mean(self.objective(losses)), loss_fn, x, labels)
