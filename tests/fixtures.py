@@ -469,3 +469,69 @@ def copy_smoke_sweep(root: pathlib.Path, dest: pathlib.Path, results: bool = Tru
   shutil.copytree(root / "work", dest / "work", ignore=ignore)
   shutil.copytree(root / "tfds", dest / "tfds")
   return smoke_config(dest / "work", dest / "tfds")
+
+
+# The training-recipe tests: a per-pixel toy net with the signature of models.pure_apply (a
+# BatchNorm-like centring: batch means in train mode, running means in eval mode), its tasks and
+# a batch of 8×8 images inside the input box with labels at the prediction resolution.
+RECIPE_TASKS = (mt.Segmentation(channels=5), mt.Normal(label_encoding="unit"), mt.Depth())
+
+
+def recipe_apply(params, batch_stats, x, *, train, rng=None):
+  """``(predictions, new batch_stats)`` of the toy net (``rng`` unused: no dropout)."""
+  del rng
+  h = jnp.tanh(x / 64.0 @ params["w"])
+  mean = jnp.mean(h, axis=(0, 1, 2)) if train else batch_stats["mean"]
+  h = h - mean
+  stats = nnx.State({"mean": 0.9 * batch_stats["mean"] + 0.1 * mean if train else mean})
+  preds = {"segment_semantic": h @ params["seg"], "normal": h @ params["normal"],
+           "depth_zbuffer": jax.nn.softplus(h @ params["depth"]) + 0.5}
+  return preds, stats
+
+
+def recipe_problem(b=4, hw=8, seed=0):
+  """``(params, batch_stats, batch)`` of recipe_apply; some segmentation pixels ignored."""
+  rng = np.random.default_rng(seed)
+  params = {"w": rng.normal(size=(3, 6)), "seg": rng.normal(size=(6, 5)),
+            "normal": rng.normal(size=(6, 3)), "depth": rng.normal(size=(6, 1))}
+  params = {k: jnp.asarray(v, jnp.float32) for k, v in params.items()}
+  seg = rng.integers(0, 5, (b, hw, hw)).astype(np.int32)
+  seg[:, 0] = 255
+  normal = rng.normal(size=(b, hw, hw, 3))
+  batch = {"image": rng.uniform(-100, 100, (b, hw, hw, 3)), "segment_semantic": seg,
+           "normal": normal / np.linalg.norm(normal, axis=-1, keepdims=True),
+           "depth_zbuffer": rng.uniform(0.5, 3.0, (b, hw, hw))}
+  batch = {k: jnp.asarray(v) if k == "segment_semantic" else jnp.asarray(v, jnp.float32)
+           for k, v in batch.items()}
+  return params, {"mean": jnp.zeros(6, jnp.float32)}, batch
+
+
+def recipe_losses_np(preds, batch):
+  """NumPy transcription of the toy tasks' batch-pooled losses: CE over non-ignored pixels,
+  1 − cos of normalised normals, L1 depth (every normal and depth pixel valid)."""
+  p = {k: np.asarray(v, np.float64) for k, v in preds.items()}
+  y = np.asarray(batch["segment_semantic"])
+  logp = p["segment_semantic"] - p["segment_semantic"].max(-1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+  valid = y != 255
+  nll = -np.take_along_axis(logp, np.where(valid, y, 0)[..., None], -1)[..., 0]
+  n = p["normal"] / np.linalg.norm(p["normal"], axis=-1, keepdims=True)
+  return {"segment_semantic": nll[valid].mean(),
+          "normal": (1 - (n * np.asarray(batch["normal"])).sum(-1)).mean(),
+          "depth_zbuffer": np.abs(p["depth_zbuffer"][..., 0] - np.asarray(batch["depth_zbuffer"])
+                                  ).mean()}
+
+
+def recipe_consistency_np(preds, preds_adv, batch):
+  """NumPy transcription of TRADES's pooled consistencies: KL(softmax clean ‖ softmax adv) over
+  non-ignored pixels, 1 − cos between the normals, |depth − depth_adv|."""
+  p = {k: np.asarray(v, np.float64) for k, v in preds.items()}
+  q = {k: np.asarray(v, np.float64) for k, v in preds_adv.items()}
+  softmax = lambda z: np.exp(z - z.max(-1, keepdims=True)) / np.exp(
+      z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)
+  pc, pa = softmax(p["segment_semantic"]), softmax(q["segment_semantic"])
+  kl = (pc * (np.log(pc) - np.log(pa))).sum(-1)
+  unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)
+  return {"segment_semantic": kl[np.asarray(batch["segment_semantic"]) != 255].mean(),
+          "normal": (1 - (unit(p["normal"]) * unit(q["normal"])).sum(-1)).mean(),
+          "depth_zbuffer": np.abs(p["depth_zbuffer"] - q["depth_zbuffer"]).mean()}

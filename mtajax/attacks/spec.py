@@ -39,7 +39,8 @@ def by_name(name: str) -> Callable[..., common.AttackResult]:
 
 def _one_pass(d: directions_lib.Direction) -> bool:
   """Whether ``d`` costs one forward and one backward pass (else one forward and T backward)."""
-  return isinstance(d, (directions_lib.Single, directions_lib.Total)) or (
+  plain = (directions_lib.Single, directions_lib.Total, directions_lib.RandomTask)
+  return isinstance(d, plain) or (
       isinstance(d, directions_lib.GBMTA) and d.method == "log")
 
 

@@ -11,6 +11,7 @@ module              contents
 ``balanced``        those rules as registered directions (mgda, pcgrad, imtl_g, cagrad, nash_mtl,
                     upgrad, aligned_mtl)
 ``switched``        :class:`Switched`: one compiled attack serving Single-x, Total and GB-MTA
+``random_task``     :class:`RandomTask`: each example attacks one task drawn at random
 ==================  ==========================================================================
 
 Every module imports only those above it in this table; all public names are re-exported here, so
@@ -32,3 +33,4 @@ from mtajax.directions.base import (Array, Direction, GradMethod, LossFn, Losses
 from mtajax.directions.gbmta import GBMTA, gbmta
 from mtajax.directions.plain import Single, SignTotal, Total, sign_total, single, total
 from mtajax.directions.switched import Switched, switchable, switched
+from mtajax.directions.random_task import RandomTask, random_task

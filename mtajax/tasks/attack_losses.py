@@ -26,6 +26,8 @@ name            tasks        per-pixel loss
 ``js``          all          distance to the clean prediction: segmentation the Jensen-Shannon
                              divergence of the softmaxes; others the task's loss with the clean
                              prediction as label (1 − cos, |p − p₀|)¹
+``kl``          all          TRADES's consistency to the clean prediction (:func:`consistency`):
+                             segmentation KL(softmax(p₀) ‖ softmax(p)); others as ``js``¹
 ``js_label``    all          SEA's JS divergence of softmax(p) to the one-hot label; on other
                              tasks the distance to the label is the task's own loss
 ``relative``    regression   scale-free: depth |log p − log g| (= log δ; p, g floored at
@@ -259,6 +261,29 @@ def js(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) -> Pix
   return den * dist, den
 
 
+def consistency(task: base.Task, pred: jax.Array, clean: jax.Array, batch: base.Batch
+                ) -> PixelLoss:
+  """TRADES's per-pixel distance of ``pred`` to the prediction ``clean`` (gradients reach both):
+  segmentation KL(softmax(clean) ‖ softmax(pred)), normals 1 − cos, other L1 maps |p − p₀|;
+  weighted by the task loss's denominator (its valid pixels and class weights)."""
+  _require("kl", task, *ALL_TYPES)
+  _, den = task.pixel_loss(pred, batch)
+  p, q = pred.astype(jnp.float32), clean.astype(jnp.float32)
+  if isinstance(task, Segmentation):
+    log_q = jax.nn.log_softmax(q, axis=-1)
+    dist = jnp.sum(jnp.exp(log_q) * (log_q - jax.nn.log_softmax(p, axis=-1)), axis=-1)
+  elif isinstance(task, Normal):
+    dist = 1 - jnp.sum(base.l2_normalize(p) * base.l2_normalize(q), axis=-1)
+  else:
+    dist = jnp.abs(p[..., 0] - q[..., 0])
+  return den * dist, den
+
+
+def kl(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) -> PixelLoss:
+  """:func:`consistency` to the attack's clean prediction (a constant)."""
+  return consistency(task, pred, _clean("kl", task, context), batch)
+
+
 def js_label(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) -> PixelLoss:
   """SEA's JS divergence of the softmax to the one-hot label; the task's loss on regression."""
   del context
@@ -316,7 +341,8 @@ def cospgd(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) ->
 
 for _name, _fn, _types in [
     (DEFAULT, default, None), ("segpgd", segpgd, ALL_TYPES), ("cospgd", cospgd, ALL_TYPES),
-    ("masked_ce", masked_ce, ALL_TYPES), ("js", js, ALL_TYPES), ("js_label", js_label, ALL_TYPES),
+    ("masked_ce", masked_ce, ALL_TYPES), ("js", js, ALL_TYPES), ("kl", kl, ALL_TYPES),
+    ("js_label", js_label, ALL_TYPES),
     ("relative", relative, REGRESSION_TYPES)]:
   register(_name, _fn)
   if _types is not None:

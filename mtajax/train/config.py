@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Mapping
@@ -50,17 +51,34 @@ def default_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.progress_bar = True
   c.log_every = 50  # metrics.jsonl gets every step's losses, fetched from the device every N steps
-  # Adversarial training (spec §10): 'none' | 'reference' (I-FGSM) | 'fat' (early-stopped PGD).
+  # Adversarial training: the recipe (mtajax.train.recipes) 'none' | 'reference' (I-FGSM, spec
+  # §10) | 'fat' (early-stopped PGD) | 'adversarial' | 'trades' | 'mixed' | a registered one.
   c.adv = ml_collections.ConfigDict()
   c.adv.mode = "none"
-  c.adv.direction = "gbmta"  # single_<task> | total | sign_total | gbmta
+  c.adv.direction = "gbmta"  # single_<task> | total | sign_total | gbmta | random_task | mgda ...
   c.adv.eps = 8.0
   c.adv.num_steps = 10  # reference I-FGSM steps; the paper's FAT uses K = 20
   c.adv.step_size = ml_collections.config_dict.placeholder(float)  # None = eps / num_steps
   c.adv.clean_step = ml_collections.config_dict.placeholder(bool)  # None = yes for 'reference'
   c.adv.tau = 20  # FAT: steps taken after the first success
   c.adv.margin = 0.5  # FAT: mean relative loss increase that counts as success
+  c.adv.update(copy.deepcopy(RECIPE_DEFAULTS))
   return c
+
+
+# The adv fields of the recipes after 'reference' and 'fat'. `identity` leaves each out while it
+# has its default value here, so models trained before these fields existed keep their identity.
+RECIPE_DEFAULTS = {
+    "attack": "pgd",  # adversarial, mixed, trades: the inner attack (mtajax.attacks.ATTACKS)
+    "attack_loss": "default",  # adversarial, mixed: the loss it ascends (tasks.attack_losses)
+    "attack_options": {},  # the attack's other static options, e.g. random_start=True
+    "beta": 6.0,  # trades: weight of the consistency term (TRADES's 6)
+    "consistency_weights": {},  # trades: task name -> weight of its consistency (default 1)
+    "clean_fraction": 0.5,  # mixed: fraction of each batch kept clean
+    "curriculum_steps": 0,  # ε and step-count ramp over this many train steps (0 = off)
+    "curriculum_start": 0.0,  # the ramp's first fraction of ε and of the step count
+    "curriculum_levels": 4,  # step counts the ramp takes (1 = ε only; compiled into one program)
+}
 
 
 def fat_config() -> ml_collections.ConfigDict:
@@ -72,12 +90,16 @@ def fat_config() -> ml_collections.ConfigDict:
 
 
 def identity(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
-  """What defines a trained model: the training config (JSON form) minus ``RUN_ONLY_KEYS``.
+  """What defines a trained model: the training config (JSON form) minus ``RUN_ONLY_KEYS`` (and
+  the ``adv`` fields of :data:`RECIPE_DEFAULTS` at their defaults).
 
   The one definition used by the sweep (is this model trained?), the train loop's resume check
   and the results' record keys (together with the step count the model was trained to).
   """
   values = json.loads(config.to_json() if hasattr(config, "to_json") else json.dumps(config))
+  if isinstance(values.get("adv"), dict):
+    values["adv"] = {k: v for k, v in values["adv"].items()
+                     if not (k in RECIPE_DEFAULTS and v == RECIPE_DEFAULTS[k])}
   return {k: v for k, v in values.items() if k not in RUN_ONLY_KEYS}
 
 

@@ -1,4 +1,5 @@
-"""Jitted pure train steps: clean (spec §9) and adversarial (FAT or the reference's, spec §10).
+"""Jitted pure train steps of the training recipes: clean (spec §9), adversarial (spec §10 and the
+defences of :mod:`mtajax.train.recipes`).
 
 The train state is a dict of pure pytrees — ``params``, ``batch_stats`` (nested dicts of arrays as
 given by ``nnx.to_pure_dict``), ``opt_state`` (optax), ``step`` (int32) and ``key`` (a raw
@@ -7,24 +8,25 @@ uint32 PRNG key) — so that Orbax saves it as is and a step is one ``jax.jit`` 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from flax import nnx
 import optax
 
-from mtajax import attacks
-from mtajax import directions as directions_lib
-from mtajax.data import preprocess
 from mtajax.tasks import base
-from mtajax.tasks import loss_fn as loss_fn_lib
+from mtajax.train import recipes
 
 State = dict[str, Any]
 Apply = Callable[..., tuple[dict[str, jax.Array], Any]]
-ADV_MODES = ("none", "reference", "fat")
+
+
+def adv_modes() -> tuple[str, ...]:
+  """The ``adv.mode`` values: the registered training recipes (:mod:`mtajax.train.recipes`)."""
+  return recipes.registered()
 
 
 def init_state(params: Any, batch_stats: Any, optimizer: optax.GradientTransformation,
@@ -36,10 +38,7 @@ def init_state(params: Any, batch_stats: Any, optimizer: optax.GradientTransform
 
 def uses_clean_step(adv: ml_collections.ConfigDict) -> bool:
   """Whether an iteration makes an extra clean update (default: yes for the reference, Q29)."""
-  base.check_choice("adv.mode", adv.mode, ADV_MODES)
-  if adv.mode == "none":
-    return False
-  return adv.mode == "reference" if adv.clean_step is None else bool(adv.clean_step)
+  return recipes.uses_clean_step(adv)
 
 
 def updates_per_step(adv: ml_collections.ConfigDict) -> int:
@@ -48,19 +47,17 @@ def updates_per_step(adv: ml_collections.ConfigDict) -> int:
 
 
 def adversarial_inputs(apply: Apply, tasks: Sequence[base.Task], params: Any, batch_stats: Any,
-                       batch: base.Batch, adv: ml_collections.ConfigDict) -> jax.Array:
-  """The attack inside a train step, against the eval-mode (running BatchNorm) model."""
-  direction = directions_lib.by_name(adv.direction)
-  predict = lambda x: apply(params, batch_stats, x, train=False)[0]
-  loss_fn = loss_fn_lib.make_loss_fn(predict, tasks, direction.reduction)
-  options = {} if adv.step_size is None else {"step_size": adv.step_size}
-  if adv.mode == "reference":
-    spec = attacks.Attack("pgd", direction, adv.num_steps, options)
-  else:
-    spec = attacks.Attack("early_stopped_pgd", direction, adv.num_steps,
-                          {**options, "tau": adv.tau, "margin": adv.margin})
-  x_adv = spec(loss_fn, batch["image"], batch, eps=adv.eps, bounds=preprocess.input_bounds()).x_adv
-  return jax.lax.stop_gradient(x_adv)
+                       batch: base.Batch, adv: ml_collections.ConfigDict,
+                       key: jax.Array | None = None, step: Any = 0) -> jax.Array:
+  """The attack of recipe ``adv.mode`` inside a train step at train step ``step``, against the
+  eval-mode (running BatchNorm) model; ``key`` feeds random starts and ``random_task``."""
+  spec = recipes.by_name(adv.mode).spec
+  if spec is None:
+    raise ValueError(f"recipe {adv.mode!r} makes no adversarial inputs; set adv.mode to one of "
+                     f"{[n for n in adv_modes() if recipes.by_name(n).spec is not None]}.")
+  ctx = recipes.Context(apply, tuple(tasks), optax.identity(), {}, adv)
+  state = {"params": params, "batch_stats": batch_stats, "step": jnp.asarray(step, jnp.int32)}
+  return ctx.attack(state, batch, functools.partial(spec, adv), key)
 
 
 def make_train_step(apply: Apply, tasks: Sequence[base.Task],
@@ -70,39 +67,20 @@ def make_train_step(apply: Apply, tasks: Sequence[base.Task],
   """``step(state, batch) -> (state, metrics)``, one jitted function (attack + updates).
 
   Training losses are the reference's batch-pooled ``'mean'`` losses weighted by
-  ``config.task_weights`` (default 1). ``config.adv.mode``: ``'none'`` (clean training),
-  ``'reference'`` (I-FGSM examples, optional extra clean update first) or ``'fat'`` (early-stopped
-  PGD examples only).
+  ``config.task_weights`` (default 1). ``config.adv.mode`` names the recipe
+  (:mod:`mtajax.train.recipes`): ``'none'`` (clean training), ``'reference'`` (I-FGSM examples,
+  optional extra clean update first), ``'fat'`` (early-stopped PGD examples only),
+  ``'adversarial'``, ``'trades'``, ``'mixed'`` or a registered one; ``config.adv`` is checked
+  against the tasks first.
   """
   tasks = tuple(tasks)
-  weights = dict(config.task_weights)
-  adv = config.adv
-  clean_step = uses_clean_step(adv)
-
-  def update(state: State, x: jax.Array, batch: base.Batch, rng: jax.Array):
-    def objective(params):
-      preds, new_stats = apply(params, state["batch_stats"], x, train=True, rng=rng)
-      losses = {t.name: t.loss(preds[t.name], batch, "pooled") for t in tasks}
-      return loss_fn_lib.total_loss(losses, weights), (losses, nnx.to_pure_dict(new_stats))
-
-    (loss, (losses, new_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state["params"])
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    state = state | {"params": optax.apply_updates(state["params"], updates),
-                     "batch_stats": new_stats, "opt_state": opt_state}
-    return state, loss, {f"loss/{n}": jnp.mean(v) for n, v in losses.items()}
+  recipes.validate(config.adv, [t.name for t in tasks])
+  recipe = recipes.by_name(config.adv.mode)
+  ctx = recipes.Context(apply, tasks, optimizer, dict(config.task_weights), config.adv)
 
   def train_step(state: State, batch: base.Batch) -> tuple[State, dict[str, Any]]:
     key, clean_rng, adv_rng = jax.random.split(state["key"], 3)
-    metrics = {}
-    if adv.mode == "none":
-      state, loss, losses = update(state, batch["image"], batch, clean_rng)
-    else:
-      if clean_step:
-        state, metrics["clean_loss"], _ = update(state, batch["image"], batch, clean_rng)
-      x_adv = adversarial_inputs(apply, tasks, state["params"], state["batch_stats"], batch, adv)
-      state, loss, losses = update(state, x_adv, batch, adv_rng)
-    metrics |= {"loss": loss, **losses}
+    state, metrics = recipe.step(ctx, state, batch, clean_rng, adv_rng)
     return state | {"key": key, "step": state["step"] + 1}, metrics
 
   return jax.jit(train_step)
