@@ -14,19 +14,23 @@ and wall seconds incl. compilation).
 With ``--convergence``, per model and ε it runs ``--suite``, ``--reference`` and the reference with
 twice the steps and restarts (:func:`mtajax.robust.scaled_suite`) and prints each one's robust ARP,
 its gap to the previous one, passes per image, compile and run seconds (compile: JAX's tracing,
-lowering and compilation events, :mod:`jax.monitoring`) and the ``converged`` flag.
+lowering and compilation events, :mod:`jax.monitoring`), the run seconds over passes × images ×
+one compiled pass's seconds, and the ``converged`` flag.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import pathlib
 import sys
 import time
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import tqdm
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -40,6 +44,7 @@ from mtajax import robust  # noqa: E402
 from mtajax import robust_sweep  # noqa: E402
 from mtajax import sweep  # noqa: E402
 from mtajax.data import preprocess  # noqa: E402
+from mtajax.tasks import loss_fn as loss_fn_lib  # noqa: E402
 from mtajax.train import ensure  # noqa: E402
 
 
@@ -63,22 +68,42 @@ def measure_suites(predict, state, batches, tasks, *, eps: float,
   return out
 
 
+def pass_seconds(predict, state, batch, tasks, repeats: int = 7) -> float:
+  """Seconds of one forward + backward pass per image once compiled (the GB-MTA log-form loss of
+  ``batch``; median of ``repeats`` timed calls): what a suite's run seconds are measured against."""
+  loss_fn = loss_fn_lib.make_loss_fn(functools.partial(predict, state), tasks, "image")
+  grad = jax.jit(jax.grad(lambda x, b: sum(jnp.sum(jnp.log(v + 1e-12))
+                                           for v in loss_fn(x, b).values())))
+  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  jax.block_until_ready(grad(batch["image"], batch))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(grad(batch["image"], batch))
+    times.append(time.perf_counter() - start)
+  # A pass is a forward or a backward (the suites' count): one forward + backward = 2 passes.
+  return float(np.median(times)) / len(batch["image"]) / 2
+
+
 def convergence_suites(suite: str, reference: str) -> list[tuple[str, Any]]:
   """``suite``, ``reference`` and the reference with twice the steps and restarts."""
   return [(suite, suite), (reference, reference),
           (f"{reference} x2", robust.scaled_suite(reference, 2))]
 
 
-def convergence_table(model: str, eps: float, rows: list[Measured]) -> str:
-  """The measured suites of one model and ε, each with its gap to the previous one."""
+def convergence_table(model: str, eps: float, rows: list[Measured], images: int,
+                      pass_s: float) -> str:
+  """The measured suites of one model and ε, each with its gap to the previous one and its run
+  seconds over passes × images × one pass's seconds (1.0: nothing but the passes)."""
   lines = [f"{model} ε={eps:g}",
            f"  {'suite':20} {'robust ARP':>10} {'gap':>7} {'passes/img':>10} {'compile s':>9} "
-           f"{'run s':>8} converged"]
+           f"{'run s':>8} {'run/passes':>10} converged"]
   previous = None
   for m in rows:
     gap = "" if previous is None else f"{m.result.arp - previous:+7.2f}"
     lines.append(f"  {m.label:20} {m.result.arp:10.2f} {gap:>7} "
                  f"{m.result.passes_per_image:10.0f} {m.compile_s:9.1f} {m.run_s:8.1f} "
+                 f"{m.run_s / (m.result.passes_per_image * images * pass_s):10.2f} "
                  f"{'yes' if m.result.converged else 'NO'}")
     previous = m.result.arp
   return "\n".join(lines)
@@ -94,7 +119,12 @@ def convergence(config, targets, eps_values, suite: str, reference: str) -> None
           lambda target=target: loaders.eval_batches(config, target.t),
           target.loaded.tasks, eps=eps, suites=convergence_suites(suite, reference),
           key=jax.random.key(config.robust.seed))
-      print(convergence_table(ensure.model_id(target.t), eps, rows), flush=True)
+      first = next(iter(loaders.eval_batches(config, target.t)))
+      pass_s = pass_seconds(target.predict, target.state,
+                            {k: v for k, v in first.items() if k != "example_weight"},
+                            target.loaded.tasks)
+      images = len({r["image"] for r in rows[0].result.images})
+      print(convergence_table(ensure.model_id(target.t), eps, rows, images, pass_s), flush=True)
 
 
 def main() -> None:

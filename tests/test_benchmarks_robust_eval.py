@@ -40,8 +40,13 @@ def test_convergence_mode_measures_each_suite_apart():
   assert rows[2].compile_s < rows[0].compile_s  # its programs were compiled by the first runs
   # The worst case over more candidates (the light one first): never lower.
   assert rows[0].result.arp <= min(rows[1].result.arp, rows[2].result.arp)
-  table = bench.convergence_table("toy", 8.0, rows).splitlines()
+  batch = {k: v for k, v in batches[0].items() if k != "example_weight"}
+  pass_s = bench.pass_seconds(predict, params, batch, tasks)
+  assert 0 < pass_s < 1
+  table = bench.convergence_table("toy", 8.0, rows, 8, pass_s).splitlines()
   assert table[0] == "toy ε=8" and len(table) == 5
+  ratio = rows[0].run_s / (rows[0].result.passes_per_image * 8 * pass_s)
+  assert f"{ratio:10.2f}" in table[2]
   gap = rows[1].result.arp - rows[0].result.arp
   assert f"{gap:+7.2f}" in table[3]
   assert table[4].split()[-1] in ("yes", "NO")
