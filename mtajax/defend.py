@@ -175,9 +175,9 @@ def _train(m: Model, workdir: pathlib.Path, dstore: results.Store,
   return sweep.Target.of(m.t, loaded)
 
 
-def _robust(config, m: Model, target: sweep.Target, store: results.Store,
-            mesh: jax.sharding.Mesh | None) -> None:
-  """The robust records of ``m`` (every suite and ε) not stored yet."""
+def _robust(config, m: Model, target: sweep.Target, store: results.Store) -> None:
+  """The robust records of ``m`` (every suite and ε) not stored yet, on the default device (as the
+  masking checks: their programs are shared)."""
   d = config.defend
   for suite in d.suites:
     c = _suite_config(config, suite)
@@ -187,10 +187,10 @@ def _robust(config, m: Model, target: sweep.Target, store: results.Store,
       print(f"defend: {m.name} robust {suite} eps={eps:g}")
       ev = robust.evaluate(target.predict, target.state, loaders.eval_batches(config, m.t),
                            target.loaded.tasks, eps=eps, bounds=preprocess.input_bounds(),
-                           suite=suite, key=jax.random.key(d.robust_seed), mesh=mesh,
+                           suite=suite, key=jax.random.key(d.robust_seed),
                            records=pathlib.Path(config.workdir) / "robust" /
                            f"{m.name}_{suite}_eps{eps:g}.jsonl")
-      record = robust_sweep.robust_record(c, target, eps, ev, 1 if mesh is None else mesh.size)
+      record = robust_sweep.robust_record(c, target, eps, ev, 1)
       store.add(dataclasses.replace(record, model=m.name, adv_training=m.recipe))
 
 
@@ -258,7 +258,8 @@ def _pairs(config) -> Iterator[tuple[Model, Model]]:
 
 def run(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None
         ) -> pathlib.Path:
-  """Trains, evaluates and checks every model of ``config.defend``; returns the report's path."""
+  """Trains (data-parallel over ``mesh``), evaluates and checks every model of ``config.defend``;
+  returns the report's path."""
   validate(config)
   start = time.perf_counter()
   workdir = pathlib.Path(config.workdir)
@@ -278,7 +279,7 @@ def run(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None
   for m, twin in pairs:
     if all(k in store or k in dstore for k in _keys(config, m, twin)):
       continue  # Everything stored: the model is not loaded.
-    _robust(config, m, target(m), store, mesh)
+    _robust(config, m, target(m), store)
     key = _masking_key(config, m, twin)
     if key not in dstore:
       checks = _checks(config, m, target(m), target(twin), store)

@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import shutil
+
 import pytest
 
 from configs import defend as defend_config
@@ -18,13 +20,18 @@ from mtajax.report import defend as report_defend
 from mtajax.train import assemble
 from mtajax.train import ensure
 
+from fixtures import SMOKE_MODEL, smoke_config
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(tmp_path):
-  """The smoke config cut to one recipe (and its undefended twin) at one ε."""
+  """The smoke config cut to one recipe (and its undefended twin) at one ε, training as the
+  session's smoke sweep (fixtures.smoke_config)."""
   c = defend_config.get_config("smoke")
   c.workdir, c.train.data_dir = str(tmp_path / "work"), str(tmp_path / "tfds")
+  c.train = smoke_config(tmp_path / "work", tmp_path / "tfds").train
+  c.eval_batch_size, c.eval_max_batches = 8, 1
   c.defend.recipes = {"reference": {"mode": "reference", "eps": 8.0, "num_steps": 1}}
   c.defend.eps = (8.0,)
   c.defend.masking.large_eps = 32.0
@@ -36,8 +43,14 @@ def _table_rows(report: str) -> list[list[str]]:
           if line.startswith("| 0 (5L)")]
 
 
-def test_smoke_leaderboard_end_to_end_and_rerun_reuses_everything(tmp_path, monkeypatch):
+def test_smoke_leaderboard_end_to_end_and_rerun_reuses_everything(smoke_sweep, tmp_path,
+                                                                  monkeypatch):
   config = _config(tmp_path)
+  # The undefended model is the session's smoke model (same training config): only the
+  # defended one trains here.
+  shutil.copytree(smoke_sweep / "tfds", tmp_path / "tfds")
+  shutil.copytree(smoke_sweep / "work" / "models" / SMOKE_MODEL,
+                  tmp_path / "work" / "defend" / "none-s0" / "models" / SMOKE_MODEL)
   run.run("defend", config)
   work = tmp_path / "work"
   report = (work / "report" / "defend.md").read_text()
