@@ -223,7 +223,9 @@ def _checks(config, m: Model, target: sweep.Target, twin: sweep.Target,
 
 
 def _row(config, m: Model, twin: Model, store: results.Store,
-         dstore: results.Store) -> "report_defend.Row":
+         dstore: results.Store) -> Any:
+  """The leaderboard row of ``m`` (``mtajax.report.defend.Row``) from the stored records."""
+  # Matplotlib loads only when a report is written (run.py imports this module for every mode).
   from mtajax.report import defend as report_defend  # pylint: disable=g-import-not-at-top
   d = config.defend
   robust_records = {(s, e): store.get(_robust_key(config, m, s, e)) for s in d.suites

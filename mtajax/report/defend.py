@@ -108,7 +108,7 @@ def write(rows: Sequence[Row], out_dir: str | pathlib.Path, *, suites: Sequence[
            "passes per training example and step (FAT: its maximum).", "",
            table(rows, suites, eps), "",
            *(["Failed checks:", "", *failed, ""] if failed else []),
-           f"![Pareto front](defend_pareto.png)", "",
+           "![Pareto front](defend_pareto.png)", "",
            f"Figure: clean loss against robust ARP ({suite}, ε={at:g})."]
   if seconds is not None:
     lines += ["", f"This run took {seconds:.0f} s."]
