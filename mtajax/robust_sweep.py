@@ -88,8 +88,9 @@ def current_keys(config: ml_collections.ConfigDict) -> set[str]:
                        for layout in config.layouts))
 
 
-def _robust_record(config: ml_collections.ConfigDict, target: sweep.Target, eps: float,
+def robust_record(config: ml_collections.ConfigDict, target: sweep.Target, eps: float,
                    ev: robust.RobustEvaluation, devices: int) -> results.RobustRecord:
+  """The stored record of ``ev``, the evaluation of ``target`` at ``eps`` with ``config.robust``."""
   t = target.t
   return results.RobustRecord(
       key=record_key(config, t, eps), **ensure.record_fields(t, target.loaded.layout),
@@ -124,7 +125,7 @@ def robust_records(config: ml_collections.ConfigDict, targets: list[sweep.Target
             one_program=config.one_program_per_attack,
             records=(workdir / ROBUST / f"{model}_eps{eps:g}.jsonl" if parallel.is_writer()
                      else None))
-        store.add(_robust_record(config, target, eps, ev, 1 if mesh is None else mesh.size))
+        store.add(robust_record(config, target, eps, ev, 1 if mesh is None else mesh.size))
         print(f"robust: {model} eps={eps:g}: robust ARP {ev.arp:.2f}, "
               f"{ev.passes_per_image:.0f} passes/image, {time.perf_counter() - start:.1f}s (compiling "
               f"{ev.compile_seconds:.1f}s)")

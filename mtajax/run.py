@@ -7,7 +7,9 @@ Modes: ``sweep`` (the default: train missing models, attack them, robust-evaluat
 ``train``, ``attack`` (models must be trained), ``advtrain`` (adversarially train the config's
 layouts, then attack them next to their clean-trained versions), ``report``, ``layouts`` (paper
 Tables 16/17), ``import`` (store a TreeMTL / DGBA PyTorch checkpoint, ``--config.checkpoint=PATH``,
-as the final model of its layout, which the other modes then use without training).
+as the final model of its layout, which the other modes then use without training), ``defend``
+(train ``config.defend``'s defences, robust-evaluate them, check them for gradient masking and
+write the defence leaderboard: ``mtajax.defend``).
 With no arguments it runs the quickstart on the embedded benchmark (``configs/quickstart.py``).
 Bad input exits with status 2 and a one-line ``error:`` message; results already stored are kept.
 """
@@ -26,6 +28,7 @@ import jax
 from ml_collections import config_flags
 
 import mtajax  # noqa: F401  (XLA:CPU workaround before JAX starts)
+from mtajax import defend
 from mtajax import models
 from mtajax import parallel
 from mtajax import phases
@@ -36,7 +39,8 @@ from mtajax import run_report
 from mtajax import sweep
 from mtajax.train import ensure
 
-MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts", "import", "robust")
+MODES = ("sweep", "train", "attack", "advtrain", "report", "layouts", "import", "robust",
+         "defend")
 
 
 def config_path(path: str) -> str:
@@ -83,6 +87,9 @@ def run(mode: str, config) -> None:
     return
   if mode == "import":
     print(f"import: {config.checkpoint} -> {run_import.import_checkpoint(config)}")
+    return
+  if mode == "defend":
+    print(f"defend: report {defend.run(config, parallel.make_mesh(config.mesh))}")
     return
   if mode == "report":
     store = results.Store(pathlib.Path(config.workdir) / "results.jsonl")

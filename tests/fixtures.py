@@ -107,6 +107,40 @@ def problem():
   return testing.apply, params, batches, tasks
 
 
+
+# The masking-check tests: a linear multi-task model (its attacks converge in a few steps) and the
+# same model behind a straight rounding of its input (zero input gradients: a masked gradient).
+LINEAR_CHANNELS = {"segment_semantic": 13, "normal": 3, "depth_zbuffer": 1}
+
+
+def linear(params, x):
+  """4x4 average pooling, then one linear map per task."""
+  b, hh, ww, c = x.shape
+  pooled = x.reshape(b, hh // 4, 4, ww // 4, 4, c).mean((2, 4)) / 64.0
+  return {t: pooled @ m for t, m in params.items()}
+
+
+def quantised(params, x):
+  """``linear`` of the input rounded to multiples of 4."""
+  return linear(params, jnp.round(x / 4) * 4)
+
+
+def linear_problem():
+  """``(linear, params, batches, tasks)``: the images of ``problem``, labels near the clean
+  predictions."""
+  _, _, batches, tasks = problem()
+  rng = np.random.default_rng(0)
+  params = {t: jnp.asarray(rng.normal(size=(3, c)).astype(np.float32))
+            for t, c in LINEAR_CHANNELS.items()}
+  x = np.concatenate([b["image"] for b in batches])
+  pred = {k: np.asarray(v) for k, v in linear(params, jnp.asarray(x)).items()}
+  labels = {"segment_semantic": pred["segment_semantic"].argmax(-1).astype(np.int32),
+            "normal": (pred["normal"] + rng.normal(0, .3, pred["normal"].shape)).astype(np.float32),
+            "depth_zbuffer": (np.abs(pred["depth_zbuffer"][..., 0]) + 0.5).astype(np.float32)}
+  batches = [{"image": x[i:i + B], **{k: v[i:i + B] for k, v in labels.items()}}
+             for i in range(0, N, B)]
+  return linear, params, batches, tasks
+
 # The task-loss tests: labels of B images at H×W (B as above) and predictions at h×w, with NumPy
 # transcriptions of the reference criteria (spec §3).
 H, W, h, w = 13, 11, 5, 4
