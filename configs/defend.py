@@ -1,5 +1,5 @@
-"""The defence leaderboard on the embedded benchmark: AS and IND, two seeds, FAT and the reference
-recipe next to the undefended model, judged by the `standard` and `thorough` suites at ε 4 and 8
+"""The defence leaderboard on the embedded benchmark: AS and IND, two seeds, FAT, the reference
+recipe, PGD adversarial training along GB-MTA, TRADES and mixed batches next to the undefended model, judged by the `standard` and `thorough` suites at ε 4 and 8
 and the gradient-masking checks (mtajax.masking).
 
     python -m mtajax.run defend --config configs/defend.py
@@ -23,8 +23,17 @@ def get_config(arg: str | None = None):
   c.robust.enabled = False
   d = c.defend = ml_collections.ConfigDict()
   d.seeds = (0, 1)
-  d.recipes = {"fat": {"mode": "fat", "eps": 8.0},
-               "reference": {"mode": "reference", "eps": 8.0}}
+  d.recipes = {
+      "fat": {"mode": "fat", "eps": 8.0, "num_steps": 20},  # the paper's K = tau = 20
+      "reference": {"mode": "reference", "eps": 8.0},
+      # PGD from a random start along GB-MTA (Madry-style), TRADES and half-clean batches
+      # (mtajax.train.recipes), 10 steps each.
+      "pgd_gbmta": {"mode": "adversarial", "attack": "pgd", "direction": "gbmta", "eps": 8.0,
+                    "attack_options": {"random_start": True}},
+      "trades": {"mode": "trades", "eps": 8.0, "beta": 6.0},
+      "mixed": {"mode": "mixed", "eps": 8.0, "clean_fraction": 0.5,
+                "attack_options": {"random_start": True}},
+  }
   d.eps = (4.0, 8.0)
   d.suites = ("standard", "thorough")
   d.robust_seed = 0  # random starts of every suite and check

@@ -24,8 +24,6 @@ from typing import Any, Iterator
 import jax
 import ml_collections
 
-from mtajax import attacks
-from mtajax import directions as directions_lib
 from mtajax import loaders
 from mtajax import masking
 from mtajax import models
@@ -40,12 +38,10 @@ from mtajax.train import assemble
 from mtajax.train import checkpoint
 from mtajax.train import config as train_config_lib
 from mtajax.train import ensure
+from mtajax.train import recipes as recipes_lib
 from mtajax.train import step as step_lib
 
 UNDEFENDED = "none"
-# The inner attack of each training mode (mtajax.train.step.adversarial_inputs), for the passes per
-# example; a mode not listed shows none.
-_TRAIN_ATTACK = {"reference": "pgd", "fat": "early_stopped_pgd"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +68,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError("the config has no 'defend' section; use --config configs/defend.py.")
   d = config.defend
   fields = set(train_config_lib.default_config().adv)
-  modes = [m for m in step_lib.ADV_MODES if m != "none"]
+  modes = [m for m in recipes_lib.registered() if m != "none"]
   for name, overrides in d.recipes.to_dict().items():
     where = f"config.defend.recipes.{name}"
     if name == UNDEFENDED:
@@ -90,6 +86,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        f"{', '.join(modes)}.")
     if not overrides.get("eps", config.train.adv.eps) >= 0:
       raise ValueError(f"{where}.eps must be >= 0; got {overrides['eps']}.")
+    adv = config.train.adv.copy_and_resolve_references()
+    adv.update(overrides)
+    try:
+      recipes_lib.validate(adv, list(config.train.tasks))
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
   if not d.seeds or not all(isinstance(s, int) for s in d.seeds):
     raise ValueError(f"config.defend.seeds must be integers, at least one; got {d.seeds!r}.")
   if not d.eps or not all(isinstance(e, (int, float)) and e >= 0 for e in d.eps):
@@ -125,11 +127,11 @@ def passes_per_example(t: ml_collections.ConfigDict) -> float | None:
   """Forward + backward passes per training example and step (an early-stopped attack: its most)."""
   if t.adv.mode == "none":
     return 1.0
-  if t.adv.mode not in _TRAIN_ATTACK:
+  spec = recipes_lib.by_name(t.adv.mode).spec
+  if spec is None:
     return None
-  direction = directions_lib.by_name(t.adv.direction)
-  spec = attacks.Attack(_TRAIN_ATTACK[t.adv.mode], direction, t.adv.num_steps)
-  return float(spec.passes(len(t.tasks), direction) + step_lib.updates_per_step(t.adv))
+  attack = spec(t.adv, t.adv.num_steps)
+  return float(attack.passes(len(t.tasks)) + step_lib.updates_per_step(t.adv))
 
 
 def _suite_config(config: ml_collections.ConfigDict, suite: str) -> ml_collections.ConfigDict:

@@ -130,5 +130,5 @@ def test_bad_recipe_exits_2_with_one_line(tmp_path):
   assert done.returncode == 2, done.stderr[-2000:]
   error = [line for line in done.stderr.splitlines() if line.startswith("error:")]
   assert error == ["error: config.defend.recipes.fat: unknown recipe mode 'pgd'; set its 'mode' "
-                   "to one of reference, fat."]
+                   "to one of adversarial, fat, mixed, reference, trades."]
   assert not (tmp_path / "work").exists()
