@@ -44,9 +44,9 @@ POOLS = {
         + tuple(("apgd", "gbmta", {**AA, "num_steps": 50, **loss})
                 for loss in ({}, {"attack_loss": "segpgd"}, {"attack_loss": "js"},
                              {"attack_loss": "cospgd"}))
-        + (("apgd", "gbmta", {**AA, "num_steps": 100, "attack_loss": "relative"}),
-           ("apgd", "total", {**AA, "num_steps": 100, "attack_loss": "js"}),
-           ("apgd", "total", {**AA, "num_steps": 100, "attack_loss": "cospgd"}))),
+        # The regression heads' relative-error loss, JS on the segmentation head.
+        + (("apgd", "gbmta", {**AA, "num_steps": 100, "attack_loss": {
+            "segment_semantic": "js", "normal": "relative", "depth_zbuffer": "relative"}}),)),
     # `thorough` with twice its steps and restarts: is `thorough` itself converged?
     "thorough_x2": robust.scaled_suite("thorough", 2),
 }
@@ -58,9 +58,9 @@ def union(members) -> tuple:
   for attack, direction, options in members:
     options = dict(options)
     restarts = int(options.pop("restarts", 1))
-    key = (attack, direction, tuple(sorted(options.items())))
-    out[key] = max(out.get(key, 0), restarts)
-  return tuple((a, d, {**dict(o), "restarts": r}) for (a, d, o), r in out.items())
+    key = (attack, direction, repr(sorted(options.items())))
+    out[key] = (max(out.get(key, (0, None))[0], restarts), options)
+  return tuple((a, d, {**o, "restarts": r}) for (a, d, _), (r, o) in out.items())
 
 
 def arp_of(raw: robust.Candidates, rows) -> float:

@@ -495,6 +495,11 @@ def attack_all(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], sta
     loop = loop_lib.from_unroll(unroll, loop)[0]
   loop = platform.evaluation_loop() if loop is None else loop_lib.resolve(loop)
   cands = candidates(suite, [t.name for t in tasks], one_program=one_program)
+  for c in cands:
+    try:
+      tasks_lib.attack_losses.check(c.program.attack_loss, tasks)
+    except ValueError as e:
+      raise ValueError(f"suite candidate {c.name}: {e}") from None
   data, groups, size = _collect(batches)
   n = len(groups)
   eps_ = jnp.asarray(eps, jnp.float32)

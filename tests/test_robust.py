@@ -278,3 +278,15 @@ def test_a_sub_suite_of_one_run_equals_its_own_evaluation():
   assert whole.arp >= got.arp  # more candidates never lower the worst case
   with pytest.raises(ValueError, match="did not run"):
     raw.members((("apgd", "gbmta", {**robust.APGD_AA, "num_steps": 3}),))
+
+
+def test_a_loss_that_does_not_fit_a_task_fails_before_any_attack(monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  predict, params, batches, tasks = problem()
+  monkeypatch.setattr(robust, "_chunks", lambda *a: pytest.fail("attacked before checking"))
+  suite = robust.SUITES["smoke"] + (("apgd", "gbmta", {"num_steps": 2, "attack_loss": "relative"}),)
+  with pytest.raises(ValueError, match=r"apgd:gbmta:relative: attack loss 'relative' supports "
+                                       r"Normal, L1Task tasks, not 'segment_semantic'"):
+    robust.attack_all(predict, params, batches, tasks, eps=8.0, bounds=(-128.0, 128.0),
+                      suite=suite, key=jax.random.key(0))

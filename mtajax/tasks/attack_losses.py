@@ -135,6 +135,15 @@ def canonical(attack_loss: str | Mapping[str, str] | PerTask,
   return pairs if pairs else DEFAULT
 
 
+def check(attack_loss: str | PerTask, tasks: Sequence[base.Task]) -> None:
+  """Raises :func:`_require`'s one-line error unless every task's loss is known to fit its type
+  (before an evaluation spends anything on the tasks that do fit)."""
+  for task in tasks:
+    name = for_task(attack_loss, task.name)
+    if name not in fitting(task):
+      _require(name, task, *_TYPES[name])
+
+
 def for_task(attack_loss: str | PerTask, task_name: str) -> str:
   """The loss name a :func:`canonical` ``attack_loss`` gives task ``task_name``."""
   return attack_loss if isinstance(attack_loss, str) else dict(attack_loss).get(task_name, DEFAULT)
