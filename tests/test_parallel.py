@@ -313,11 +313,6 @@ finally:
 """
 
 
-PREPARE = ("from configs import quickstart; from mtajax.data import pipeline; "
-           "t = quickstart.get_config('smoke').train; "
-           "pipeline.prepare(t.dataset, t.data_dir, config=t.data_config)")
-
-
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -366,9 +361,11 @@ def _distributed(tmp: pathlib.Path, workdir: str, tag: str, *also: subprocess.Po
 def sweeps(tmp_path_factory) -> pathlib.Path:
   """The sweeps' folder: single (then the 1-process ragged evaluation), multi (2 processes), multi
   resumed (2 processes, then the 2-process ragged evaluation)."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from mtajax.data import pipeline  # pylint: disable=g-import-not-at-top
   tmp = tmp_path_factory.mktemp("distributed")
-  subprocess.run([sys.executable, "-c", PREPARE], cwd=tmp, check=True, capture_output=True,
-                 env={**os.environ, "PYTHONPATH": str(ROOT)})  # The dataset, for all three.
+  t = quickstart.get_config("smoke").train  # The dataset, for all the runs (data_dir relative).
+  pipeline.prepare(t.dataset, tmp / t.data_dir, config=t.data_config)
   _distributed(tmp, "multi", "first", _start(tmp, "single", "single", ragged="ragged1.json"))
   _distributed(tmp, "multi", "resumed", ragged="ragged2.json")
   return tmp
