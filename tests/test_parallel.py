@@ -238,15 +238,53 @@ def test_replicate_relabels_one_device_arrays_so_a_step_compiles_once():
   assert step._cache_size() == 1  # pylint: disable=protected-access
 
 
-# Multi-host: a 2-process ``jax.distributed`` sweep on localhost equals the 1-process sweep.
+# Multi-host: a 2-process ``jax.distributed`` sweep on localhost equals the 1-process sweep, and a
+# ragged evaluation over 2 processes equals it over 1 process; both in the same launches.
 #
 # Each process runs ``python -m mtajax.run`` under an audit hook that logs the files it opens for
-# writing (or renames) inside the workdir, so the test can check that only process 0 wrote.
+# writing (or renames) inside the workdir, so the test can check that only process 0 wrote; some
+# then run the ragged evaluation (RAGGED) in the same JAX runtime.
 ARGS = ["--config", f"{ROOT}/configs/quickstart.py:smoke", "--config.layouts=(0,)",
         "--config.attacks=('fgsm',)", "--config.directions=('total',)", "--config.eps=(8.0,)",
         "--config.train.num_steps=2", "--config.train.eval_every=2",
         "--config.train.checkpoint_every=2", "--config.train.progress_bar=False",
         "--config.robust.enabled=False"]  # 2-step models: clean metrics can be 0 (no robust ARP).
+
+
+# One process of a ragged evaluation: 15 test images in global batches of 6 (the last one 3 real
+# + 3 padding) over the run's processes, clean and GB-MTA-PGD; process 0 writes the results as JSON
+# to RAGGED_OUT. Compiles are counted from here on (the sweep before compiled its own programs).
+RAGGED = """
+import json, os
+import jax
+from configs import quickstart
+from mtajax import attacks, directions, evaluate, models, parallel
+from mtajax.data import pipeline, preprocess
+from mtajax.train import assemble
+pid, num = jax.process_index(), jax.process_count()
+t = quickstart.get_config("smoke").train
+builder = pipeline.prepare(t.dataset, t.data_dir, config=t.data_config)
+source = builder.as_data_source(split="test")
+loader = pipeline.Loader(t.dataset, [source[i] for i in range(15)], batch_size=6, tasks=t.tasks,
+                         train=False, seed=0, options=pipeline.Options(), shuffle=False,
+                         drop_remainder=False, process_index=pid, process_count=num,
+                         class_weights=None, pad=True)
+tasks = assemble.make_tasks(t)
+predict, state = models.pure_predict(assemble.make_model(t, tasks))
+mesh = parallel.make_mesh()
+spec = attacks.Attack("pgd", directions.gbmta(), num_steps=2, options=(("unroll", 1),))
+before = evaluate._compiled._cache_size()
+clean = evaluate.evaluate(predict, state, loader, tasks, mesh=mesh)
+attacked = evaluate.evaluate(predict, state, loader, tasks, spec=spec, eps=8.0,
+                             bounds=preprocess.input_bounds(), baselines=clean.losses, mesh=mesh,
+                             loop="rolled")
+if pid == 0:
+  with open(os.environ["RAGGED_OUT"], "w") as f:
+    json.dump({"shapes": sorted({loader.batch(s)["image"].shape[0] for s in range(3)}),
+               "compiles": evaluate._compiled._cache_size() - before, "devices": mesh.size,
+               "clean": [clean.metrics, clean.losses],
+               "attacked": [attacked.metrics, attacked.losses]}, f)
+"""
 
 
 # Runs mtajax.run, logging write-mode opens and renames under the workdir to WRITE_LOG.
@@ -266,15 +304,13 @@ def hook(event, args):
 sys.addaudithook(hook)
 try:
   runpy.run_module("mtajax.run", run_name="__main__")
+except SystemExit as e:  # absl's app.run exits; a failure keeps its status.
+  if e.code:
+    raise
 finally:
   with open(log, "w") as f:
     json.dump(writes, f)
 """
-
-
-PREPARE = ("from configs import quickstart; from mtajax.data import pipeline; "
-           "t = quickstart.get_config('smoke').train; "
-           "pipeline.prepare(t.dataset, t.data_dir, config=t.data_config)")
 
 
 def _free_port() -> int:
@@ -283,17 +319,26 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(tmp: pathlib.Path, workdir: str, name: str, extra=()) -> subprocess.Popen:
+def _start(tmp: pathlib.Path, workdir: str, name: str, extra=(), ragged=None) -> subprocess.Popen:
   env = {**os.environ, "MTAJAX_JAX_CACHE": str(ROOT / ".jax_cache"), "PYTHONPATH": str(ROOT),
          "WORKDIR": str(tmp / workdir), "WRITE_LOG": str(tmp / f"{name}.writes.json")}
-  return subprocess.Popen([sys.executable, "-c", HOOKED, "sweep", *ARGS,
+  if ragged:
+    env["RAGGED_OUT"] = str(tmp / ragged)
+  script = HOOKED + (RAGGED if ragged else "")
+  return subprocess.Popen([sys.executable, "-c", script, "sweep", *ARGS,
                            f"--config.workdir={workdir}", *extra], cwd=tmp, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(proc: subprocess.Popen) -> None:
-  out, _ = proc.communicate(timeout=300)
-  assert proc.returncode == 0, out[-3000:]
+def _finish(procs: list[subprocess.Popen]) -> None:
+  for proc in procs:
+    try:
+      out, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:  # Unequal local shapes used to hang in shard_batch.
+      for p in procs:
+        p.kill()
+      raise
+    assert proc.returncode == 0, out[-3000:]
 
 
 def _records(workdir: pathlib.Path) -> dict[str, dict]:
@@ -301,24 +346,28 @@ def _records(workdir: pathlib.Path) -> dict[str, dict]:
   return {r["key"]: r for r in records}
 
 
-def _distributed(tmp: pathlib.Path, workdir: str, tag: str, *also: subprocess.Popen) -> None:
+def _distributed(tmp: pathlib.Path, workdir: str, tag: str, *also: subprocess.Popen,
+                 ragged=None) -> None:
   port = _free_port()
   procs = [*also] + [_start(tmp, workdir, f"{tag}{i}", [
       "--config.distributed.enabled=True",
       f"--config.distributed.coordinator_address=localhost:{port}",
-      "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"])
-           for i in range(2)]
-  for proc in procs:
-    _finish(proc)
+      "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
+                            ragged) for i in range(2)]
+  _finish(procs)
 
 
 @pytest.fixture(scope="module")
 def sweeps(tmp_path_factory) -> pathlib.Path:
+  """The sweeps' folder: single (then the 1-process ragged evaluation), multi (2 processes), multi
+  resumed (2 processes, then the 2-process ragged evaluation)."""
+  from configs import quickstart  # pylint: disable=g-import-not-at-top
+  from mtajax.data import pipeline  # pylint: disable=g-import-not-at-top
   tmp = tmp_path_factory.mktemp("distributed")
-  subprocess.run([sys.executable, "-c", PREPARE], cwd=tmp, check=True, capture_output=True,
-                 env={**os.environ, "PYTHONPATH": str(ROOT)})  # The dataset, for all three.
-  _distributed(tmp, "multi", "first", _start(tmp, "single", "single"))
-  _distributed(tmp, "multi", "resumed")
+  t = quickstart.get_config("smoke").train  # The dataset, for all the runs (data_dir relative).
+  pipeline.prepare(t.dataset, tmp / t.data_dir, config=t.data_config)
+  _distributed(tmp, "multi", "first", _start(tmp, "single", "single", ragged="ragged1.json"))
+  _distributed(tmp, "multi", "resumed", ragged="ragged2.json")
   return tmp
 
 
@@ -353,64 +402,8 @@ def test_resumed_two_process_sweep_skips_everything(sweeps):
   assert len(_records(sweeps / "multi")) == 2
 
 
-# One process of a ragged evaluation: 15 test images in global batches of 6 (the last one 3 real
-# + 3 padding) over NUM processes, clean and GB-MTA-PGD; process 0 prints the results as JSON.
-RAGGED = """
-import json, sys
-import jax
-pid, num, port, data_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-if num > 1:
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(f"localhost:{port}", num_processes=num, process_id=pid)
-from configs import quickstart
-from mtajax import attacks, directions, evaluate, models, parallel
-from mtajax.data import pipeline, preprocess
-from mtajax.train import assemble
-t = quickstart.get_config("smoke").train
-builder = pipeline.prepare(t.dataset, data_dir, config=t.data_config)
-source = builder.as_data_source(split="test")
-loader = pipeline.Loader(t.dataset, [source[i] for i in range(15)], batch_size=6, tasks=t.tasks,
-                         train=False, seed=0, options=pipeline.Options(), shuffle=False,
-                         drop_remainder=False, process_index=pid, process_count=num,
-                         class_weights=None, pad=True)
-tasks = assemble.make_tasks(t)
-predict, state = models.pure_predict(assemble.make_model(t, tasks))
-mesh = parallel.make_mesh()
-spec = attacks.Attack("pgd", directions.gbmta(), num_steps=2, options=(("unroll", 1),))
-clean = evaluate.evaluate(predict, state, loader, tasks, mesh=mesh)
-attacked = evaluate.evaluate(predict, state, loader, tasks, spec=spec, eps=8.0,
-                             bounds=preprocess.input_bounds(), baselines=clean.losses, mesh=mesh,
-                             loop="rolled")
-if pid == 0:
-  print(json.dumps({"shapes": sorted({loader.batch(s)["image"].shape[0] for s in range(3)}),
-                    "compiles": evaluate._compiled._cache_size(), "devices": mesh.size,
-                    "clean": [clean.metrics, clean.losses],
-                    "attacked": [attacked.metrics, attacked.losses]}))
-"""
-
-
-def _ragged(data_dir: pathlib.Path, num: int) -> dict:
-  port = str(_free_port())
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "MTAJAX_JAX_CACHE": str(ROOT / ".jax_cache")}
-  procs = [subprocess.Popen([sys.executable, "-c", RAGGED, str(i), str(num), port, str(data_dir)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True) for i in range(num)]
-  outs = []
-  for proc in procs:
-    try:
-      out, _ = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:  # Unequal local shapes used to hang in shard_batch.
-      for p in procs:
-        p.kill()
-      raise
-    assert proc.returncode == 0, out[-3000:]
-    outs.append(out)
-  return json.loads(outs[0].strip().splitlines()[-1])
-
-
-def test_two_process_ragged_evaluation_equals_one_process(tmp_path):
-  one = _ragged(tmp_path, 1)  # prepares the dataset for both runs
-  two = _ragged(tmp_path, 2)
+def test_two_process_ragged_evaluation_equals_one_process(sweeps):
+  one, two = (json.loads((sweeps / f"ragged{n}.json").read_text()) for n in (1, 2))
   assert (one["devices"], two["devices"]) == (1, 2)
   for run in (one, two):
     assert run["shapes"] == [6 // run["devices"]]  # one local shape at every step

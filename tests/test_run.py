@@ -10,22 +10,22 @@ import signal
 import subprocess
 import sys
 
+from absl import flags
+from ml_collections import config_flags
 import pytest
 
 from configs import quickstart
 from mtajax import results
+from mtajax import robust_sweep
 from mtajax import run
 from mtajax import run_report
 from mtajax import sweep
 from mtajax.train import checkpoint
 from mtajax.train import ensure
 
-from fixtures import SMOKE_MODEL, SMOKE_STEPS, copy_smoke_sweep, damage
+from fixtures import SMOKE_MODEL, SMOKE_STEPS, copy_smoke_sweep, damage, smoke_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# One model, two directions, two ε: training, a clean record and four attacked records.
-SMALL = ["--config", f"{ROOT}/configs/quickstart.py:smoke", "--config.layouts=(0,)",
-         "--config.eps=(4.0, 8.0)"]
 
 
 def _env(cache: pathlib.Path) -> dict[str, str]:
@@ -66,23 +66,44 @@ def _kill_at(args, cwd, env, marker: str) -> None:
   assert proc.returncode == -signal.SIGKILL, f"never reached {marker!r}: {seen[-5:]}"
 
 
-def test_sweep_killed_in_every_phase_ends_with_the_same_records(tmp_path):
-  shared_cache = pathlib.Path(os.environ["MTAJAX_JAX_CACHE"])
-  shutil.copytree(ROOT / "configs", tmp_path / "configs")
-  done = _run(SMALL + ["--config.workdir=uninterrupted"], tmp_path, _env(shared_cache))
-  assert done.returncode == 0, done.stderr[-2000:]
-  want = _records(tmp_path / "uninterrupted")
-  assert len(want) == 6  # clean + 2 directions x 2 eps + robust at the quickstart's robust ε
-  assert (tmp_path / "uninterrupted" / "report" / "report.md").exists()
+def _smoke_args(workdir: pathlib.Path, data_dir: pathlib.Path, robust: bool) -> list[str]:
+  """The command-line overrides of fixtures.smoke_config, robust suite or not (checked below)."""
+  return ["--config", f"{ROOT}/configs/quickstart.py:smoke", "--config.layouts=(0,)",
+          "--config.directions=('gbmta',)", "--config.eps=(8.0,)",
+          f"--config.train.num_steps={SMOKE_STEPS}", f"--config.train.eval_every={SMOKE_STEPS}",
+          f"--config.train.checkpoint_every={SMOKE_STEPS // 2}",
+          "--config.train.progress_bar=False", f"--config.robust.enabled={robust}",
+          f"--config.workdir={workdir}", f"--config.train.data_dir={data_dir}"]
 
+
+@pytest.mark.parametrize("robust", [False, True])
+def test_smoke_args_are_the_smoke_config(tmp_path, monkeypatch, robust):
+  argv = ["mtajax.run", "sweep", *_smoke_args(tmp_path / "work", tmp_path / "tfds", robust)]
+  monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the overrides from sys.argv.
+  parsed = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=parsed)
+  parsed(argv)
+  want = smoke_config(tmp_path / "work", tmp_path / "tfds")
+  want.robust.enabled = robust
+  assert parsed.config.to_dict() == want.to_dict()
+
+
+def test_sweep_killed_in_every_phase_ends_with_the_same_records(smoke_sweep, tmp_path):
+  # The uninterrupted run: the session's smoke sweep (fixtures.smoke_sweep, same config) and its
+  # robust record, made here on a copy of it.
+  config = copy_smoke_sweep(smoke_sweep, tmp_path / "uninterrupted")
+  config.robust.enabled = True
+  robust_sweep.run(config)
+  want = _records(pathlib.Path(config.workdir))
+  assert len(want) == 3  # clean + GB-MTA PGD at ε 8 + robust at the quickstart's robust ε
   # The killed runs keep a cache of their own (JAX writes cache files in place, and they are
-  # SIGKILLed): a copy of the shared one, which holds every program the uninterrupted run used.
-  env = _env(shutil.copytree(shared_cache, tmp_path / "jax_cache"))
-
-  args = [sys.executable, "-m", "mtajax.run", *SMALL, "--config.workdir=killed"]
+  # SIGKILLed): a copy of the shared one, which holds every program the smoke sweep used.
+  env = _env(shutil.copytree(os.environ["MTAJAX_JAX_CACHE"], tmp_path / "jax_cache"))
+  smoke = _smoke_args(tmp_path / "killed", pathlib.Path(config.train.data_dir), robust=True)
+  args = [sys.executable, "-m", "mtajax.run", *smoke]
   for marker in PHASES:  # Each run resumes what the previous one left, then dies in the next phase.
     _kill_at(args, tmp_path, env, marker)
-  resumed = _run(SMALL + ["--config.workdir=killed"], tmp_path, env)
+  resumed = _run(smoke, tmp_path, env)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   # The model was complete: not trained again (the log line, not the phase table's "training").
   assert not re.search(r"^training \S+ \(\d+ steps\)", resumed.stdout, re.M), resumed.stdout
