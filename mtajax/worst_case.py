@@ -181,7 +181,8 @@ def accumulate(tasks: Sequence[base.Task], states: States, groups: np.ndarray,
 
   Each prefix runs :func:`select`'s search started from the previous prefix's choice, so the
   values never decrease along the list and the last one is never below any complete candidate
-  alone nor any earlier prefix; each candidate alone is evaluated once. Arguments as in
+  alone nor any earlier prefix, nor below :func:`select` over all candidates; each candidate alone
+  is evaluated once. Arguments as in
   :func:`select`.
   """
   ev = _Evaluator(tasks, states, groups)
@@ -190,4 +191,10 @@ def accumulate(tasks: Sequence[base.Task], states: States, groups: np.ndarray,
   for c in range(1, preference.shape[0] + 1):
     starts = [out[-1].choice] if out else []
     out.append(_search(ev, preference[:c], available[:c], objective, alone[:c], starts))
+  # A greedy search ends in a local optimum: the one reached step by step can lie below the one
+  # :func:`select` reaches over all candidates at once (measured: 1 ARP point on a 7-candidate
+  # suite). The last entry is the better of the two.
+  fresh = _search(ev, preference, available, objective, alone, [])
+  if fresh.value > out[-1].value:
+    out[-1] = fresh
   return out

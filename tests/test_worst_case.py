@@ -150,3 +150,4 @@ def test_accumulate_never_decreases_and_keeps_the_guarantee():
     assert sel.choice.max() < c and available[sel.choice, np.arange(N)].all()
     assert c == 1 or sel.value >= steps[c - 2].value
   assert steps[-1].value > max(alone[c] for c in (0, 1, 3))
+  assert steps[-1].value >= worst_case.select(tasks, states, GROUPS, s, available, objective).value
