@@ -76,6 +76,7 @@ def test_segmentation_losses_against_numpy(class_weights, step):
       "masked_ce": ce * den * correct,
       "js": js_clean * den,
       "js_label": js_label * den,
+      "js_relative": js_clean * den,
   }
   for name, num in want.items():
     got_num, got_den = run(name, task, LOGITS, batch, ctx)
@@ -147,7 +148,7 @@ def test_regression_losses_against_numpy(kind, step):
   else:
     to_clean = np.abs(pred - clean)[..., 0]
   want = {"default": err, "segpgd": err * ((1 - lam) * c + lam * (1 - c)), "masked_ce": err * c,
-          "js": to_clean, "js_label": err, "relative": rel}
+          "js": to_clean, "js_label": err, "relative": rel, "js_relative": rel}
   got_c = np.asarray(AL.success(task, jnp.asarray(pred, jnp.float32), batch))
   np.testing.assert_allclose(got_c[valid], c[valid], rtol=1e-6)
   for name, num in want.items():
@@ -230,7 +231,7 @@ def test_errors_name_the_fix():
       AL.get(name)(types.SimpleNamespace(name="mine"), None, None, None)
   with pytest.raises(ValueError, match="'relative' supports Normal, L1Task tasks, not "
                      "'segment_semantic' .Segmentation.; for it use one of default, segpgd, "
-                     "cospgd, masked_ce, js, js_label, e.g. attack_loss="):
+                     "cospgd, masked_ce, js, kl, js_label, js_relative, e.g. attack_loss="):
     AL.relative(seg(), jnp.asarray(LOGITS), {"segment_semantic": jnp.asarray(LABELS)}, None)
 
 

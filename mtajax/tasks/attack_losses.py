@@ -33,6 +33,7 @@ name            tasks        per-pixel loss
 ``relative``    regression   scale-free: depth |log p − log g| (= log δ; p, g floored at
                              max(min_depth, 1e-6)); normals the angle (radians); other L1 maps
                              |p − g|/(|g| + ḡ) (|p − g| where |g| + ḡ = 0)
+``js_relative`` all          ``js`` on segmentation, ``relative`` on the regression heads
 ==============  ===========  ==================================================================
 
 ¹ Smooth distances (segmentation, normals) have a zero gradient at the clean input: start the
@@ -348,11 +349,19 @@ def cospgd(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) ->
   return num * _sg(w), den
 
 
+def js_relative(task: base.Task, pred: jax.Array, batch: base.Batch, context: Any) -> PixelLoss:
+  """``js`` on segmentation, ``relative`` on the regression heads (one member of a suite that
+  gives every task type its strongest measured loss, whatever the task set)."""
+  _require("js_relative", task, *ALL_TYPES)
+  fn = js if isinstance(task, Segmentation) else relative
+  return fn(task, pred, batch, context)
+
+
 for _name, _fn, _types in [
     (DEFAULT, default, None), ("segpgd", segpgd, ALL_TYPES), ("cospgd", cospgd, ALL_TYPES),
     ("masked_ce", masked_ce, ALL_TYPES), ("js", js, ALL_TYPES), ("kl", kl, ALL_TYPES),
     ("js_label", js_label, ALL_TYPES),
-    ("relative", relative, REGRESSION_TYPES)]:
+    ("relative", relative, REGRESSION_TYPES), ("js_relative", js_relative, ALL_TYPES)]:
   register(_name, _fn)
   if _types is not None:
     _TYPES[_name] = _types
