@@ -1,6 +1,7 @@
 """Choosing the robust suites by measurement: every candidate of a pool once, then any sub-suite.
 
-    python benchmarks/suite_design.py [--eps 4 8] [--pool design] [--save DIR] [--load DIR]
+    python benchmarks/suite_design.py [--eps 4 8] [--pool design|suites|thorough_x2]
+                                      [--max-batches N] [--save DIR] [--load DIR] [--greedy K]
 
 Per quickstart model and ε, runs every candidate of the pool once (:func:`mtajax.robust.attack_all`)
 and prints, for each registered suite that is a sub-suite of the pool, its robust ARP, its gap to
@@ -44,9 +45,10 @@ POOLS = {
         + tuple(("apgd", "gbmta", {**AA, "num_steps": 50, **loss})
                 for loss in ({}, {"attack_loss": "segpgd"}, {"attack_loss": "js"},
                              {"attack_loss": "cospgd"}))
-        # The regression heads' relative-error loss, JS on the segmentation head.
-        + (("apgd", "gbmta", {**AA, "num_steps": 100, "attack_loss": {
-            "segment_semantic": "js", "normal": "relative", "depth_zbuffer": "relative"}}),)),
+        # JS on the segmentation head, the relative error on the regression heads.
+        + (("apgd", "gbmta", {**AA, "num_steps": 100, "attack_loss": "js_relative"}),)),
+    # The registered reference suites: is `standard` within 0.5 point of `thorough`?
+    "suites": robust.SUITES["standard"] + robust.SUITES["thorough"],
     # `thorough` with twice its steps and restarts: is `thorough` itself converged?
     "thorough_x2": robust.scaled_suite("thorough", 2),
 }
@@ -105,6 +107,8 @@ def main() -> None:
   parser.add_argument("--save", default="", help="directory to pickle each pool run into")
   parser.add_argument("--load", default="", help="directory of pickled pool runs (no attacks)")
   parser.add_argument("--greedy", type=int, default=12, help="candidates the greedy design adds")
+  parser.add_argument("--max-batches", type=int, default=None,
+                      help="evaluate on the first N test batches only (default: all)")
   args = parser.parse_args()
   jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(
       "~/.cache/mtajax/jax").expanduser()))
@@ -117,6 +121,7 @@ def main() -> None:
   else:
     config = quickstart.get_config(args.config or None)
     config.workdir, config.eps = args.workdir, tuple(args.eps)
+    config.eval_max_batches = args.max_batches
     _, targets = sweep.run(config, train_only=True)
     for target in targets:
       for eps in args.eps:

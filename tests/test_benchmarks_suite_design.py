@@ -1,0 +1,49 @@
+"""benchmarks/suite_design.py on the plain-JAX toy model: the pool's union and the greedy design."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import sys
+
+from fixtures import problem
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _benchmark():
+  spec = importlib.util.spec_from_file_location("suite_design", ROOT / "benchmarks/suite_design.py")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_union_keeps_each_member_once_with_its_most_restarts():
+  bench = _benchmark()
+  a = ("apgd", "gbmta", {"num_steps": 2, "restarts": 2})
+  b = ("apgd", "gbmta", {"num_steps": 2})
+  c = ("apgd", "gbmta", {"num_steps": 2, "attack_loss": "js"})
+  assert bench.union([b, a, c]) == (("apgd", "gbmta", {"num_steps": 2, "restarts": 2}),
+                                    ("apgd", "gbmta", {"num_steps": 2, "attack_loss": "js",
+                                                       "restarts": 1}))
+
+
+def test_greedy_adds_the_best_gain_per_pass_and_reaches_the_whole_pool():
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  bench = _benchmark()
+  predict, params, batches, tasks = problem()
+  pool = (("fgsm", "total", {}), ("apgd", "gbmta", {**robust.APGD_AA, "num_steps": 2}))
+  raw = robust.attack_all(predict, params, batches, tasks, eps=8.0, bounds=(-128.0, 128.0),
+                          suite=pool, key=jax.random.key(0))
+  steps = bench.greedy({"toy": raw}, 5)
+  assert len(steps) == 2  # every candidate once
+  values = [v["toy"] for _, _, v in steps]
+  assert values[0] > 0 and values[1] >= values[0]
+  assert values[-1] == bench.arp_of(raw, [1, 2])
+  # The first pick has the larger ARP per pass of the two alone.
+  gain = {raw.names[i]: bench.arp_of(raw, [i]) / raw.candidates[i - 1].passes(len(tasks))
+          for i in (1, 2)}
+  assert steps[0][0] == max(gain, key=gain.get)
+  assert steps[-1][1] == 1 + sum(c.passes(len(tasks)) for c in raw.candidates)
