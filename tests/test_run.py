@@ -45,7 +45,7 @@ def _records(workdir: pathlib.Path) -> dict[str, dict]:
 
 
 def _comparable(record: dict) -> dict:
-  return {k: v for k, v in record.items() if k != "time_s"}
+  return {k: v for k, v in record.items() if k not in ("time_s", "compile_s")}  # wall clocks
 
 
 PHASES = ("training ", "clean evaluation ", "attacking ", "report: writing ")  # Printed first.
