@@ -55,7 +55,7 @@ def test_direction_registry_errors():
 
 
 # Each module of mtajax.directions may import only the modules listed before it (and mtajax.tasks).
-ORDER = ("base", "plain", "gbmta", "balancing", "balanced", "switched")
+ORDER = ("base", "plain", "gbmta", "balancing", "balanced", "switched", "random_task")
 ALLOWED_OUTSIDE = {"mtajax.tasks"}
 
 
