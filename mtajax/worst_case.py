@@ -119,6 +119,16 @@ def _alone(ev: _Evaluator, available: np.ndarray,
           if available[c].all() else None for c in range(available.shape[0])]
 
 
+def _swap(ev: _Evaluator, objective: Objective, choice: np.ndarray, contributions: dict, b: int,
+          c: int) -> tuple[np.ndarray, tuple[float, float], dict]:
+  """``choice`` with image ``b`` on candidate ``c``: the new choice, its objective and the new state
+  of ``b``'s batch (the other batches' ``contributions`` unchanged)."""
+  trial = choice.copy()
+  trial[b] = c
+  state = ev.group_state(trial, ev.groups[b])
+  return trial, objective(ev.metrics({**contributions, ev.groups[b]: state})), state
+
+
 def _search(ev: _Evaluator, preference: np.ndarray, available: np.ndarray, objective: Objective,
             alone: Sequence[tuple[float, float] | None],
             starts: Sequence[np.ndarray], polish: bool = False) -> Selection:
@@ -141,16 +151,12 @@ def _search(ev: _Evaluator, preference: np.ndarray, available: np.ndarray, objec
   for b in np.argsort(-gain, kind="stable"):
     if gain[b] <= 0:
       break
-    g = ev.groups[b]
     for c in np.argsort(-pref[:, b], kind="stable"):
       if not pref[c, b] > pref[choice[b], b]:
         break
-      trial = choice.copy()
-      trial[b] = c
-      state = ev.group_state(trial, g)
-      value = objective(ev.metrics({**contributions, g: state}))
+      trial, value, state = _swap(ev, objective, choice, contributions, b, c)
       if value > best:
-        choice, best, contributions[g] = trial, value, state
+        choice, best, contributions[ev.groups[b]] = trial, value, state
         break
   if polish:
     choice, best, contributions = _polish(ev, available, objective, choice, best, contributions)
@@ -165,16 +171,12 @@ def _polish(ev: _Evaluator, available: np.ndarray, objective: Objective, choice:
   for _ in range(max_sweeps):
     changed = False
     for b in range(len(choice)):
-      g = ev.groups[b]
       for c in np.flatnonzero(available[:, b]):
         if c == choice[b]:
           continue
-        trial = choice.copy()
-        trial[b] = c
-        state = ev.group_state(trial, g)
-        value = objective(ev.metrics({**contributions, g: state}))
+        trial, value, state = _swap(ev, objective, choice, contributions, b, c)
         if value > best:
-          choice, best, contributions[g], changed = trial, value, state, True
+          choice, best, contributions[ev.groups[b]], changed = trial, value, state, True
     if not changed:
       break
   return choice, best, contributions
