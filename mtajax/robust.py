@@ -117,6 +117,10 @@ def register_suite(name: str, members: Sequence[Member]) -> None:
 CONVERGENCE_BUDGET = 0.25  # share of the passes per image (X)
 CONVERGENCE_GAIN = 0.1  # ARP points
 CONVERGENCE_LAST_STEP = 0.2  # share of a candidate's images (Y)
+# The trajectory's last point: the worst case after the polishing local search
+# (:func:`mtajax.worst_case.polish`), which spends no attack passes; the rule compares like with
+# like and leaves it out.
+POLISH = "polished search"
 
 
 def convergence(trajectory: Sequence[Mapping[str, Any]], at_last_step: Mapping[str, float | None],
@@ -130,6 +134,7 @@ def convergence(trajectory: Sequence[Mapping[str, Any]], at_last_step: Mapping[s
   every candidate with ``wins`` has ``at_last_step`` < ``CONVERGENCE_LAST_STEP`` (None: the attack
   always returns its last iterate, so the share says nothing and does not count).
   """
+  trajectory = [p for p in trajectory if p["candidate"] != POLISH]  # search, not attack compute
   final = trajectory[-1]
   cut = (1 - CONVERGENCE_BUDGET) * final["passes_per_image"]
   before = ([p for p in trajectory if p["passes_per_image"] <= cut] or trajectory[:1])[-1]
@@ -287,8 +292,9 @@ class RobustEvaluation:
     images: one record per (image, candidate): scores, per-task drops, metrics, chosen flags.
     suite: the suite's name (``'custom'`` for a list of members).
     trajectory: the robust ARP after the clean pass and after each candidate in run order, with
-      the passes per image spent so far: ``[{candidate, passes_per_image, arp}]``; the last
-      ``arp`` is :attr:`arp`.
+      the passes per image spent so far: ``[{candidate, passes_per_image, arp}]``, then the
+      polished worst case (candidate :data:`POLISH`, no further passes), whose ``arp`` is
+      :attr:`arp`.
     at_last_step: per candidate, the share of the images it ran on whose returned point is its
       last iterate (None: its attack always returns the last iterate, or it ran on no image).
     converged: :func:`convergence` found nothing against it.
@@ -411,13 +417,15 @@ def summarise(raw: Candidates, *, only: Sequence[int] | None = None,
   clean = raw.clean
   n = len(groups)
   select = functools.partial(worst_case.select, tasks, states, groups, available=available)
-  prefixes = worst_case.accumulate(tasks, states, groups, scores, available,
-                                   worst_case.arp_objective(tasks, clean))
-  multi = prefixes[-1]
+  objective = worst_case.arp_objective(tasks, clean)
+  prefixes = worst_case.accumulate(tasks, states, groups, scores, available, objective)
+  multi = worst_case.polish(tasks, states, groups, scores, available, objective, prefixes[-1])
   arp = tasks_lib.arp(clean, multi.metrics, tasks)
+  spent = _spent(cands, available, raw.chunk, len(tasks))
   trajectory = [{"candidate": name, "passes_per_image": float(p), "arp": float(sel.value[0])}
-                for name, p, sel in zip(names, _spent(cands, available, raw.chunk, len(tasks)),
-                                        prefixes)]
+                for name, p, sel in zip(names, spent, prefixes)]
+  trajectory.append({"candidate": POLISH, "passes_per_image": float(spent[-1]),
+                     "arp": float(multi.value[0])})
   at_last_step = _at_last_step(cands, available, best_step)
   wins = {name: int(np.sum(multi.choice == c)) for c, name in enumerate(names)}
   why_not = convergence(trajectory, at_last_step, wins)

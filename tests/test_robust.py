@@ -85,7 +85,8 @@ def test_threshold_stops_attacking_images_that_passed(result):
   assert t.arp >= t.candidate_arp["apgd:gbmta"]
   # The trajectory's passes count the padded chunks of the images still under attack (B = 4).
   padded = -(-(N - len(passed)) // B) * B
-  assert [p["passes_per_image"] for p in t.trajectory] == [1, 7, 7 + padded * 6 / N]
+  last = 7 + padded * 6 / N  # the polished search spends no passes
+  assert [p["passes_per_image"] for p in t.trajectory] == [1, 7, last, last]
   assert t.trajectory[-1]["passes_per_image"] == t.passes_per_image
   assert t.trajectory[-1]["arp"] == t.arp
   later_steps = [row["best_step"] == 2 for row in t.images if row["candidate"] == "apgd:total"]
@@ -100,7 +101,9 @@ def test_trajectory_at_last_step_and_converged_flag(result):
   assert r.trajectory == [
       {"candidate": "clean", "passes_per_image": 1.0, "arp": 0.0},
       {"candidate": "apgd:gbmta", "passes_per_image": 7.0, "arp": r.trajectory[1]["arp"]},
-      {"candidate": "apgd:total", "passes_per_image": 13.0, "arp": r.arp}]
+      {"candidate": "apgd:total", "passes_per_image": 13.0, "arp": r.trajectory[2]["arp"]},
+      {"candidate": robust.POLISH, "passes_per_image": 13.0, "arp": r.arp}]
+  assert r.trajectory[1]["arp"] <= r.trajectory[2]["arp"] <= r.arp
   assert r.trajectory[-1]["passes_per_image"] == r.passes_per_image
   assert r.candidate_arp["apgd:gbmta"] <= r.trajectory[1]["arp"] <= r.arp
   for name in ("apgd:gbmta", "apgd:total"):  # the last of 2 APGD iterates: best_step 2
@@ -118,6 +121,9 @@ def _point(candidate, passes, arp):
     # The last candidate holds 40 of 100 passes: over the last 25 % the ARP rose 0.5 points.
     ([_point("clean", 1, 0), _point("a", 60, 30), _point("b", 100, 30.5)], {}, {}, "by 0.50"),
     ([_point("clean", 1, 0), _point("a", 60, 30), _point("b", 100, 30.09)], {}, {}, None),
+    # The polished search spends no attack passes: its jump is not the attacks' gain.
+    ([_point("clean", 1, 0), _point("a", 60, 30), _point("b", 100, 30.09),
+      _point("polished search", 100, 32)], {}, {}, None),
     # Cut at 75 of 100 passes: "b" (76) straddles it and counts whole, so 30 -> 30.2 is the gain.
     ([_point("clean", 1, 0), _point("a", 50, 30), _point("b", 76, 30.2), _point("c", 100, 30.2)],
      {}, {}, "by 0.20"),

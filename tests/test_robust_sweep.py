@@ -56,7 +56,7 @@ def test_robust_mode_records_resume_and_report(smoke_sweep, tmp_path, monkeypatc
     assert r["passes_per_image"] == 1 + 2 * (2 * 2 + 1 + 1)
     assert r["grid_passes_per_image"] == robust_sweep.grid_passes(config, 3)
     assert r["suite"] == "smoke" and isinstance(r["converged"], bool)
-    assert r["trajectory"][-1] == {"candidate": "apgd:total", "passes_per_image": 13.0,
+    assert r["trajectory"][-1] == {"candidate": robust.POLISH, "passes_per_image": 13.0,
                                    "arp": r["arp"]}
     assert set(r["at_last_step"]) == {"apgd:gbmta", "apgd:total"}
   # Same test images as the grid: the clean metrics equal the grid's clean record.
