@@ -344,3 +344,19 @@ def test_angle_median_is_exact_within_the_sample_budget_and_within_1e4_beyond():
   assert mt.metrics.compute(coarse, merged)["normal"] == exact.compute()["normal"]
   small = accumulate_exact(coarse, batches[:1], sample_budget=n - 1)
   assert mt.metrics.merge(small.state, b.state)["normal"]["angle_samples"].values() is None
+
+
+@pytest.mark.parametrize("counts_dtype", [np.int32, np.float32])
+def test_mean_state_on_numpy_equals_the_traced_terms(counts_dtype):
+  """The host path (NumPy in, NumPy out: the worst-case search) gives the device path's terms."""
+  rng = np.random.default_rng(0)
+  for size, zero in ((None, False), (np.float32(5), False), (None, True)):
+    sums = rng.uniform(0, 50, 7).astype(np.float32)
+    counts = (np.zeros(7) if zero else rng.integers(1, 90, 7)).astype(counts_dtype)
+    host = mt.base.mean_state("m", sums, counts, size)
+    device = jax.jit(mt.base.mean_state, static_argnums=0)("m", sums, counts, size)
+    assert set(host) == set(device)
+    for k, v in host.items():
+      assert isinstance(v, np.generic) and v.dtype == device[k].dtype, k
+      np.testing.assert_allclose(v, device[k], rtol=1e-6, err_msg=k)
+    assert (host["m/batch_weight"] == 0) == zero

