@@ -101,7 +101,7 @@ def capture(loop: str | None = None, only: str = "") -> dict[str, np.ndarray]:
       kw["targets"] = {"depth_zbuffer": labels["depth_zbuffer"] * 0 + 2.0}
     if kw.get("x_init") == "XI":
       kw["x_init"] = x + 3.0
-    if loop is not None and attack != "fgsm":
+    if loop is not None and attack != "fgsm" and "unroll" not in kw:
       kw["unroll" if loop == "host" else "loop"] = loop
     res = attacks.by_name(attack)(loss_fn, x, labels, direction=direction, eps=8.0,
                                   bounds=BOUNDS, **kw)

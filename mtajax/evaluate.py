@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtajax import dispatch
 from mtajax import parallel
 from mtajax import platform
 from mtajax import tasks as tasks_lib
@@ -55,8 +56,8 @@ def _step(state, batch, eps, bounds, baselines, index, *, predict, tasks, spec, 
 
 
 _STATIC = ("predict", "tasks", "spec", "loop")
-_compiled = jax.jit(_step, static_argnames=_STATIC)
-_jitted_attack = jax.jit(_attack, static_argnames=_STATIC)
+_compiled = dispatch.jit(_step, static_argnames=_STATIC)
+_jitted_attack = dispatch.jit(_attack, static_argnames=_STATIC)
 
 
 def attack_images(predict, state, batch, eps, bounds, baselines, index, *, tasks, spec: Attack,

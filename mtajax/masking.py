@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtajax import dispatch
 from mtajax import evaluate as evaluate_lib
 from mtajax import platform
 from mtajax import robust
@@ -109,7 +110,7 @@ def _transferred(source_state, batch, eps, bounds, key, index, *, predict, tasks
 
 
 _STATIC = ("predict", "tasks", "program", "loop")
-_compiled_transfer = jax.jit(_transferred, static_argnames=_STATIC)
+_compiled_transfer = dispatch.jit(_transferred, static_argnames=_STATIC)
 
 
 def transfer_arps(predict: Predict, state: Any, source_predict: Predict, source_state: Any,

@@ -37,6 +37,7 @@ import numpy as np
 
 from mtajax import attacks
 from mtajax import directions as directions_lib
+from mtajax import dispatch
 from mtajax import evaluate as evaluate_lib
 from mtajax import parallel
 from mtajax import phases
@@ -270,8 +271,8 @@ def _step(state, batch, eps, bounds, key, clean, reference, index, *, predict, t
   return states, metrics, (*per_image.score(tasks, metrics, clean, reference), best_step)
 
 
-_compiled = jax.jit(_step, static_argnames=("predict", "tasks", "program", "loop"))
-_scores = jax.jit(per_image.score, static_argnums=0)
+_compiled = dispatch.jit(_step, static_argnames=("predict", "tasks", "program", "loop"))
+_scores = dispatch.jit(per_image.score, static_argnums=0)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,6 +49,7 @@ def test_apgd_traces_its_direction_once_for_both_phases(variant):
 @pytest.mark.parametrize("attack,direction,options", [
     ("pgd", "gbmta", {"return_best": True}), ("apgd", "sign_total", {}), ("apgd", "gbmta", {}),
     ("apgd", "gbmta", {"variant": "autoattack"}), ("auto_sage", "gbmta", {}),
+    ("auto_sage", "total", {"lookahead": "last_task"}),  # the Python loop once failed here
     ("early_stopped_pgd", "total", {"tau": 1})])
 def test_python_loop_equals_the_unrolled_and_the_rolled_scan(attack, direction, options):
   predict, params, batch, tasks = problem()

@@ -47,7 +47,7 @@ def test_main_job_runs_from_the_built_package_alone(tmp_path):
 # ones, never a higher one. A module's layer is that of its longest prefix listed here ("mtajax":
 # the package's __init__ alone).
 LAYERS = (
-    ("mtajax", "mtajax.platform", "mtajax.parallel", "mtajax.locks", "mtajax.results",
+    ("mtajax", "mtajax.platform", "mtajax.dispatch", "mtajax.parallel", "mtajax.locks", "mtajax.results",
      "mtajax.phases", "mtajax.memory"),
     ("mtajax.data", "mtajax.models", "mtajax.tasks", "mtajax.testing"),
     ("mtajax.attacks", "mtajax.directions", "mtajax.worst_case"),

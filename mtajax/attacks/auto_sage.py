@@ -44,7 +44,8 @@ def _lookahead_grad(p, x1, k):
   loss, labels = common.loss_at(p, k), p.args["labels"]
   if p.options["lookahead"] == "all":
     return p.direction(loss, x1, labels)[0]
-  names = directions_lib.task_names(loss, p.args["x0"], labels)
+  # x1, not args["x0"]: an evaluation reads only EVALUATION_ARGS (the Python loop passes no x0).
+  names = directions_lib.task_names(loss, x1, labels)
   only_last = lambda x, l: {names[-1]: loss(x, l)[names[-1]]}  # pylint: disable=unnecessary-lambda-assignment
   return len(names) * p.direction(only_last, x1, labels)[0]
 

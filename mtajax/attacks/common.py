@@ -16,6 +16,7 @@ from jax.experimental import checkify
 import jax.numpy as jnp
 import numpy as np
 
+from mtajax import dispatch
 from mtajax.attacks import compile_once
 from mtajax.attacks import loop as loop_lib
 from mtajax.attacks import threat as threat_lib
@@ -235,8 +236,9 @@ def _invalid(result, args):
 
 
 _compiled = jax.jit(_attack, static_argnames=("build", "loss_static", "dir_static", "options"))
-_clean_jit = jax.jit(_clean, static_argnames=("loss_static",))
-_invalid_jit = jax.jit(_invalid)
+# The Python loop's own programs (never under a caller's trace): checks discharged.
+_clean_jit = dispatch.jit(_clean, static_argnames=("loss_static",))
+_invalid_jit = dispatch.jit(_invalid)
 
 
 def run(build: Callable[[dict[str, Any]], loop_lib.Algorithm], loss_fn, direction,

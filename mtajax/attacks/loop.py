@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mtajax import dispatch
 from mtajax import platform
 from mtajax.attacks import compile_once
 
@@ -153,8 +154,8 @@ def _piece(loss_arrays, dir_arrays, args, operands, *, fn, loss_static, dir_stat
 
 
 _STATIC = ("loss_static", "dir_static", "options")
-_evaluate_jit = jax.jit(_evaluate, static_argnames=("evaluation",) + _STATIC)
-_piece_jit = jax.jit(_piece, static_argnames=("fn",) + _STATIC)
+_evaluate_jit = dispatch.jit(_evaluate, static_argnames=("evaluation",) + _STATIC)
+_piece_jit = dispatch.jit(_piece, static_argnames=("fn",) + _STATIC)
 
 
 def evaluation_options(evaluation: Evaluation, options: dict[str, Any]) -> dict[str, Any]:

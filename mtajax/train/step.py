@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from mtajax import dispatch
 from mtajax.tasks import base
 from mtajax.train import recipes
 
@@ -83,4 +84,4 @@ def make_train_step(apply: Apply, tasks: Sequence[base.Task],
     state, metrics = recipe.step(ctx, state, batch, clean_rng, adv_rng)
     return state | {"key": key, "step": state["step"] + 1}, metrics
 
-  return jax.jit(train_step)
+  return dispatch.jit(train_step)
