@@ -89,7 +89,7 @@ def mean_state(name: str, sums: jax.Array, counts: jax.Array,
   batch without valid pixels is skipped instead of giving NaN) and the pixel-weighted sums.
   ``size`` is the batch's number of real examples (default B). NumPy ``sums`` and ``counts`` (the
   worst-case search regrouping per-image states on the host) give NumPy terms, float32 as well:
-  the same formula without a device dispatch per operation (10x faster there, measured).
+  the same formula without a device dispatch per operation (``robust.summarise`` ~2x faster).
   """
   if isinstance(sums, np.ndarray) and isinstance(counts, np.ndarray):
     total, n = np.sum(sums), np.sum(counts)
