@@ -49,16 +49,25 @@ def apply_cpu_workaround() -> bool:
   return True
 
 
+def _chosen_loop(variable: str) -> str | None:
+  """The loop an environment variable names (None when unset); one line naming the fix if bad."""
+  chosen = os.environ.get(variable)
+  if chosen and chosen not in ("unrolled", "rolled", "python"):
+    raise ValueError(f"{variable} must be unrolled, rolled or python; got {chosen!r}.")
+  return chosen or None
+
+
 def default_loop() -> str:
   """How an attack's iterations run when the caller passes ``loop=None``
   (:mod:`mtajax.attacks.loop`).
 
-  On XLA:CPU a rolled ``lax.scan`` of conv-net steps runs ~3x slower than a fully unrolled one,
-  the fastest program (benchmarks/attack_core.py); on GPU/TPU a rolled loop compiles faster and
-  runs as fast.
+  ``MTAJAX_DEFAULT_LOOP`` (``unrolled``, ``rolled`` or ``python``) chooses it for a run; otherwise,
+  on XLA:CPU a fully unrolled ``lax.scan``: a rolled one of conv-net steps runs ~3x slower
+  (benchmarks/attack_core.py); on GPU/TPU a rolled loop compiles faster and runs as fast.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  return "unrolled" if jax.default_backend() == "cpu" else "rolled"
+  return _chosen_loop("MTAJAX_DEFAULT_LOOP") or (
+      "unrolled" if jax.default_backend() == "cpu" else "rolled")
 
 
 def evaluation_loop() -> str:
@@ -70,10 +79,8 @@ def evaluation_loop() -> str:
   as fast as the unrolled program, benchmarks/main_job.py), elsewhere the rolled scan.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  chosen = os.environ.get("MTAJAX_ATTACK_LOOP")
+  chosen = _chosen_loop("MTAJAX_ATTACK_LOOP")
   if chosen:
-    if chosen not in ("unrolled", "rolled", "python"):
-      raise ValueError(f"MTAJAX_ATTACK_LOOP must be unrolled, rolled or python; got {chosen!r}.")
     return chosen
   # A multi-host run's arrays span every process: one program per attack, as on accelerators.
   return "python" if jax.default_backend() == "cpu" and jax.process_count() == 1 else "rolled"

@@ -162,6 +162,22 @@ def test_bad_loop_and_unroll_name_the_fix():
     attacks.pgd(loss, x, None, unroll=1, loop="python", **kw)
 
 
+@pytest.mark.parametrize("variable,default", [("MTAJAX_DEFAULT_LOOP", "unrolled"),
+                                              ("MTAJAX_ATTACK_LOOP", "python")])
+def test_loop_variables_choose_the_default_loops(monkeypatch, variable, default):
+  from mtajax import platform  # pylint: disable=g-import-not-at-top
+  chosen = {"MTAJAX_DEFAULT_LOOP": platform.default_loop,
+            "MTAJAX_ATTACK_LOOP": platform.evaluation_loop}[variable]
+  monkeypatch.delenv(variable, raising=False)
+  assert chosen() == default  # XLA:CPU, one process
+  for loop in ("unrolled", "rolled", "python"):
+    monkeypatch.setenv(variable, loop)
+    assert chosen() == loop
+  monkeypatch.setenv(variable, "fast")
+  with pytest.raises(ValueError, match=f"^{variable} must be unrolled, rolled or python; got 'fast'"):
+    chosen()
+
+
 def test_robust_one_program_serves_single_total_gbmta_with_equal_results():
   predict, params, batches, tasks = fixtures.problem()
   suite = [("apgd", "gbmta", {**robust.APGD_AA, "num_steps": 3, "restarts": 2}),

@@ -17,10 +17,14 @@ from fixtures import B, N, problem
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run(**kwargs):
+def run(new_model: bool = False, **kwargs):
+  """The smoke suite on fixtures.problem; ``new_model``: a predict function no other test passed
+  (the attack programs are traced and compiled here, whatever ran before in this process)."""
   import jax  # pylint: disable=g-import-not-at-top
   from mtajax import robust  # pylint: disable=g-import-not-at-top
   predict, params, batches, tasks = problem()
+  if new_model:
+    predict = lambda state, x, apply=predict: apply(state, x)  # pylint: disable=unnecessary-lambda-assignment
   kwargs = {"suite": "smoke", **kwargs}
   return robust.evaluate(predict, params, batches, tasks, eps=8.0, bounds=(-128.0, 128.0),
                          key=jax.random.key(1), **kwargs)
@@ -29,7 +33,7 @@ def run(**kwargs):
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
   path = tmp_path_factory.mktemp("robust") / "images.jsonl"
-  return run(records=path), path
+  return run(records=path, new_model=True), path
 
 
 def test_one_call_on_a_plain_jax_model(result):
