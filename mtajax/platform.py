@@ -49,11 +49,15 @@ def apply_cpu_workaround() -> bool:
   return True
 
 
+# The ways an attack's iterations can run (mtajax.attacks.loop).
+LOOPS = ("unrolled", "rolled", "python")
+
+
 def _chosen_loop(variable: str) -> str | None:
   """The loop an environment variable names (None when unset); one line naming the fix if bad."""
   chosen = os.environ.get(variable)
-  if chosen and chosen not in ("unrolled", "rolled", "python"):
-    raise ValueError(f"{variable} must be unrolled, rolled or python; got {chosen!r}.")
+  if chosen and chosen not in LOOPS:
+    raise ValueError(f"{variable} must be {', '.join(LOOPS[:-1])} or {LOOPS[-1]}; got {chosen!r}.")
   return chosen or None
 
 
@@ -75,12 +79,10 @@ def evaluation_loop() -> str:
   when the caller passes ``loop=None``.
 
   ``MTAJAX_ATTACK_LOOP`` (``unrolled``, ``rolled`` or ``python``) chooses it for a run; otherwise,
-  on XLA:CPU in one process the Python loop (it compiles one step per attack instead of N unrolled ones and runs
-  as fast as the unrolled program, benchmarks/main_job.py), elsewhere the rolled scan.
+  on XLA:CPU in one process the Python loop (it compiles one step per attack instead of N unrolled
+  ones and runs as fast as the unrolled program, benchmarks/main_job.py), elsewhere the rolled scan.
   """
   import jax  # pylint: disable=g-import-not-at-top
-  chosen = _chosen_loop("MTAJAX_ATTACK_LOOP")
-  if chosen:
-    return chosen
   # A multi-host run's arrays span every process: one program per attack, as on accelerators.
-  return "python" if jax.default_backend() == "cpu" and jax.process_count() == 1 else "rolled"
+  return _chosen_loop("MTAJAX_ATTACK_LOOP") or (
+      "python" if jax.default_backend() == "cpu" and jax.process_count() == 1 else "rolled")

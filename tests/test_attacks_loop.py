@@ -15,6 +15,7 @@ import pytest
 from mtajax import attacks
 from mtajax import directions as D
 from mtajax import evaluate as E
+from mtajax import platform
 from mtajax import robust
 from mtajax import tasks as mt
 
@@ -162,19 +163,18 @@ def test_bad_loop_and_unroll_name_the_fix():
     attacks.pgd(loss, x, None, unroll=1, loop="python", **kw)
 
 
-@pytest.mark.parametrize("variable,default", [("MTAJAX_DEFAULT_LOOP", "unrolled"),
-                                              ("MTAJAX_ATTACK_LOOP", "python")])
-def test_loop_variables_choose_the_default_loops(monkeypatch, variable, default):
-  from mtajax import platform  # pylint: disable=g-import-not-at-top
-  chosen = {"MTAJAX_DEFAULT_LOOP": platform.default_loop,
-            "MTAJAX_ATTACK_LOOP": platform.evaluation_loop}[variable]
+@pytest.mark.parametrize("variable,chosen,default", [
+    ("MTAJAX_DEFAULT_LOOP", platform.default_loop, "unrolled"),
+    ("MTAJAX_ATTACK_LOOP", platform.evaluation_loop, "python")])
+def test_loop_variables_choose_the_default_loops(monkeypatch, variable, chosen, default):
   monkeypatch.delenv(variable, raising=False)
   assert chosen() == default  # XLA:CPU, one process
   for loop in ("unrolled", "rolled", "python"):
     monkeypatch.setenv(variable, loop)
     assert chosen() == loop
   monkeypatch.setenv(variable, "fast")
-  with pytest.raises(ValueError, match=f"^{variable} must be unrolled, rolled or python; got 'fast'"):
+  with pytest.raises(ValueError,
+                     match=f"^{variable} must be unrolled, rolled or python; got 'fast'"):
     chosen()
 
 

@@ -46,7 +46,7 @@ from mtajax.attacks import compile_once
 
 Array = jax.Array
 Loop = Literal["unrolled", "rolled", "python"]
-LOOPS = ("unrolled", "rolled", "python")
+LOOPS = platform.LOOPS
 
 
 class Problem(NamedTuple):
