@@ -13,7 +13,8 @@ their default is the unrolled scan): each attack's step compiles once, shared by
 directions that use it, instead of one program of N unrolled steps per test (the suite's attack
 modules: ~30 % less XLA compile time). The Python, rolled and unrolled loops are checked equal on
 every iterative attack in test_attacks_loop.py; under a trace (``jax.jit``, ``vmap``) the attacks
-run the rolled scan. mtajax's own evaluations keep their default (``MTAJAX_ATTACK_LOOP`` is not set).
+run the rolled scan. mtajax's own evaluations keep their default (``MTAJAX_ATTACK_LOOP`` is not
+set).
 """
 
 import fcntl
