@@ -27,6 +27,10 @@ _CACHE = pathlib.Path(__file__).resolve().parents[1] / ".jax_cache"
 # program, however quickly it compiled (at level 0 most compile in well under a second).
 os.environ.setdefault("MTAJAX_JAX_CACHE", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# No XLA GPU caches beside it: their paths (under the cache folder) and the process index enter
+# the compile options, hence every program's cache key, so a copy of the cache in another folder
+# (the SIGKILLed runs') or process 1 of a 2-process run would miss every program.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_ENABLE_XLA_CACHES", "none")
 os.environ.setdefault("MTAJAX_DEFAULT_LOOP", "python")
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
