@@ -3,10 +3,13 @@
 import os
 import pathlib
 import re
+import shutil
 
 import nbformat
 from nbclient import NotebookClient
 import pytest
+
+from fixtures import SMOKE_MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = ("quickstart.ipynb", "reproduce_paper.ipynb")
@@ -35,7 +38,12 @@ def test_notebook_is_committed_without_outputs(name):
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_notebook_runs_in_smoke_setting(name, tmp_path, monkeypatch):
+def test_notebook_runs_in_smoke_setting(name, tmp_path, monkeypatch, smoke_sweep):
+  if name == "quickstart.ipynb":  # Its one model is the session's smoke model: a copy, not trained
+    # again (reproduce_paper.ipynb trains its two in the kernel).
+    shutil.copytree(smoke_sweep / "tfds", tmp_path / "runs" / "tfds")
+    shutil.copytree(smoke_sweep / "work" / "models" / SMOKE_MODEL,
+                    tmp_path / "runs" / "quickstart_smoke" / "models" / SMOKE_MODEL)
   monkeypatch.setenv("MTAJAX_SMOKE", "1")
   monkeypatch.setenv("MTAJAX_JAX_CACHE", str(ROOT / ".jax_cache"))  # shared with the other tests
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
