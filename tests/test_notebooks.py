@@ -9,6 +9,8 @@ import nbformat
 from nbclient import NotebookClient
 import pytest
 
+from configs import quickstart
+
 from fixtures import SMOKE_MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -41,9 +43,10 @@ def test_notebook_is_committed_without_outputs(name):
 def test_notebook_runs_in_smoke_setting(name, tmp_path, monkeypatch, smoke_sweep):
   if name == "quickstart.ipynb":  # Its one model is the session's smoke model: a copy, not trained
     # again (reproduce_paper.ipynb trains its two in the kernel).
-    shutil.copytree(smoke_sweep / "tfds", tmp_path / "runs" / "tfds")
+    config = quickstart.get_config("smoke")  # The notebook's paths, relative to its folder.
+    shutil.copytree(smoke_sweep / "tfds", tmp_path / config.train.data_dir)
     shutil.copytree(smoke_sweep / "work" / "models" / SMOKE_MODEL,
-                    tmp_path / "runs" / "quickstart_smoke" / "models" / SMOKE_MODEL)
+                    tmp_path / config.workdir / "models" / SMOKE_MODEL)
   monkeypatch.setenv("MTAJAX_SMOKE", "1")
   monkeypatch.setenv("MTAJAX_JAX_CACHE", str(ROOT / ".jax_cache"))  # shared with the other tests
   monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
