@@ -3,7 +3,7 @@
     python benchmarks/robust_eval.py [--config smoke] [--workdir runs/quickstart]
                                      [--eps 8] [--suite standard]
     python benchmarks/robust_eval.py --convergence [--eps 4 8] [--suite standard]
-                                     [--reference thorough]
+                                     [--reference thorough] [--chunk 128]
 
 Trains the config's missing models (as the main job does, into ``--workdir``), then per model runs
 the paper grid at ε (every attack × direction of the config, kept in memory, not stored) and the
@@ -58,12 +58,14 @@ class Measured:
 
 
 def measure_suites(predict, state, batches, tasks, *, eps: float,
-                   suites: Sequence[tuple[str, Any]], key: jax.Array) -> list[Measured]:
-  """Each (label, suite) on the same images; ``batches()`` gives fresh batches."""
+                   suites: Sequence[tuple[str, Any]], key: jax.Array,
+                   chunk: int | None = None) -> list[Measured]:
+  """Each (label, suite) on the same images; ``batches()`` gives fresh batches; ``chunk``: images
+  per attacked chunk (:func:`mtajax.robust.evaluate`)."""
   out = []
   for label, suite in suites:
     ev = robust.evaluate(predict, state, batches(), tasks, eps=eps,
-                         bounds=preprocess.input_bounds(), suite=suite, key=key)
+                         bounds=preprocess.input_bounds(), suite=suite, key=key, chunk=chunk)
     out.append(Measured(label, ev, ev.compile_seconds, ev.seconds - ev.compile_seconds))
   return out
 
@@ -109,7 +111,8 @@ def convergence_table(model: str, eps: float, rows: list[Measured], images: int,
   return "\n".join(lines)
 
 
-def convergence(config, targets, eps_values, suite: str, reference: str) -> None:
+def convergence(config, targets, eps_values, suite: str, reference: str,
+                chunk: int | None = None) -> None:
   """Prints :func:`convergence_table` per model and ε."""
   print(f"\nconvergence: {suite} vs {reference} vs {reference} x2; devices {jax.devices()}")
   for target in targets:
@@ -118,11 +121,12 @@ def convergence(config, targets, eps_values, suite: str, reference: str) -> None
           target.predict, target.state,
           lambda target=target: loaders.eval_batches(config, target.t),
           target.loaded.tasks, eps=eps, suites=convergence_suites(suite, reference),
-          key=jax.random.key(config.robust.seed))
-      first = next(iter(loaders.eval_batches(config, target.t)))
-      pass_s = pass_seconds(target.predict, target.state,
-                            {k: v for k, v in first.items() if k != "example_weight"},
-                            target.loaded.tasks)
+          key=jax.random.key(config.robust.seed), chunk=chunk)
+      batches = [{k: v for k, v in b.items() if k != "example_weight"}
+                 for b in loaders.eval_batches(config, target.t)]
+      size = chunk or len(batches[0]["image"])  # one pass timed on a chunk as attacked
+      first = {k: np.concatenate([b[k] for b in batches])[:size] for k in batches[0]}
+      pass_s = pass_seconds(target.predict, target.state, first, target.loaded.tasks)
       images = len({r["image"] for r in rows[0].result.images})
       print(convergence_table(ensure.model_id(target.t), eps, rows, images, pass_s), flush=True)
 
@@ -136,6 +140,8 @@ def main() -> None:
   parser.add_argument("--convergence", action="store_true",
                       help="measure --suite against --reference and the doubled reference")
   parser.add_argument("--reference", default="thorough")
+  parser.add_argument("--chunk", type=int, default=None,
+                      help="images per attacked chunk (e.g. 128 on a GPU: all at once)")
   args = parser.parse_args()
   for name in {args.suite, args.reference}:
     if name not in robust.SUITES:
@@ -149,7 +155,7 @@ def main() -> None:
   config.robust.suite = args.suite
   _, targets = sweep.run(config, train_only=True)
   if args.convergence:
-    convergence(config, targets, args.eps, args.suite, args.reference)
+    convergence(config, targets, args.eps, args.suite, args.reference, args.chunk)
     return
   eps = args.eps[0]
   store = results.Store(pathlib.Path(args.workdir) / "no-such-file.jsonl", write=False)

@@ -388,6 +388,9 @@ class Candidates:
   metrics: list[dict[str, dict[str, np.ndarray]]]  # per candidate {task: {metric: (N,)}}
   chunk: int  # images per attacked chunk
   suite: str
+  # (C,) wall seconds of each row as it ran (row 0: the clean pass), its compilation included;
+  # None in results pickled before this field existed.
+  seconds: np.ndarray | None = None
 
   def members(self, suite: str | Sequence[Member], *, one_program: bool = False) -> list[int]:
     """Rows of the candidates of ``suite`` (a sub-suite of the one that ran: same attack, options
@@ -464,7 +467,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
              key: jax.Array, mesh: jax.sharding.Mesh | None = None,
              threshold: float | None = None, loop: loop_lib.Loop | None = None,
              one_program: bool = False, records: str | Path | None = None,
-             unroll: Any = None) -> RobustEvaluation:
+             unroll: Any = None, chunk: int | None = None) -> RobustEvaluation:
   """Robust evaluation of ``predict(state, x)`` on ``batches`` in the ε-ball (L∞ by default).
 
   Args:
@@ -485,6 +488,12 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     one_program: members that differ only in a Single-x / Total / GB-MTA direction share one
       compiled program (:class:`mtajax.evaluate.Switched`; equal to float rounding).
     records: also write the per-image records (JSON lines) there.
+    chunk: images per attacked chunk (None: the batches' size). The metrics keep the batches'
+      grouping either way; a larger chunk runs each step on more images at once (on a GPU, 128
+      images cost about what 16 do). Per-image attacks (per-image losses, AutoAttack's APGD)
+      give each image the same result in any chunk, except that random starts are drawn per
+      chunk (other, equally valid, starting points); batch-level ones (the reference APGD's
+      step-size decisions, Total's pooled loss) see another batch.
     unroll: the older spelling of ``loop`` (``'host'``: ``'python'``; an int: a scan unrolled that
       many steps).
   """
@@ -492,7 +501,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   with phases.CompileClock() as clock:
     raw = attack_all(predict, state, batches, tasks, eps=eps, bounds=bounds, suite=suite,
                      key=key, mesh=mesh, threshold=threshold, loop=loop, one_program=one_program,
-                     unroll=unroll)
+                     unroll=unroll, chunk=chunk)
     out = summarise(raw, seconds=time.perf_counter() - start_time)
   out = dataclasses.replace(out, compile_seconds=clock.seconds)
   if not out.converged:
@@ -508,7 +517,8 @@ def attack_all(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], sta
                eps: float, bounds: tuple[Any, Any], suite: str | Sequence[Member] = "standard",
                key: jax.Array, mesh: jax.sharding.Mesh | None = None,
                threshold: float | None = None, loop: loop_lib.Loop | None = None,
-               one_program: bool = False, unroll: Any = None) -> Candidates:
+               one_program: bool = False, unroll: Any = None,
+               chunk: int | None = None) -> Candidates:
   """Runs every candidate of ``suite`` (arguments as :func:`evaluate`'s) and returns their
   per-image results, before the worst case: :func:`summarise` of any sub-suite
   (:meth:`Candidates.members`) equals that sub-suite's own evaluation (without ``threshold``)."""
@@ -527,6 +537,10 @@ def attack_all(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], sta
       raise ValueError(f"suite candidate {c.name}: {e}") from None
   data, groups, size = _collect(batches)
   n = len(groups)
+  if chunk is not None:
+    if not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
+      raise ValueError(f"chunk must be a number of images >= 1 or None; got {chunk!r}.")
+    size = min(int(chunk), n)
   eps_ = jnp.asarray(eps, jnp.float32)
   if mesh is not None:
     state, eps_, bounds = parallel.replicate((state, eps_, bounds), mesh)
@@ -565,6 +579,9 @@ def attack_all(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], sta
     return jax.tree.map(lambda *v: np.concatenate(v)[:num], *parts)
 
   everything = np.arange(n)
+  num_c = len(cands) + 1
+  seconds = np.zeros(num_c)
+  started = time.perf_counter()
   clean_states, clean_img, _ = gather(
       [(run(None, idx, k), k) for idx, k in _chunks(everything, size)], n)
   clean = tasks_lib.metrics.compute(tasks, worst_case.dataset_state(tasks, clean_states, groups))
@@ -578,7 +595,6 @@ def attack_all(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], sta
     reference = parallel.replicate(reference, mesh)
 
   names = ["clean"] + [c.name for c in cands]
-  num_c = len(names)
   states = {t: {k: np.zeros((num_c,) + v.shape, v.dtype) for k, v in s.items()}
             for t, s in clean_states.items()}
   for t, s in clean_states.items():
@@ -590,7 +606,9 @@ def attack_all(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], sta
   available = np.zeros((num_c, n), bool)
   best_step = np.zeros((num_c, n), np.int32)  # iteration of each returned point (clean: 0)
   available[0] = True
+  seconds[0] = time.perf_counter() - started
   for ci, cand in enumerate(cands, 1):
+    started = time.perf_counter()
     todo = everything if threshold is None else everything[scores[:ci].max(0) < threshold]
     outputs = []
     for j, (idx, k) in enumerate(_chunks(todo, size)):
@@ -611,11 +629,12 @@ def attack_all(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], sta
         drops[t][ci, todo] = v
       available[ci, todo] = True
     metrics_all.append(metrics_c)
+    seconds[ci] = time.perf_counter() - started
     if not np.all(np.isfinite(scores[ci, todo])):
       raise ValueError(f"candidate {cand.name} produced non-finite scores; the model gives NaN/inf "
                        "under attack.")
 
   return Candidates(tasks=tasks, names=names, candidates=tuple(cands), clean=clean, states=states,
                     groups=groups, scores=scores, drops=drops, available=available,
-                    best_step=best_step, metrics=metrics_all, chunk=size,
+                    best_step=best_step, metrics=metrics_all, chunk=size, seconds=seconds,
                     suite=suite if isinstance(suite, str) else "custom")

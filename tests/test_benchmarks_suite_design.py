@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import pathlib
 import sys
@@ -47,3 +48,29 @@ def test_greedy_adds_the_best_gain_per_pass_and_reaches_the_whole_pool():
           for i in (1, 2)}
   assert steps[0][0] == max(gain, key=gain.get)
   assert steps[-1][1] == 1 + sum(c.passes(len(tasks)) for c in raw.candidates)
+
+
+def test_merge_of_two_runs_is_one_pool_of_their_candidates():
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  bench = _benchmark()
+  predict, params, batches, tasks = problem()
+  shared = ("apgd", "gbmta", {**robust.APGD_AA, "num_steps": 2})
+  a_suite = (shared, ("fgsm", "total", {}))
+  b_suite = (shared, ("apgd", "gbmta", {**robust.APGD_AA, "num_steps": 3}))
+  run = lambda suite: robust.attack_all(  # pylint: disable=unnecessary-lambda-assignment
+      predict, params, batches, tasks, eps=8.0, bounds=(-128.0, 128.0), suite=suite,
+      key=jax.random.key(0))
+  a, b = run(a_suite), run(b_suite)
+  merged = bench.merge(a, b)
+  assert len(merged.candidates) == 3  # the shared member once
+  assert len(set(merged.names)) == 4 and merged.scores.shape == (4, len(a.groups))
+  got = robust.summarise(merged, only=merged.members(b_suite))
+  want = robust.summarise(b)
+  assert got.arp == want.arp and got.envelope == want.envelope
+  assert robust.summarise(merged).arp >= max(want.arp, robust.summarise(a).arp)
+  np.testing.assert_array_equal(merged.seconds[:3], a.seconds)
+  with pytest.raises(ValueError, match="one model"):  # other images
+    bench.merge(a, dataclasses.replace(b, groups=b.groups + 1))

@@ -179,6 +179,7 @@ def test_thorough_suite_spends_ten_times_the_passes_of_standard():
     ({"suite": [("pgd", "total", {"attack_loss": {"normal": "nope"}})]},
      "suite member.*unknown attack loss 'nope'"),
     ({"eps": -1.0}, "eps must be >= 0"),
+    ({"chunk": 0}, "chunk must be a number of images >= 1"),
     ({"batches": []}, "no batches"),
     ({"tasks": "custom"}, "no per-image metric.*register"),
 ])
@@ -292,6 +293,26 @@ def test_a_sub_suite_of_one_run_equals_its_own_evaluation():
   assert whole.arp >= got.arp  # more candidates never lower the worst case
   with pytest.raises(ValueError, match="did not run"):
     raw.members((("apgd", "gbmta", {**robust.APGD_AA, "num_steps": 3}),))
+
+
+def test_the_chunk_size_changes_how_many_images_run_at_once_not_the_results():
+  """Per-image attacks (GB-MTA's per-image losses, AutoAttack's per-sample APGD) without a random
+  start give each image, in one chunk of all images, the result it gets in the batches' chunks
+  (to float rounding)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  predict, params, batches, tasks = problem()
+  suite = (("apgd", "gbmta", {"variant": "autoattack", "random_start": False, "num_steps": 4}),
+           ("pgd", "gbmta", {"num_steps": 2}))
+  kwargs = dict(eps=8.0, bounds=(-128.0, 128.0), suite=suite, key=jax.random.key(1))
+  by_batch = robust.attack_all(predict, params, batches, tasks, **kwargs)
+  at_once = robust.attack_all(predict, params, batches, tasks, chunk=100, **kwargs)
+  assert (by_batch.chunk, at_once.chunk) == (B, N)  # at most the number of images
+  np.testing.assert_allclose(at_once.scores, by_batch.scores, rtol=1e-4, atol=1e-4)
+  np.testing.assert_array_equal(at_once.best_step, by_batch.best_step)
+  assert by_batch.scores[1:].min() > 0  # the attacks moved every image
+  assert at_once.seconds.shape == (3,) and np.all(at_once.seconds > 0)
+  assert robust.summarise(at_once).arp == pytest.approx(robust.summarise(by_batch).arp, abs=0.02)
 
 
 def test_a_loss_that_does_not_fit_a_task_fails_before_any_attack(monkeypatch):
