@@ -102,7 +102,8 @@ def union(members) -> tuple:
 def merge(a: robust.Candidates, b: robust.Candidates) -> robust.Candidates:
   """One pool of two runs on the same model, ε and images: ``a``'s rows, then ``b``'s candidates
   that ``a`` lacks (same attack, options and restart: the same candidate)."""
-  clean = lambda r: [v for ms in r.clean.values() for v in ms.values()]  # pylint: disable=unnecessary-lambda-assignment
+  def clean(r):
+    return [v for ms in r.clean.values() for v in ms.values()]
   if (not np.array_equal(a.groups, b.groups) or a.clean.keys() != b.clean.keys()
       or not np.allclose(clean(a), clean(b), rtol=1e-4)):  # another device: float rounding
     raise ValueError("merge() takes runs of one model, ε and image set.")
