@@ -46,6 +46,8 @@ def base(workdir: str) -> ml_collections.ConfigDict:
   c.robust.eps = ml_collections.config_dict.placeholder(tuple)  # None: the grid's eps
   c.robust.threshold = ml_collections.config_dict.placeholder(float)  # stop at s_b >= threshold
   c.robust.seed = 0  # random starts
+  # Images per attacked chunk (None: the eval batch); e.g. 128 on a GPU: all test images at once.
+  c.robust.chunk = ml_collections.config_dict.placeholder(int)
   c.advtrain = ml_collections.ConfigDict()  # `advtrain` mode: overrides of train.adv
   c.advtrain.mode = "reference"
   c.advtrain.direction = "gbmta"

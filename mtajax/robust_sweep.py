@@ -47,6 +47,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     robust.candidates(config.robust.suite, list(config.train.tasks))
   except ValueError as e:
     raise ValueError(f"config.robust.suite: {e}") from None
+  chunk = chunk_size(config)
+  if chunk is not None and not (isinstance(chunk, int) and chunk >= 1):
+    raise ValueError(f"config.robust.chunk must be a number of images >= 1 or None; got "
+                     f"{chunk!r}.")
+
+
+def chunk_size(config: ml_collections.ConfigDict) -> int | None:
+  """Images per attacked chunk (:func:`mtajax.robust.evaluate`'s ``chunk``; None: the batch)."""
+  return config.robust.get("chunk")
 
 
 def grid_passes(config: ml_collections.ConfigDict, num_tasks: int) -> int:
@@ -64,8 +73,10 @@ def _hash(config, t) -> str:
   # The suite's members (what it runs, not only its name) and the attack losses' revisions: a
   # redefined suite or loss never reuses records of the old definition.
   members = robust.SUITES.get(r.suite, ())
+  # Another chunk draws other random starts; unset, the key is the one of earlier releases.
+  chunk = [] if chunk_size(config) is None else [("chunk", chunk_size(config))]
   return results.digest([sweep.config_hash(config, t), r.suite, r.threshold, r.seed, members,
-                         tasks_lib.attack_losses.REVISIONS])
+                         tasks_lib.attack_losses.REVISIONS] + chunk)
 
 
 def record_key(config, t, eps: float) -> str:
@@ -122,7 +133,7 @@ def robust_records(config: ml_collections.ConfigDict, targets: list[sweep.Target
             target.loaded.tasks,
             eps=eps, bounds=preprocess.input_bounds(), suite=config.robust.suite,
             key=jax.random.key(config.robust.seed), mesh=mesh, threshold=config.robust.threshold,
-            one_program=config.one_program_per_attack,
+            one_program=config.one_program_per_attack, chunk=chunk_size(config),
             records=(workdir / ROBUST / f"{model}_eps{eps:g}.jsonl" if parallel.is_writer()
                      else None))
         store.add(robust_record(config, target, eps, ev, 1 if mesh is None else mesh.size))

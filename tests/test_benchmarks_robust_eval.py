@@ -57,8 +57,8 @@ def test_convergence_suites_are_the_suite_the_reference_and_its_double():
   labels = _benchmark().convergence_suites("standard", "thorough")
   assert [label for label, _ in labels] == ["standard", "thorough", "thorough x2"]
   _, _, doubled = labels[2][1][0]
-  assert doubled["num_steps"] == 240 and doubled["restarts"] == 8
-  assert robust.SUITES["thorough"][0][2]["num_steps"] == 120
+  assert doubled["num_steps"] == 960 and doubled["restarts"] == 24
+  assert robust.SUITES["thorough"][0][2]["num_steps"] == 480
   with pytest.raises(SystemExit):
     argv, sys.argv = sys.argv, ["robust_eval.py", "--convergence", "--suite", "nope"]
     try:

@@ -155,17 +155,19 @@ def test_thorough_suite_spends_ten_times_the_passes_of_standard():
   def passes(suite):
     return 1 + sum(c.passes(len(names)) for c in robust.candidates(suite, names))
   # Independently: APGD costs 2 passes a step (every direction here: one backward) + 2 forwards.
-  # standard: at 20 steps GB-MTA x2 restarts, SegPGD, Total, 3 Single; at 50 GB-MTA with the
-  # default, SegPGD, JS, CosPGD losses; at 100 with SegPGD, JS, CosPGD, JS/relative. thorough: the
-  # same with 6x the steps and 2x the restarts; quick: the 20-step ones.
+  # fast: at 20 steps GB-MTA x2 restarts, SegPGD, Total, 3 Single; at 50 GB-MTA with the default,
+  # SegPGD, JS, CosPGD losses; at 100 with SegPGD, JS, CosPGD, JS/relative. standard: the same with
+  # 6x the steps and 2x the restarts; thorough: standard's with 4x the steps and 3x the restarts;
+  # quick: the 20-step ones.
   apgd = lambda steps: steps * 2 + 2
-  assert passes("standard") == 1 + 7 * apgd(20) + 4 * apgd(50) + 4 * apgd(100)
-  assert passes("thorough") == 1 + 2 * (7 * apgd(120) + 4 * apgd(300) + 4 * apgd(600))
+  assert passes("fast") == 1 + 7 * apgd(20) + 4 * apgd(50) + 4 * apgd(100)
+  assert passes("standard") == 1 + 2 * (7 * apgd(120) + 4 * apgd(300) + 4 * apgd(600))
+  assert passes("thorough") == 1 + 6 * (7 * apgd(480) + 4 * apgd(1200) + 4 * apgd(2400))
   assert passes("thorough") >= 10 * passes("standard")
   assert passes("quick") == 1 + 7 * apgd(20)
-  doubled = robust.scaled_suite("thorough", 2)
+  doubled = robust.scaled_suite("standard", 2)
   assert passes(doubled) == 1 + 4 * (7 * apgd(240) + 4 * apgd(600) + 4 * apgd(1200))
-  for suite in ("standard", "thorough"):
+  for suite in ("fast", "standard", "thorough"):
     losses = {dict(o).get("attack_loss", "default") for _, _, o in robust.SUITES[suite]}
     assert losses == {"default", "segpgd", "js", "cospgd", "js_relative"}
 

@@ -87,6 +87,7 @@ def test_grid_compute_counts_every_cell():
 @pytest.mark.parametrize("change, match", [
     (lambda c: setattr(c.robust, "suite", "strongest"), "config.robust.suite: unknown suite"),
     (lambda c: setattr(c.robust, "eps", (-1.0,)), "config.robust.eps must hold values >= 0"),
+    (lambda c: setattr(c.robust, "chunk", 0), "config.robust.chunk must be a number of images"),
 ])
 def test_bad_robust_config_is_one_line_before_training(tmp_path, change, match):
   config = _config(tmp_path)
@@ -101,3 +102,13 @@ def test_sweep_targets_share_the_grid_batches(tmp_path):
   config = _config(tmp_path)
   assert robust_sweep.record_key(config, ensure.train_config(config, 0), 8.0) != \
       robust_sweep.record_key(config, ensure.train_config(config, 0), 4.0)
+
+
+def test_a_chunk_size_is_part_of_the_record_key_only_when_set(tmp_path):
+  config = _config(tmp_path)
+  t = ensure.train_config(config, 0)
+  before = robust_sweep.record_key(config, t, 8.0)
+  config.robust.chunk = None
+  assert robust_sweep.record_key(config, t, 8.0) == before  # earlier releases' keys hold
+  config.robust.chunk = 128
+  assert robust_sweep.record_key(config, t, 8.0) != before
