@@ -6,9 +6,9 @@
                                       [--deadline UNIX_S] [--attack-only]
 
 Per quickstart model and ε, runs every candidate of the pools (:data:`POOLS`) once
-(:func:`mtajax.robust.attack_all`) and prints, for each registered suite that is a sub-suite of the pool, its robust ARP, its gap to
-``thorough`` and its passes per image (:func:`mtajax.robust.summarise` of its candidates equals its
-own evaluation: a candidate's random start depends only on its restart index). Then a greedy
+(:func:`mtajax.robust.attack_all`) and prints, for each registered suite that is a sub-suite of the
+pool, its robust ARP and its passes per image (:func:`mtajax.robust.summarise` of its candidates
+equals its own evaluation: a candidate's random start depends only on its restart index). Then a greedy
 design: starting from nothing, it adds the candidate with the largest robust-ARP gain per pass,
 summed over the models and ε, and prints the robust ARP of each prefix per (model, ε) — the
 cheapest prefix within 0.5 point of the whole pool everywhere is the suite to take. ``--save`` keeps
@@ -57,6 +57,7 @@ LOSSES = ("default", "segpgd", "js", "cospgd", "js_relative")
 
 
 def apgd(direction: str, num_steps: int, loss: str = "default", restarts: int = 1) -> tuple:
+  """A suite member: AutoAttack's APGD along ``direction`` with attack loss ``loss``."""
   options = {**AA, "num_steps": num_steps, "restarts": restarts}
   return ("apgd", direction, options if loss == "default" else {**options, "attack_loss": loss})
 

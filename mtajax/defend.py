@@ -190,7 +190,8 @@ def _robust(config, m: Model, target: sweep.Target, store: results.Store) -> Non
       ev = robust.evaluate(target.predict, target.state, loaders.eval_batches(config, m.t),
                            target.loaded.tasks, eps=eps, bounds=preprocess.input_bounds(),
                            suite=suite, key=jax.random.key(d.robust_seed),
-                           chunk=robust_sweep.chunk_size(config), records=pathlib.Path(config.workdir) / "robust" /
+                           chunk=robust_sweep.chunk_size(config),
+                           records=pathlib.Path(config.workdir) / "robust" /
                            f"{m.name}_{suite}_eps{eps:g}.jsonl")
       record = robust_sweep.robust_record(c, target, eps, ev, 1)
       store.add(dataclasses.replace(record, model=m.name, adv_training=m.recipe))
