@@ -8,9 +8,9 @@
 Per quickstart model and ε, runs every candidate of the pools (:data:`POOLS`) once
 (:func:`mtajax.robust.attack_all`) and prints, for each registered suite that is a sub-suite of the
 pool, its robust ARP and its passes per image (:func:`mtajax.robust.summarise` of its candidates
-equals its own evaluation: a candidate's random start depends only on its restart index). Then a greedy
-design: starting from nothing, it adds the candidate with the largest robust-ARP gain per pass,
-summed over the models and ε, and prints the robust ARP of each prefix per (model, ε) — the
+equals its own evaluation: a candidate's random start depends only on its restart index). Then a
+greedy design: starting from nothing, it adds the candidate with the largest robust-ARP gain per
+pass, summed over the models and ε, and prints the robust ARP of each prefix per (model, ε) — the
 cheapest prefix within 0.5 point of the whole pool everywhere is the suite to take. ``--save`` keeps
 each pool run (pickle) so that ``--load`` redoes the analysis without attacking again (runs of one
 model and ε in several folders are merged: the union of their candidates).
@@ -19,9 +19,9 @@ For an accelerator: ``--chunk 128`` attacks all test images at once; ``--deadlin
 that would end after that time, judged by the previous run's seconds (a run whose pickle is in
 ``--save`` already is loaded, so a killed job resumes); ``--attack-only`` leaves the analysis to a
 later ``--load``. Beside each pickle a JSON holds the run's seconds, its compile seconds and one
-compiled forward + backward pass's seconds per image.
-``--layouts`` and ``--recipe`` (a ``configs/defend.py`` recipe: an adversarially trained model)
-choose models the suites were not designed on.
+compiled forward + backward pass's seconds per image. ``--layouts`` and ``--recipe`` (a
+``configs/defend.py`` recipe: an adversarially trained model) choose models the suites were not
+designed on.
 """
 
 from __future__ import annotations
