@@ -87,6 +87,15 @@ def pass_seconds(predict, state, batch, tasks, repeats: int = 7) -> float:
   return float(np.median(times)) / len(batch["image"]) / 2
 
 
+def timing_batch(config, target, chunk: int | None) -> dict[str, np.ndarray]:
+  """The first ``chunk`` test images (None: the first batch) as one batch: a chunk as attacked,
+  for :func:`pass_seconds`."""
+  batches = [{k: v for k, v in b.items() if k != "example_weight"}
+             for b in loaders.eval_batches(config, target.t)]
+  size = chunk or len(batches[0]["image"])
+  return {k: np.concatenate([b[k] for b in batches])[:size] for k in batches[0]}
+
+
 def convergence_suites(suite: str, reference: str) -> list[tuple[str, Any]]:
   """``suite``, ``reference`` and the reference with twice the steps and restarts."""
   return [(suite, suite), (reference, reference),
@@ -122,11 +131,9 @@ def convergence(config, targets, eps_values, suite: str, reference: str,
           lambda target=target: loaders.eval_batches(config, target.t),
           target.loaded.tasks, eps=eps, suites=convergence_suites(suite, reference),
           key=jax.random.key(config.robust.seed), chunk=chunk)
-      batches = [{k: v for k, v in b.items() if k != "example_weight"}
-                 for b in loaders.eval_batches(config, target.t)]
-      size = chunk or len(batches[0]["image"])  # one pass timed on a chunk as attacked
-      first = {k: np.concatenate([b[k] for b in batches])[:size] for k in batches[0]}
-      pass_s = pass_seconds(target.predict, target.state, first, target.loaded.tasks)
+      pass_s = pass_seconds(target.predict, target.state,
+                            timing_batch(config, target, chunk),
+                            target.loaded.tasks)
       images = len({r["image"] for r in rows[0].result.images})
       print(convergence_table(ensure.model_id(target.t), eps, rows, images, pass_s), flush=True)
 

@@ -192,9 +192,7 @@ def attack(args, members) -> dict:
             target.loaded.tasks, eps=eps, bounds=preprocess.input_bounds(), suite=members,
             key=jax.random.key(config.robust.seed), chunk=args.chunk)
       seconds = last = time.perf_counter() - start
-      images = [{k: v for k, v in b.items() if k != "example_weight"}
-                for b in loaders.eval_batches(config, target.t)]
-      batch = {k: np.concatenate([b[k] for b in images])[:raw.chunk] for k in images[0]}
+      batch = robust_eval.timing_batch(config, target, raw.chunk)
       timing = {"seconds": seconds, "compile_s": clock.seconds, "chunk": raw.chunk,
                 "pass_s": robust_eval.pass_seconds(target.predict, target.state, batch,
                                                    target.loaded.tasks),

@@ -518,6 +518,13 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
   return out
 
 
+def check_chunk(chunk: Any) -> int | None:
+  """``chunk`` (images per attacked chunk, or None) if valid; else a one-line ValueError."""
+  if chunk is not None and not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
+    raise ValueError(f"chunk must be a number of images >= 1 or None; got {chunk!r}.")
+  return chunk
+
+
 def attack_all(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state: Any,
                batches: Iterable[Mapping[str, np.ndarray]], tasks: Sequence[tasks_lib.Task], *,
                eps: float, bounds: tuple[Any, Any], suite: str | Sequence[Member] = "standard",
@@ -543,9 +550,7 @@ def attack_all(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], sta
       raise ValueError(f"suite candidate {c.name}: {e}") from None
   data, groups, size = _collect(batches)
   n = len(groups)
-  if chunk is not None:
-    if not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
-      raise ValueError(f"chunk must be a number of images >= 1 or None; got {chunk!r}.")
+  if check_chunk(chunk) is not None:
     size = min(int(chunk), n)
   eps_ = jnp.asarray(eps, jnp.float32)
   if mesh is not None:

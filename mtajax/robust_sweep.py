@@ -47,10 +47,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     robust.candidates(config.robust.suite, list(config.train.tasks))
   except ValueError as e:
     raise ValueError(f"config.robust.suite: {e}") from None
-  chunk = chunk_size(config)
-  if chunk is not None and not (isinstance(chunk, int) and chunk >= 1):
-    raise ValueError(f"config.robust.chunk must be a number of images >= 1 or None; got "
-                     f"{chunk!r}.")
+  try:
+    robust.check_chunk(chunk_size(config))
+  except ValueError as e:
+    raise ValueError(f"config.robust.{e}") from None
 
 
 def chunk_size(config: ml_collections.ConfigDict) -> int | None:
