@@ -199,3 +199,56 @@ def test_robust_one_program_serves_single_total_gbmta_with_equal_results():
   for name, v in want.candidate_arp.items():
     np.testing.assert_allclose(got.candidate_arp[name], v, atol=0.05, err_msg=name)
   assert got.passes_per_image == want.passes_per_image
+
+
+def test_losses_that_do_not_read_the_step_count_share_their_programs_across_step_counts():
+  """JS (the clean prediction, no step count) attacks at 4 and 6 steps share the forward +
+  backward program and give the result of the same loss registered as reading the step count;
+  SegPGD (λ = step / 2N) and a loss registered without ``reads_steps=False`` see a static int."""
+  predict, params, batch, tasks = problem()
+  d = D.gbmta()
+  x = batch["image"]
+  kw = dict(direction=d, eps=8.0, bounds=(-128.0, 128.0), loop="python")
+
+  def loss_fn(name):
+    return mt.make_loss_fn(functools.partial(predict, params), tasks, d.reduction, name)
+
+  def traced_programs(name, num_steps):
+    traced = []
+
+    def listener(event, duration, **kwargs):
+      del duration
+      if event == fixtures.TRACE_EVENT:
+        traced.append(kwargs.get("fun_name"))
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+      result = attacks.apgd(loss_fn(name), x, batch, num_steps=num_steps, **kw)
+    finally:
+      jax.monitoring.unregister_event_duration_listener(listener)
+    return result, traced
+
+  attacks.apgd(loss_fn("js"), x, batch, num_steps=4, **kw)
+  got, traced = traced_programs("js", 6)
+  assert "_evaluate" not in traced, traced  # the forward + backward programs are shared
+  attacks.apgd(loss_fn("segpgd"), x, batch, num_steps=4, **kw)
+  _, traced = traced_programs("segpgd", 6)
+  assert "_evaluate" in traced  # SegPGD's λ needs the step count: a program per count
+  seen = []
+
+  def own(task, pred, labels, context):
+    seen.append(context.num_steps)
+    return mt.attack_losses.get("js")(task, pred, labels, context)
+
+  mt.attack_losses.register("own_js", own)
+  try:
+    assert loss_fn("own_js").reads_steps and not loss_fn("js").reads_steps
+    assert loss_fn("segpgd").reads_steps and not loss_fn("default").reads_steps
+    want = attacks.apgd(loss_fn("own_js"), x, batch, num_steps=6, **kw)
+  finally:
+    mt.attack_losses._REGISTRY.pop("own_js")  # pylint: disable=protected-access
+  assert seen and all(v == 6 and isinstance(v, int) for v in seen)  # static, as documented
+  np.testing.assert_array_equal(got.x_adv, want.x_adv)
+  np.testing.assert_array_equal(got.objective, want.objective)
+  assert float(jnp.max(jnp.abs(got.x_adv - x))) > 0  # it attacked
+  assert got.objective[-1].mean() > got.objective[0].mean()  # the objective rose

@@ -55,7 +55,8 @@ class Context(NamedTuple):
 
   Attributes:
     step: int32 scalar, the iteration 0..num_steps−1 (traced; from the attack loop).
-    num_steps: the attack's number of iterations (static).
+    num_steps: the attack's number of iterations (static); None for a loss function whose
+      ``reads_steps`` is False (``attack_losses.register(..., reads_steps=False)``).
     clean: the loss's start-of-attack data, ``loss_fn.init_context(x0, labels)`` (for
       :func:`mtajax.tasks.make_loss_fn` losses: the clean predictions at x0).
   """
@@ -257,7 +258,9 @@ def run(build: Callable[[dict[str, Any]], loop_lib.Algorithm], loss_fn, directio
   if check_labels is not None and _is_concrete(args["labels"]):
     check_labels(args["labels"])
   loop, scan_unroll = loop_lib.from_unroll(unroll, loop)
-  options["context_steps"] = options.get("num_steps") if takes_context(loss_fn) else None
+  # The step count is part of the compiled programs only for losses that read it.
+  options["context_steps"] = options.get("num_steps") if takes_context(loss_fn) and getattr(
+      loss_fn, "reads_steps", True) else None
   algorithm = build(options)
   loss_static, loss_arrays = compile_once.split(loss_fn)
   if loop == "python" and loop_lib.can_use_python_loop(algorithm, loss_fn, direction, args):

@@ -82,15 +82,30 @@ LOG_FLOOR = 1e-6  # the smallest depth ``relative`` takes the log of (with ``min
 
 _REGISTRY: dict[str, AttackLoss] = {}
 _TYPES: dict[str, tuple[type, ...]] = {}  # built-in losses: the task types each one fits
+_STEPLESS: set[str] = set()  # losses registered with reads_steps=False (built-in: all but segpgd)
 _sg = jax.lax.stop_gradient
 
 
-def register(name: str, fn: AttackLoss) -> None:
-  """Makes ``make_loss_fn(..., attack_loss=name)`` use ``fn`` (re-registering replaces it)."""
+def register(name: str, fn: AttackLoss, *, reads_steps: bool = True) -> None:
+  """Makes ``make_loss_fn(..., attack_loss=name)`` use ``fn`` (re-registering replaces it).
+
+  ``reads_steps=False`` declares that ``fn`` never reads ``context.num_steps`` (it gets None):
+  attacks that differ only in their step count then share one compiled program.
+  """
   if not callable(fn):
     raise ValueError(f"attack loss {name!r} must be callable; got {fn!r}.")
   _REGISTRY[name] = fn
   _TYPES.pop(name, None)
+  _STEPLESS.discard(name)
+  if not reads_steps:
+    _STEPLESS.add(name)
+
+
+def reads_steps(attack_loss: str | PerTask) -> bool:
+  """Whether a :func:`canonical` ``attack_loss`` reads the attack's step count (one of its losses
+  was registered without ``reads_steps=False``)."""
+  names = [attack_loss] if isinstance(attack_loss, str) else [n for _, n in attack_loss]
+  return any(n not in _STEPLESS for n in names)
 
 
 def get(name: str) -> AttackLoss:
@@ -362,6 +377,6 @@ for _name, _fn, _types in [
     ("masked_ce", masked_ce, ALL_TYPES), ("js", js, ALL_TYPES), ("kl", kl, ALL_TYPES),
     ("js_label", js_label, ALL_TYPES),
     ("relative", relative, REGRESSION_TYPES), ("js_relative", js_relative, ALL_TYPES)]:
-  register(_name, _fn)
+  register(_name, _fn, reads_steps=_name == "segpgd")
   if _types is not None:
     _TYPES[_name] = _types

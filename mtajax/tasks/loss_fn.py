@@ -43,6 +43,12 @@ class LossFn:
     """Attack losses other than the default see the attack's context (step, clean prediction)."""
     return self.attack_loss != attack_losses.DEFAULT
 
+  @property
+  def reads_steps(self) -> bool:
+    """Whether its attack losses read the attack's step count (:func:`attack_losses.reads_steps`):
+    if not, attacks that differ only in step count share their compiled programs."""
+    return self.takes_context and attack_losses.reads_steps(self.attack_loss)
+
   def init_context(self, x0: jax.Array, batch: base.Batch) -> Mapping[str, jax.Array]:
     """The clean predictions at ``x0`` (an attack's :attr:`Context.clean`)."""
     del batch
