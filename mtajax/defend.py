@@ -86,7 +86,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                        f"{', '.join(modes)}.")
     if not overrides.get("eps", config.train.adv.eps) >= 0:
       raise ValueError(f"{where}.eps must be >= 0; got {overrides['eps']}.")
-    adv = config.train.adv.copy_and_resolve_references()
+    adv = ml_collections.ConfigDict(config.train.adv.to_dict())  # unlocked: run.py locks configs
     adv.update(overrides)
     try:
       recipes_lib.validate(adv, list(config.train.tasks))

@@ -120,6 +120,24 @@ def test_bad_input_is_one_line_before_training(tmp_path, change, match):
   assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize("arg", [None, "cpu", "smoke"])
+def test_committed_configs_validate_locked_as_the_cli_loads_them(arg):
+  """`mtajax.run` locks the config; recipes with nested overrides (``attack_options``) once failed
+  there on a key the default ``train.adv`` lacks."""
+  config = defend_config.get_config(arg)
+  config.lock()
+  defend.validate(config)
+  models = defend.model_list(config)
+  names = {m.recipe for m in models}
+  assert names == {"none", *config.defend.recipes}
+  for m in models:
+    assert m.t.adv.to_dict() == {**config.train.adv.to_dict(),
+                                 **defend.recipes(config)[m.recipe],
+                                 "attack_options": {**config.train.adv.attack_options,
+                                                    **defend.recipes(config)[m.recipe].get(
+                                                        "attack_options", {})}}
+
+
 def test_bad_recipe_exits_2_with_one_line(tmp_path):
   done = subprocess.run(
       [sys.executable, "-m", "mtajax.run", "defend", "--config",
