@@ -150,3 +150,17 @@ def test_bad_recipe_exits_2_with_one_line(tmp_path):
   assert error == ["error: config.defend.recipes.fat: unknown recipe mode 'pgd'; set its 'mode' "
                    "to one of adversarial, fat, mixed, reference, trades."]
   assert not (tmp_path / "work").exists()
+
+
+def test_report_with_two_rows_per_recipe(tmp_path):
+  """Two seeds of one recipe (the leaderboard's normal case; the smoke config has one row each):
+  the Pareto figure once failed on the second row of a recipe."""
+  rows = [report_defend.Row(layout="0", sharing_level=1.0, recipe=recipe, seed=seed,
+                            clean_loss=loss, robust={("fast", 8.0): arp},
+                            converged={("fast", 8.0): False}, checks={}, reasons=[],
+                            train_s=1.0, passes_per_example=1.0)
+          for recipe, seed, loss, arp in [("none", 0, 0.0, 60.0), ("none", 1, 0.0, 58.0),
+                                          ("fat", 0, 6.5, 13.8), ("fat", 1, 6.3, 11.5)]]
+  path = report_defend.write(rows, tmp_path, suites=("fast",), eps=(8.0,))
+  assert (tmp_path / "defend_pareto.png").stat().st_size > 0
+  assert "fat" in path.read_text()

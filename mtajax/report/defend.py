@@ -80,9 +80,11 @@ def figure_pareto(rows: Sequence[Row], suite: str, eps: float) -> mpl_figure.Fig
   if front:
     ax.plot(*zip(*front), "-", color="0.6", zorder=0, label="Pareto front")
   colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(r.recipe for r in shown))}
+  labelled = set()  # one legend entry per recipe, however many layouts and seeds it has
   for r, (x, y) in zip(shown, points):
     ax.scatter(x, y, color=colours[r.recipe], marker="x" if r.failed else "o",
-               label=r.recipe if colours.pop(r.recipe, None) else None)
+               label=None if r.recipe in labelled else r.recipe)
+    labelled.add(r.recipe)
     ax.annotate(f"{r.layout} s{r.seed}", (x, y), fontsize=7, xytext=(3, 3),
                 textcoords="offset points")
   ax.set_xlabel("clean-performance loss (ARP vs undefended, %)")
