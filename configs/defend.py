@@ -51,7 +51,7 @@ def get_config(arg: str | None = None):
   m.steps_tolerance = 1.0  # ARP points those may add
   m.min_grad_share = 0.95  # images whose input gradients must be non-zero, per task
   if args.get("cpu"):
-    # The leaderboard sized for a 2-core CPU (~1 h): the `fast` suite at ε 4 and 8, the checks
+    # The leaderboard sized for a 2-core CPU (~2 h, measured on shared cores): the `fast` suite at ε 4 and 8, the checks
     # with `quick`, every test image attacked in one chunk; no `mixed` (the screen's weakest).
     c.workdir = "runs/defend_cpu"
     c.robust.chunk = 128

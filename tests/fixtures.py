@@ -457,13 +457,13 @@ TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"  # one per program JAX tr
 
 @contextlib.contextmanager
 def traced_programs():
-  """Counts the programs JAX traces inside the block (jax.monitoring's public events)."""
+  """The names of the programs JAX traces inside the block (jax.monitoring's public events)."""
   count = []
 
   def listener(event, duration, **kwargs):
-    del duration, kwargs
+    del duration
     if event == TRACE_EVENT:
-      count.append(1)
+      count.append(kwargs.get("fun_name"))
 
   jax.monitoring.register_event_duration_secs_listener(listener)
   try:

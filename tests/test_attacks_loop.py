@@ -214,18 +214,8 @@ def test_losses_that_do_not_read_the_step_count_share_their_programs_across_step
     return mt.make_loss_fn(functools.partial(predict, params), tasks, d.reduction, name)
 
   def traced_programs(name, num_steps):
-    traced = []
-
-    def listener(event, duration, **kwargs):
-      del duration
-      if event == fixtures.TRACE_EVENT:
-        traced.append(kwargs.get("fun_name"))
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with fixtures.traced_programs() as traced:
       result = attacks.apgd(loss_fn(name), x, batch, num_steps=num_steps, **kw)
-    finally:
-      jax.monitoring.unregister_event_duration_listener(listener)
     return result, traced
 
   attacks.apgd(loss_fn("js"), x, batch, num_steps=4, **kw)
