@@ -239,8 +239,11 @@ def _row(config, m: Model, twin: Model, store: results.Store,
     clean_loss = tasks_lib.arp(twin_clean, clean, assemble.make_tasks(m.t)).total
   except ValueError:  # A clean metric of the undefended model is 0: the ARP is undefined.
     clean_loss = None
-  checks = dstore.get(_masking_key(config, m, twin))["checks"]
+  masking_record = dstore.get(_masking_key(config, m, twin))
+  checks = masking_record["checks"]
   trained = dstore.get(_train_key(m))
+  # Seconds of the stored evaluations, whichever run made them (None: a record predates them).
+  spent = [r.get("time_s") for r in robust_records.values()] + [masking_record.get("seconds")]
   return report_defend.Row(
       layout=str(m.layout), sharing_level=models.sharing_level(
           models.resolve_layout(m.layout, len(m.t.tasks))),
@@ -249,7 +252,8 @@ def _row(config, m: Model, twin: Model, store: results.Store,
       converged={k: bool(r["converged"]) for k, r in robust_records.items()},
       checks={c["name"]: c["passed"] for c in checks},
       reasons=[f"{c['name']}: {c['reason']}" for c in checks if not c["passed"]],
-      train_s=trained["train_s"], passes_per_example=trained["passes_per_example"])
+      train_s=trained["train_s"], passes_per_example=trained["passes_per_example"],
+      eval_s=None if None in spent else float(sum(spent)))
 
 
 def _pairs(config) -> Iterator[tuple[Model, Model]]:
@@ -287,9 +291,11 @@ def run(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None
     _robust(config, m, target(m), store)
     key = _masking_key(config, m, twin)
     if key not in dstore:
+      began = time.perf_counter()
       checks = _checks(config, m, target(m), target(twin), store)
       dstore.add({"key": key, "model": m.name, "kind": "masking",
-                  "checks": [dataclasses.asdict(c) for c in checks]})
+                  "checks": [dataclasses.asdict(c) for c in checks],
+                  "seconds": time.perf_counter() - began})
   from mtajax.report import defend as report_defend  # pylint: disable=g-import-not-at-top
   rows = [_row(config, m, twin, store, dstore) for m, twin in pairs]
   return report_defend.write(rows, workdir / "report", suites=tuple(config.defend.suites),

@@ -78,6 +78,16 @@ def test_smoke_leaderboard_end_to_end_and_rerun_reuses_everything(smoke_sweep, t
   assert ref["more_steps"]["numbers"]["arp"] == records[1]["arp"]
   for name, cell in zip(report_defend.CHECKS, rows[1][5:9]):
     assert cell == ("pass" if ref[name]["passed"] else "**FAIL**")
+  # The stored work's seconds: the defended model's training (the undefended one was copied in,
+  # its training not timed here), both models' robust evaluations and masking checks.
+  stored = list(map(json.loads, (work / "defend.jsonl").read_text().splitlines()))
+  train_s = [r["train_s"] for r in stored if r["kind"] == "train"]
+  assert train_s[0] is None and train_s[1] > 0
+  eval_s = (sum(r["time_s"] for r in records) +
+            sum(r["seconds"] for r in stored if r["kind"] == "masking"))
+  stored_line = (f"The table's stored work: training {train_s[1]:.0f} s (1 of 2 rows unknown), "
+                 f"robust evaluations and masking checks {eval_s:.0f} s.")
+  assert stored_line in report.splitlines()
   # Clean loss: the ARP of the defended model's clean metrics against its undefended twin's.
   t = ensure.train_config(config, 0)
   want = tasks_lib.arp(records[0]["clean_metrics"], records[1]["clean_metrics"],
@@ -89,7 +99,8 @@ def test_smoke_leaderboard_end_to_end_and_rerun_reuses_everything(smoke_sweep, t
   monkeypatch.setattr(ensure, "ensure_trained", forbidden)
   monkeypatch.setattr(robust, "evaluate", forbidden)
   run.run("defend", config)
-  assert _table_rows((work / "report" / "defend.md").read_text()) == rows
+  rerun = (work / "report" / "defend.md").read_text()
+  assert _table_rows(rerun) == rows and stored_line in rerun.splitlines()
   assert len((work / "results.jsonl").read_text().splitlines()) == 2
 
 
@@ -158,9 +169,15 @@ def test_report_with_two_rows_per_recipe(tmp_path):
   rows = [report_defend.Row(layout="0", sharing_level=1.0, recipe=recipe, seed=seed,
                             clean_loss=loss, robust={("fast", 8.0): arp},
                             converged={("fast", 8.0): False}, checks={}, reasons=[],
-                            train_s=1.0, passes_per_example=1.0)
-          for recipe, seed, loss, arp in [("none", 0, 0.0, 60.0), ("none", 1, 0.0, 58.0),
-                                          ("fat", 0, 6.5, 13.8), ("fat", 1, 6.3, 11.5)]]
-  path = report_defend.write(rows, tmp_path, suites=("fast",), eps=(8.0,))
+                            train_s=1.0, passes_per_example=1.0, eval_s=eval_s)
+          for recipe, seed, loss, arp, eval_s in [
+              ("none", 0, 0.0, 60.0, 2.5), ("none", 1, 0.0, 58.0, 3.0),
+              ("fat", 0, 6.5, 13.8, None), ("fat", 1, 6.3, 11.5, 4.0)]]
+  path = report_defend.write(rows, tmp_path, suites=("fast",), eps=(8.0,), seconds=1.0)
   assert (tmp_path / "defend_pareto.png").stat().st_size > 0
-  assert "fat" in path.read_text()
+  text = path.read_text()
+  assert "fat" in text
+  # A re-run that reuses every record takes a second; the report also gives the stored work's cost.
+  assert "This run took 1 s." in text
+  assert ("The table's stored work: training 4 s, robust evaluations and masking checks 10 s "
+          "(1 of 4 rows unknown).") in text

@@ -35,6 +35,8 @@ class Row:
   reasons: list[str]  # the failed checks' one-line reasons
   train_s: float | None
   passes_per_example: float | None
+  # Seconds of its stored robust evaluations and masking checks (None: unknown, older records).
+  eval_s: float | None = None
 
   @property
   def failed(self) -> bool:
@@ -94,6 +96,19 @@ def figure_pareto(rows: Sequence[Row], suite: str, eps: float) -> mpl_figure.Fig
   return fig
 
 
+def stored_seconds(rows: Sequence[Row]) -> str:
+  """The table's whole cost from its stored records, whichever runs made them (a re-run that
+  reuses everything takes seconds; the table did not)."""
+  def total(values):
+    known = [v for v in values if v is not None]
+    missing = len(values) - len(known)
+    return f"{sum(known):.0f} s" + (f" ({missing} of {len(values)} rows unknown)" if missing
+                                     else "")
+  train, evaluate = [r.train_s for r in rows], [r.eval_s for r in rows]
+  return (f"The table's stored work: training {total(train)}, robust evaluations and masking "
+          f"checks {total(evaluate)}.")
+
+
 def write(rows: Sequence[Row], out_dir: str | pathlib.Path, *, suites: Sequence[str],
           eps: Sequence[float], seconds: float | None = None) -> pathlib.Path:
   """Writes ``out_dir/defend.md`` and ``out_dir/defend_pareto.png``; returns the Markdown's path."""
@@ -114,6 +129,7 @@ def write(rows: Sequence[Row], out_dir: str | pathlib.Path, *, suites: Sequence[
            f"Figure: clean loss against robust ARP ({suite}, ε={at:g})."]
   if seconds is not None:
     lines += ["", f"This run took {seconds:.0f} s."]
+  lines += ["", stored_seconds(rows)]
   path = out_dir / "defend.md"
   results.write_atomic(path, ("\n".join(lines) + "\n").encode())
   return path
