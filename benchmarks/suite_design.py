@@ -4,16 +4,20 @@
                                       [--save DIR] [--load DIR ...] [--greedy K]
                                       [--layouts L ...] [--recipe NAME] [--chunk N]
                                       [--deadline UNIX_S] [--attack-only]
+                                      [--restart-curve N]
 
 Per quickstart model and ε, runs every candidate of the pools (:data:`POOLS`) once
 (:func:`mtajax.robust.attack_all`) and prints, for each registered suite that is a sub-suite of the
 pool, its robust ARP and its passes per image (:func:`mtajax.robust.summarise` of its candidates
 equals its own evaluation: a candidate's random start depends only on its restart index). Then a
 greedy design: starting from nothing, it adds the candidate with the largest robust-ARP gain per
-pass, summed over the models and ε, and prints the robust ARP of each prefix per (model, ε) — the
-cheapest prefix within 0.5 point of the whole pool everywhere is the suite to take. ``--save`` keeps
-each pool run (pickle) so that ``--load`` redoes the analysis without attacking again (runs of one
-model and ε in several folders are merged: the union of their candidates).
+pass, summed over the models and ε, and prints the robust ARP of each prefix per (model, ε) —
+the cheapest prefix within 0.5 point of the whole pool everywhere is the suite to take. Before
+it, per run, the whole pool's robust ARP before and after the polish (``--restart-curve N``:
+also with the first 1/N, 2/N, .. of each member's restarts, the worst case's growth with the
+number of candidate runs at a fixed attack strength). ``--save`` keeps each pool run (pickle)
+so that ``--load`` redoes the analysis without attacking again (runs of one model and ε in
+several folders are merged: the union of their candidates).
 
 For an accelerator: ``--chunk 128`` attacks all test images at once; ``--deadline`` starts no run
 that would end after that time, judged by the previous run's seconds (a run whose pickle is in
@@ -81,6 +85,10 @@ POOLS = {
     "suites": robust.SUITES["fast"] + robust.SUITES["standard"],
     # `thorough` (12x standard): with "suites", is `standard` within 0.5 point of it?
     "thorough": robust.SUITES["thorough"],
+    # `fast` 3x longer with 4x the restarts, and 2x longer with 6x: `standard`'s passes spent on
+    # more, shorter candidate runs (35,820 passes per image for the two).
+    "breadth": (robust.scaled_suite("fast", 3, restarts=4)
+                + robust.scaled_suite("fast", 2, restarts=6)),
     # `thorough` with twice its steps and restarts: is `thorough` itself converged?
     "thorough_x2": robust.scaled_suite("thorough", 2),
     # Long runs to design from on an accelerator: `fast`, 300-step runs of every loss and
@@ -128,13 +136,36 @@ def merge(a: robust.Candidates, b: robust.Candidates) -> robust.Candidates:
       seconds=None if a.seconds is None or b.seconds is None else cat(a.seconds, b.seconds))
 
 
-def arp_of(raw: robust.Candidates, rows) -> float:
-  """The robust ARP over the clean input and the candidates ``rows`` (the summary's number)."""
+def arp_of(raw: robust.Candidates, rows, polish: bool = False) -> float:
+  """The robust ARP over the clean input and the candidates ``rows``: the greedy search's, or
+  (``polish``) after the polishing local search, as the summary's number."""
   rows = [0] + list(rows)
   states = {t: {k: v[rows] for k, v in leaves.items()} for t, leaves in raw.states.items()}
-  sel = worst_case.select(raw.tasks, states, raw.groups, raw.scores[rows], raw.available[rows],
-                          worst_case.arp_objective(raw.tasks, raw.clean))
-  return float(sel.value[0])
+  args = (raw.tasks, states, raw.groups, raw.scores[rows], raw.available[rows],
+          worst_case.arp_objective(raw.tasks, raw.clean))
+  sel = worst_case.select(*args)
+  return float((worst_case.polish(*args, sel) if polish else sel).value[0])
+
+
+def restart_curve(raw: robust.Candidates, parts: int) -> list[tuple[int, float, float]]:
+  """The polished robust ARP of the pool with the first k/``parts`` of each member's restarts
+  (k = 1 .. parts): (candidates, passes per image, robust ARP) per k — how the worst case grows
+  with the number of candidate runs at a fixed attack strength."""
+  num_tasks = len(raw.tasks)
+
+  def member(c: robust.Candidate) -> tuple:
+    return c.program, c.direction, c.index
+
+  restarts: dict = {}
+  for c in raw.candidates:
+    restarts[member(c)] = max(restarts.get(member(c), 0), c.restart + 1)
+  out = []
+  for k in range(1, parts + 1):
+    rows = [i for i, c in enumerate(raw.candidates, 1)
+            if c.restart < -(-k * restarts[member(c)] // parts)]
+    out.append((len(rows), 1.0 + sum(raw.candidates[i - 1].passes(num_tasks) for i in rows),
+                arp_of(raw, rows, polish=True)))
+  return out
 
 
 def greedy(runs: dict, limit: int) -> list[tuple[str, float, dict]]:
@@ -230,6 +261,9 @@ def main() -> None:
                       help="start no run that would end after this time (seconds since the "
                       "epoch), judged by the previous run's seconds")
   parser.add_argument("--attack-only", action="store_true", help="save the runs, skip the analysis")
+  parser.add_argument("--restart-curve", type=int, default=0, metavar="N",
+                      help="also the polished robust ARP with the first 1/N, 2/N, .. of each "
+                      "member's restarts")
   args = parser.parse_args()
   jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(
       "~/.cache/mtajax/jax").expanduser()))
@@ -256,8 +290,15 @@ def main() -> None:
         cells.append(f"{'-':>16}")
     print(f"{label:28} " + " ".join(f"{c:>16}" for c in cells))
   print("(* not converged by its own rule)")
-  print(f"\ngreedy design, whole pool: " + ", ".join(
-      f"{k} {arp_of(r, range(1, len(r.names))):.2f}" for k, r in runs.items()))
+  for label, raw in runs.items():
+    whole = range(1, len(raw.names))
+    print(f"whole pool {label}: {len(whole)} candidates, greedy search "
+          f"{arp_of(raw, whole):.2f}, polished {arp_of(raw, whole, polish=True):.2f}")
+    if args.restart_curve:
+      print("  the first k/N of each member's restarts (candidates, passes/img, polished ARP): " +
+            ", ".join(f"{n} {p:.0f} {v:.2f}" for n, p, v in restart_curve(raw, args.restart_curve)),
+            flush=True)
+  print("\ngreedy design (the greedy search's robust ARP per run after each candidate):")
   for name, passes, values in greedy(runs, args.greedy):
     print(f"  + {name:34} {passes:7.0f} passes/img  " +
           " ".join(f"{v:6.2f}" for v in values.values()), flush=True)

@@ -74,3 +74,26 @@ def test_merge_of_two_runs_is_one_pool_of_their_candidates():
   np.testing.assert_array_equal(merged.seconds[:3], a.seconds)
   with pytest.raises(ValueError, match="one model"):  # other images
     bench.merge(a, dataclasses.replace(b, groups=b.groups + 1))
+
+
+def test_restart_curve_keeps_the_first_share_of_each_members_restarts():
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  bench = _benchmark()
+  predict, params, batches, tasks = problem()
+  pool = (("apgd", "gbmta", {**robust.APGD_AA, "num_steps": 2, "restarts": 2}),
+          ("apgd", "total", {**robust.APGD_AA, "num_steps": 3, "restarts": 4}))
+  raw = robust.attack_all(predict, params, batches, tasks, eps=8.0, bounds=(-128.0, 128.0),
+                          suite=pool, key=jax.random.key(0))
+  curve = bench.restart_curve(raw, 2)
+  half = [i for i, n in enumerate(raw.names) if n in ("apgd:gbmta#0", "apgd:total#0",
+                                                      "apgd:total#1")]
+  assert len(half) == 3
+
+  def passes(rows):
+    return 1 + sum(raw.candidates[i - 1].passes(len(tasks)) for i in rows)
+  assert curve[0] == (3, passes(half), bench.arp_of(raw, half, polish=True))
+  every = list(range(1, 7))
+  assert curve[1] == (6, passes(every), bench.arp_of(raw, every, polish=True))
+  # The polish never lowers the greedy search's worst case.
+  assert curve[1][2] >= bench.arp_of(raw, every) > 0
