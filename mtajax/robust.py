@@ -94,7 +94,8 @@ FAST: tuple[Member, ...] = (
 # FAST's members run 6x longer, twice each (17,821 passes per image): measured on an H200 and the
 # 2-core machine against every candidate run for the design (up to 112,057 passes per image), it
 # is within 0.1-0.4 point of them where FAST is 2-3 points below; `thorough` (12x) is 1.07 above
-# it on AS at eps 8 (docs/robust.md).
+# it on AS at eps 8, and the worst case keeps rising with the number of candidate runs (spending
+# these passes on more, shorter runs adds only 0.05-0.12; docs/robust.md).
 STANDARD: tuple[Member, ...] = scaled_suite(FAST, 6, restarts=2)
 SUITES: dict[str, tuple[Member, ...]] = {
     "standard": STANDARD,
