@@ -152,17 +152,9 @@ def restart_curve(raw: robust.Candidates, parts: int) -> list[tuple[int, float, 
   (k = 1 .. parts): (candidates, passes per image, robust ARP) per k — how the worst case grows
   with the number of candidate runs at a fixed attack strength."""
   num_tasks = len(raw.tasks)
-
-  def member(c: robust.Candidate) -> tuple:
-    return c.program, c.direction, c.index
-
-  restarts: dict = {}
-  for c in raw.candidates:
-    restarts[member(c)] = max(restarts.get(member(c), 0), c.restart + 1)
   out = []
   for k in range(1, parts + 1):
-    rows = [i for i, c in enumerate(raw.candidates, 1)
-            if c.restart < -(-k * restarts[member(c)] // parts)]
+    rows = [i + 1 for i in robust.first_restarts(raw.candidates, k, parts)]
     out.append((len(rows), 1.0 + sum(raw.candidates[i - 1].passes(num_tasks) for i in rows),
                 arp_of(raw, rows, polish=True)))
   return out

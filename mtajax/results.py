@@ -95,6 +95,9 @@ class RobustRecord(Record):
   at_last_step: dict[str, float | None]
   converged: bool
   compile_s: float  # The part of time_s spent tracing and compiling.
+  # The robust ARP minus that over the first half of each member's restarts (None: no member has
+  # two; records before 2026-12-04 lack it).
+  restart_gain: float | None = None
 
 
 class Store:

@@ -121,8 +121,11 @@ def register_suite(name: str, members: Sequence[Member]) -> None:
 
 
 # The rule of `converged`: over the last CONVERGENCE_BUDGET of the passes per image the robust ARP
-# rose by less than CONVERGENCE_GAIN points, and no candidate that is the worst case of an image
-# returned its last iterate as its best point on CONVERGENCE_LAST_STEP or more of its images.
+# rose by less than CONVERGENCE_GAIN points, no candidate that is the worst case of an image
+# returned its last iterate as its best point on CONVERGENCE_LAST_STEP or more of its images, and
+# the second half of the members' restarts raised the (polished) robust ARP by less than
+# CONVERGENCE_GAIN points (`restart_gain`: the worst case keeps rising with the number of candidate
+# runs even where no attack gets stronger; docs/robust.md).
 CONVERGENCE_BUDGET = 0.25  # share of the passes per image (X)
 CONVERGENCE_GAIN = 0.1  # ARP points
 CONVERGENCE_LAST_STEP = 0.2  # share of a candidate's images (Y)
@@ -133,15 +136,17 @@ POLISH = "polished search"
 
 
 def convergence(trajectory: Sequence[Mapping[str, Any]], at_last_step: Mapping[str, float | None],
-                wins: Mapping[str, int]) -> str | None:
+                wins: Mapping[str, int], restart_gain: float | None = None) -> str | None:
   """None when the evaluation converged, else why not (one line).
 
   The robust ARP is known after each candidate: the gain of the last ``CONVERGENCE_BUDGET`` of the
   budget is the final ARP minus the ARP at the last point that had spent at most
   ``1 - CONVERGENCE_BUDGET`` of the final passes per image (a conservative reading: a candidate
-  that straddles the cut counts whole). Converged: that gain < ``CONVERGENCE_GAIN`` points, and
+  that straddles the cut counts whole). Converged: that gain < ``CONVERGENCE_GAIN`` points,
   every candidate with ``wins`` has ``at_last_step`` < ``CONVERGENCE_LAST_STEP`` (None: the attack
-  always returns its last iterate, so the share says nothing and does not count).
+  always returns its last iterate, so the share says nothing and does not count), and
+  ``restart_gain`` (:attr:`RobustEvaluation.restart_gain`; None: not measured — no member has two
+  restarts, or a record older than it) < ``CONVERGENCE_GAIN``.
   """
   trajectory = [p for p in trajectory if p["candidate"] != POLISH]  # search, not attack compute
   final = trajectory[-1]
@@ -159,6 +164,10 @@ def convergence(trajectory: Sequence[Mapping[str, Any]], at_last_step: Mapping[s
     return (f"{c} (worst case of {wins[c]} images) returned its last iterate on "
             f"{peaked[c]:.0%} of its images (rule: < {CONVERGENCE_LAST_STEP:.0%}); give it more "
             "steps")
+  if restart_gain is not None and restart_gain >= CONVERGENCE_GAIN:
+    return (f"the second half of the members' restarts raised the robust ARP by "
+            f"{restart_gain:.2f} points (rule: < {CONVERGENCE_GAIN:g}); more restarts would find "
+            "more")
   return None
 
 
@@ -174,6 +183,20 @@ class Candidate:
   def passes(self, num_tasks: int) -> int:
     """Forward + backward passes per image, including the forward that scores the result."""
     return self.program.passes(num_tasks, self.direction) + 1
+
+
+def first_restarts(cands: Sequence[Candidate], k: int, parts: int) -> list[int]:
+  """Positions in ``cands`` of the first ``k``/``parts`` (rounded up) of each member's runs by
+  restart index; a member is an attack program and direction, its runs the candidates that differ
+  only in ``restart``."""
+  runs: dict[tuple[Any, ...], list[int]] = {}
+  for i, c in enumerate(cands):
+    runs.setdefault((c.program, c.direction, c.index), []).append(i)
+  keep = set()
+  for positions in runs.values():
+    positions.sort(key=lambda i: cands[i].restart)
+    keep.update(positions[:-(-k * len(positions) // parts)])
+  return sorted(keep)
 
 
 def _last_iterate(cand: Candidate) -> tuple[int, bool]:
@@ -307,6 +330,8 @@ class RobustEvaluation:
     at_last_step: per candidate, the share of the images it ran on whose returned point is its
       last iterate (None: its attack always returns the last iterate, or it ran on no image).
     converged: :func:`convergence` found nothing against it.
+    restart_gain: the robust ARP minus that over the first half of each member's restarts (both
+      after the polishing search; None where no member has two or more restarts).
   """
   clean: dict[str, dict[str, float]]
   worst_case: dict[str, dict[str, float]]
@@ -323,6 +348,7 @@ class RobustEvaluation:
   at_last_step: dict[str, float | None] = dataclasses.field(default_factory=dict)
   converged: bool | None = None
   compile_seconds: float = 0.0
+  restart_gain: float | None = None
 
   def write_images(self, path: str | Path) -> Path:
     """Writes :attr:`images` as JSON lines (``pandas.read_json(path, lines=True)``), atomically."""
@@ -433,6 +459,13 @@ def summarise(raw: Candidates, *, only: Sequence[int] | None = None,
   prefixes = worst_case.accumulate(tasks, states, groups, scores, available, objective)
   multi = worst_case.polish(tasks, states, groups, scores, available, objective, prefixes[-1])
   arp = tasks_lib.arp(clean, multi.metrics, tasks)
+  restart_gain = None
+  half = [0] + [c + 1 for c in first_restarts(cands, 1, 2)]  # the clean input and the first half
+  if len(half) < len(rows):
+    sub = ({t: {k: v[half] for k, v in leaves.items()} for t, leaves in states.items()},
+           groups, scores[half], available[half], objective)
+    first = worst_case.select(tasks, *sub)
+    restart_gain = float(multi.value[0] - worst_case.polish(tasks, *sub, first).value[0])
   spent = _spent(cands, available, raw.chunk, len(tasks))
   trajectory = [{"candidate": name, "passes_per_image": float(p), "arp": float(sel.value[0])}
                 for name, p, sel in zip(names, spent, prefixes)]
@@ -440,7 +473,7 @@ def summarise(raw: Candidates, *, only: Sequence[int] | None = None,
                      "arp": float(multi.value[0])})
   at_last_step = _at_last_step(cands, available, best_step)
   wins = {name: int(np.sum(multi.choice == c)) for c, name in enumerate(names)}
-  why_not = convergence(trajectory, at_last_step, wins)
+  why_not = convergence(trajectory, at_last_step, wins, restart_gain)
   envelope, env_choice = {}, {}
   for t in tasks:
     sel = select(drops[t.name], objective=worst_case.arp_objective(tasks, clean, t.name),
@@ -465,7 +498,7 @@ def summarise(raw: Candidates, *, only: Sequence[int] | None = None,
       candidate_arp={name: None if v is None else v[0] for name, v in zip(names, multi.alone)},
       wins=wins, passes_per_image=trajectory[-1]["passes_per_image"], seconds=seconds,
       images=images, suite=raw.suite if only is None else "custom", trajectory=trajectory,
-      at_last_step=at_last_step, converged=why_not is None)
+      at_last_step=at_last_step, converged=why_not is None, restart_gain=restart_gain)
   return out
 
 
@@ -513,7 +546,7 @@ def evaluate(predict: Callable[[Any, jax.Array], Mapping[str, jax.Array]], state
     out = summarise(raw, seconds=time.perf_counter() - start_time)
   out = dataclasses.replace(out, compile_seconds=clock.seconds)
   if not out.converged:
-    why_not = convergence(out.trajectory, out.at_last_step, out.wins)
+    why_not = convergence(out.trajectory, out.at_last_step, out.wins, out.restart_gain)
     print(f"robust: WARNING: not converged: {why_not}.")
   if records is not None:
     out.write_images(records)

@@ -109,7 +109,7 @@ def robust_record(config: ml_collections.ConfigDict, target: sweep.Target, eps: 
       metrics=ev.worst_case, clean_metrics=ev.clean, arp=ev.arp, arp_per_task=ev.arp_per_task,
       envelope=ev.envelope, candidate_arp=ev.candidate_arp, wins=ev.wins,
       passes_per_image=ev.passes_per_image, trajectory=ev.trajectory,
-      at_last_step=ev.at_last_step, converged=ev.converged,
+      at_last_step=ev.at_last_step, converged=ev.converged, restart_gain=ev.restart_gain,
       grid_passes_per_image=grid_passes(config, len(t.tasks)), config_hash=_hash(config, t),
       devices=devices, time_s=ev.seconds, compile_s=ev.compile_seconds)
 

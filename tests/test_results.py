@@ -183,7 +183,8 @@ _ROBUST_LINE = (
     '"config_hash": "fedcba9876543210", "converged": false, "dataset": "synthetic", "devices": 1, "direction": null, "envelope": {"depth_zbuffer": 80.0}, '
     '"eps": 4.0, "grid_passes_per_image": 67, "key": "k2", "layout": "L", "layout_idx": null, '
     '"metrics": {"depth_zbuffer": {"abs_err": 0.9}}, "model": "synthetic-small-L0", '
-    '"num_steps": 0, "passes_per_image": 41.0, "sharing_level": 2, "suite": "standard", "tasks": '
+    '"num_steps": 0, "passes_per_image": 41.0, "restart_gain": null, "sharing_level": 2, '
+    '"suite": "standard", "tasks": '
     '["depth_zbuffer"], "time_s": 3.5, "trajectory": [{"arp": 80.0, "candidate": "pgd:gbmta", '
     '"passes_per_image": 41.0}], "wins": {"apgd:total": 0, "pgd:gbmta": 2}}\n')
 _MODEL = dict(model="synthetic-small-L0", dataset="synthetic", backbone="small", layout="L",

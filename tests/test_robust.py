@@ -148,6 +148,42 @@ def test_convergence_rule_on_hand_made_trajectories(trajectory, at_last_step, wi
     assert __import__("re").search(match, why), why
 
 
+@pytest.mark.parametrize("restart_gain, match", [
+    (0.3, "second half of the members' restarts raised the robust ARP by 0.30"),
+    (0.05, None), (None, None)])  # None: not measured (no member has two restarts; old records)
+def test_convergence_rule_on_the_restarts_gain(restart_gain, match):
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  flat = [_point("clean", 1, 0), _point("a", 60, 30), _point("b", 100, 30)]
+  why = robust.convergence(flat, {}, {}, restart_gain)
+  assert why is None if match is None else match in why
+
+
+def test_restart_gain_is_the_second_half_of_the_restarts_worst_case_gain():
+  import jax  # pylint: disable=g-import-not-at-top
+  from mtajax import robust  # pylint: disable=g-import-not-at-top
+  from mtajax import worst_case  # pylint: disable=g-import-not-at-top
+  predict, params, batches, tasks = problem()
+  suite = (("apgd", "gbmta", {**robust.APGD_AA, "num_steps": 2, "restarts": 3}),
+           ("fgsm", "total", {}))
+  raw = robust.attack_all(predict, params, batches, tasks, eps=8.0, bounds=(-128.0, 128.0),
+                          suite=suite, key=jax.random.key(3))
+  ev = robust.summarise(raw)
+  # Independently: the first half of 3 restarts, rounded up, is 2; FGSM's one run counts whole.
+  rows = [0] + [i for i, n in enumerate(raw.names)
+                if n in ("apgd:gbmta#0", "apgd:gbmta#1", "fgsm:total")]
+  assert len(rows) == 4
+  assert [c + 1 for c in robust.first_restarts(raw.candidates, 1, 2)] == rows[1:]
+  states = {t: {k: v[rows] for k, v in leaves.items()} for t, leaves in raw.states.items()}
+  args = (tasks, states, raw.groups, raw.scores[rows], raw.available[rows],
+          worst_case.arp_objective(tasks, raw.clean))
+  first = worst_case.polish(*args, worst_case.select(*args)).value[0]
+  assert ev.restart_gain == pytest.approx(ev.arp - first)
+  assert ev.arp > first > 0  # the third restart found more on these images
+  assert ev.converged == (robust.convergence(ev.trajectory, ev.at_last_step, ev.wins,
+                                             ev.restart_gain) is None)
+  assert robust.summarise(raw, only=[rows[-1]]).restart_gain is None  # one run: nothing to halve
+
+
 def test_thorough_suite_spends_ten_times_the_passes_of_standard():
   from mtajax import robust  # pylint: disable=g-import-not-at-top
   names = ["segment_semantic", "normal", "depth_zbuffer"]

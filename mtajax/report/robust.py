@@ -168,7 +168,8 @@ def convergence_note(robust: Sequence[Record], eps: float) -> str:
   lines = []
   for model, r in sorted(last.items()):
     if r.get("converged") is False:
-      why = robust_lib.convergence(r["trajectory"], r["at_last_step"], r.get("wins", {}))
+      why = robust_lib.convergence(r["trajectory"], r["at_last_step"], r.get("wins", {}),
+                                   r.get("restart_gain"))
       lines.append(f"- ⚠ **Not converged**: {rec_lib.model_label(r)} at ε={eps:g}: "
                    f"{why or 'as recorded'}.")
   unknown = [rec_lib.model_label(r) for r in last.values() if r.get("converged") is None]
@@ -178,7 +179,8 @@ def convergence_note(robust: Sequence[Record], eps: float) -> str:
   rule = (f"Converged: the last {robust_lib.CONVERGENCE_BUDGET:.0%} of the passes per image "
           f"raised the robust ARP by < {robust_lib.CONVERGENCE_GAIN:g} points and no winning "
           f"candidate returned its last iterate on ≥ {robust_lib.CONVERGENCE_LAST_STEP:.0%} of "
-          "its images.")
+          "its images, and the second half of the members' restarts raised it by < "
+          f"{robust_lib.CONVERGENCE_GAIN:g} points.")
   return "\n".join([rule, ""] + lines) + "\n"
 
 
