@@ -13,9 +13,9 @@ and wall seconds incl. compilation).
 
 With ``--convergence``, per model and ε it runs ``--suite``, ``--reference`` and the reference with
 twice the steps and restarts (:func:`mtajax.robust.scaled_suite`) and prints each one's robust ARP,
-its gap to the previous one, passes per image, compile and run seconds (compile: JAX's tracing,
-lowering and compilation events, :mod:`jax.monitoring`), the run seconds over passes × images ×
-one compiled pass's seconds, and the ``converged`` flag.
+its gap to the previous one, its ``restart_gain`` (``restarts+``), passes per image, compile and
+run seconds (compile: JAX's tracing, lowering and compilation events, :mod:`jax.monitoring`), the
+run seconds over passes × images × one compiled pass's seconds, and the ``converged`` flag.
 """
 
 from __future__ import annotations
@@ -104,15 +104,17 @@ def convergence_suites(suite: str, reference: str) -> list[tuple[str, Any]]:
 
 def convergence_table(model: str, eps: float, rows: list[Measured], images: int,
                       pass_s: float) -> str:
-  """The measured suites of one model and ε, each with its gap to the previous one and its run
+  """The measured suites of one model and ε, each with its gap to the previous one, its
+  ``restart_gain`` (what the second half of its restarts added; – where none has two) and its run
   seconds over passes × images × one pass's seconds (1.0: nothing but the passes)."""
   lines = [f"{model} ε={eps:g}",
-           f"  {'suite':20} {'robust ARP':>10} {'gap':>7} {'passes/img':>10} {'compile s':>9} "
-           f"{'run s':>8} {'run/passes':>10} converged"]
+           f"  {'suite':20} {'robust ARP':>10} {'gap':>7} {'restarts+':>9} {'passes/img':>10} "
+           f"{'compile s':>9} {'run s':>8} {'run/passes':>10} converged"]
   previous = None
   for m in rows:
     gap = "" if previous is None else f"{m.result.arp - previous:+7.2f}"
-    lines.append(f"  {m.label:20} {m.result.arp:10.2f} {gap:>7} "
+    restarts = "–" if m.result.restart_gain is None else f"{m.result.restart_gain:+.2f}"
+    lines.append(f"  {m.label:20} {m.result.arp:10.2f} {gap:>7} {restarts:>9} "
                  f"{m.result.passes_per_image:10.0f} {m.compile_s:9.1f} {m.run_s:8.1f} "
                  f"{m.run_s / (m.result.passes_per_image * images * pass_s):10.2f} "
                  f"{'yes' if m.result.converged else 'NO'}")

@@ -50,6 +50,9 @@ def test_convergence_mode_measures_each_suite_apart():
   gap = rows[1].result.arp - rows[0].result.arp
   assert f"{gap:+7.2f}" in table[3]
   assert table[4].split()[-1] in ("yes", "NO")
+  # What the second half of the restarts added: none in the light suite, the doubled one has two.
+  assert table[2].split()[2] == "–" and rows[0].result.restart_gain is None  # no gap column
+  assert table[4].split()[4] == f"{rows[2].result.restart_gain:+.2f}"
 
 
 def test_convergence_suites_are_the_suite_the_reference_and_its_double():
