@@ -465,7 +465,7 @@ def summarise(raw: Candidates, *, only: Sequence[int] | None = None,
     sub = ({t: {k: v[half] for k, v in leaves.items()} for t, leaves in states.items()},
            groups, scores[half], available[half], objective)
     first = worst_case.select(tasks, *sub)
-    restart_gain = float(multi.value[0] - worst_case.polish(tasks, *sub, first).value[0])
+    restart_gain = round(float(multi.value[0] - worst_case.polish(tasks, *sub, first).value[0]), 2)
   spent = _spent(cands, available, raw.chunk, len(tasks))
   trajectory = [{"candidate": name, "passes_per_image": float(p), "arp": float(sel.value[0])}
                 for name, p, sel in zip(names, spent, prefixes)]
