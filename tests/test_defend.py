@@ -1,6 +1,7 @@
 """The `defend` mode: one small leaderboard run end to end, its re-run (nothing trained or
 evaluated again), and bad input (one line, exit status 2, before training)."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -181,3 +182,7 @@ def test_report_with_two_rows_per_recipe(tmp_path):
   assert "This run took 1 s." in text
   assert ("The table's stored work: training 4 s, robust evaluations and masking checks 10 s "
           "(1 of 4 rows unknown).") in text
+  old = [dataclasses.replace(r, eval_s=None) for r in rows]
+  assert report_defend.stored_seconds(old) == (
+      "The table's stored work: training 4 s, robust evaluations and masking checks unknown "
+      "(records written before it was timed).")

@@ -102,6 +102,8 @@ def stored_seconds(rows: Sequence[Row]) -> str:
   def total(values):
     known = [v for v in values if v is not None]
     missing = len(values) - len(known)
+    if not known:
+      return "unknown (records written before it was timed)"
     return f"{sum(known):.0f} s" + (f" ({missing} of {len(values)} rows unknown)" if missing
                                      else "")
   train, evaluate = [r.train_s for r in rows], [r.eval_s for r in rows]
