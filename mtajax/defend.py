@@ -242,8 +242,7 @@ def _row(config, m: Model, twin: Model, store: results.Store,
   masking_record = dstore.get(_masking_key(config, m, twin))
   checks = masking_record["checks"]
   trained = dstore.get(_train_key(m))
-  # Seconds of the stored evaluations, whichever run made them (None: a record predates them).
-  spent = [r.get("time_s") for r in robust_records.values()] + [masking_record.get("seconds")]
+  robust_s = [r.get("time_s") for r in robust_records.values()]
   return report_defend.Row(
       layout=str(m.layout), sharing_level=models.sharing_level(
           models.resolve_layout(m.layout, len(m.t.tasks))),
@@ -253,7 +252,8 @@ def _row(config, m: Model, twin: Model, store: results.Store,
       checks={c["name"]: c["passed"] for c in checks},
       reasons=[f"{c['name']}: {c['reason']}" for c in checks if not c["passed"]],
       train_s=trained["train_s"], passes_per_example=trained["passes_per_example"],
-      eval_s=None if None in spent else float(sum(spent)))
+      robust_s=None if None in robust_s else float(sum(robust_s)),
+      checks_s=masking_record.get("seconds"))
 
 
 def _pairs(config) -> Iterator[tuple[Model, Model]]:

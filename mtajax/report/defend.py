@@ -35,8 +35,10 @@ class Row:
   reasons: list[str]  # the failed checks' one-line reasons
   train_s: float | None
   passes_per_example: float | None
-  # Seconds of its stored robust evaluations and masking checks (None: unknown, older records).
-  eval_s: float | None = None
+  # Seconds of its stored robust evaluations and of its masking checks (None: unknown, records
+  # written before they were timed).
+  robust_s: float | None = None
+  checks_s: float | None = None
 
   @property
   def failed(self) -> bool:
@@ -106,9 +108,9 @@ def stored_seconds(rows: Sequence[Row]) -> str:
       return "unknown (records written before it was timed)"
     return f"{sum(known):.0f} s" + (f" ({missing} of {len(values)} rows unknown)" if missing
                                      else "")
-  train, evaluate = [r.train_s for r in rows], [r.eval_s for r in rows]
-  return (f"The table's stored work: training {total(train)}, robust evaluations and masking "
-          f"checks {total(evaluate)}.")
+  return (f"The table's stored work: training {total([r.train_s for r in rows])}, robust "
+          f"evaluations {total([r.robust_s for r in rows])}, masking checks "
+          f"{total([r.checks_s for r in rows])}.")
 
 
 def write(rows: Sequence[Row], out_dir: str | pathlib.Path, *, suites: Sequence[str],
