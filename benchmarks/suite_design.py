@@ -52,7 +52,6 @@ from mtajax import loaders  # noqa: E402
 from mtajax import phases  # noqa: E402
 from mtajax import robust  # noqa: E402
 from mtajax import sweep  # noqa: E402
-from mtajax import worst_case  # noqa: E402
 from mtajax.data import preprocess  # noqa: E402
 from mtajax.train import ensure  # noqa: E402
 
@@ -139,12 +138,7 @@ def merge(a: robust.Candidates, b: robust.Candidates) -> robust.Candidates:
 def arp_of(raw: robust.Candidates, rows, polish: bool = False) -> float:
   """The robust ARP over the clean input and the candidates ``rows``: the greedy search's, or
   (``polish``) after the polishing local search, as the summary's number."""
-  rows = [0] + list(rows)
-  states = {t: {k: v[rows] for k, v in leaves.items()} for t, leaves in raw.states.items()}
-  args = (raw.tasks, states, raw.groups, raw.scores[rows], raw.available[rows],
-          worst_case.arp_objective(raw.tasks, raw.clean))
-  sel = worst_case.select(*args)
-  return float((worst_case.polish(*args, sel) if polish else sel).value[0])
+  return float(raw.worst_case(rows, polish=polish).value[0])
 
 
 def restart_curve(raw: robust.Candidates, parts: int) -> list[tuple[int, float, float]]:

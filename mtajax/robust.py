@@ -439,6 +439,16 @@ class Candidates:
       rows.append(row)
     return rows
 
+  def worst_case(self, rows: Sequence[int], *, polish: bool = True) -> worst_case.Selection:
+    """The multi-task worst case over the clean input and the candidates ``rows``: the greedy
+    search of :func:`mtajax.worst_case.select`, then (``polish``) its polishing local search."""
+    rows = [0] + list(rows)
+    states = {t: {k: v[rows] for k, v in leaves.items()} for t, leaves in self.states.items()}
+    args = (self.tasks, states, self.groups, self.scores[rows], self.available[rows],
+            worst_case.arp_objective(self.tasks, self.clean))
+    first = worst_case.select(*args)
+    return worst_case.polish(*args, first) if polish else first
+
 
 def summarise(raw: Candidates, *, only: Sequence[int] | None = None,
               seconds: float = float("nan")) -> RobustEvaluation:
@@ -459,13 +469,9 @@ def summarise(raw: Candidates, *, only: Sequence[int] | None = None,
   prefixes = worst_case.accumulate(tasks, states, groups, scores, available, objective)
   multi = worst_case.polish(tasks, states, groups, scores, available, objective, prefixes[-1])
   arp = tasks_lib.arp(clean, multi.metrics, tasks)
-  restart_gain = None
-  half = [0] + [c + 1 for c in first_restarts(cands, 1, 2)]  # the clean input and the first half
-  if len(half) < len(rows):
-    sub = ({t: {k: v[half] for k, v in leaves.items()} for t, leaves in states.items()},
-           groups, scores[half], available[half], objective)
-    first = worst_case.select(tasks, *sub)
-    restart_gain = round(float(multi.value[0] - worst_case.polish(tasks, *sub, first).value[0]), 2)
+  half = [rows[1 + c] for c in first_restarts(cands, 1, 2)]  # each member's first half of runs
+  restart_gain = (round(float(multi.value[0] - raw.worst_case(half).value[0]), 2)
+                  if len(half) < len(cands) else None)
   spent = _spent(cands, available, raw.chunk, len(tasks))
   trajectory = [{"candidate": name, "passes_per_image": float(p), "arp": float(sel.value[0])}
                 for name, p, sel in zip(names, spent, prefixes)]
